@@ -1,0 +1,279 @@
+"""config.toml -> frozen dataclasses. Every error names the TOML key path and how to fix it."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "PROTOCOLS",
+    "BillingConfig",
+    "Config",
+    "ConfigError",
+    "Limits",
+    "ModelConfig",
+    "ProviderConfig",
+    "ServerConfig",
+    "Timeouts",
+    "load_config",
+    "parse_config",
+    "parse_listen",
+]
+
+PROTOCOLS = ("openai", "anthropic", "gemini")
+MIN_DISCOUNT = Fraction(3, 10)
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; the message names the key path and the fix."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = 1
+    database: Path = Path("relayproxy.db")
+
+
+@dataclass(frozen=True, slots=True)
+class BillingConfig:
+    discount: Fraction = MIN_DISCOUNT
+    stripe_secret_key_env: str = "STRIPE_SECRET_KEY"
+    stripe_webhook_secret_env: str = "STRIPE_WEBHOOK_SECRET"
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderConfig:
+    name: str
+    protocol: str
+    base_url: str
+    api_key_env: str
+
+    def api_key(self) -> str | None:
+        """The upstream key from the environment, or None when the variable is unset or empty."""
+        return os.environ.get(self.api_key_env) or None
+
+
+@dataclass(frozen=True, slots=True)
+class ModelConfig:
+    name: str
+    provider: str
+    upstream_model: str
+    input_price: float
+    output_price: float
+    cached_input_price: float
+    max_output_tokens: int
+    fallback: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    header_read_s: float = 10.0
+    body_read_s: float = 60.0
+    keepalive_idle_s: float = 75.0
+    upstream_connect_s: float = 5.0
+    upstream_first_byte_s: float = 300.0
+    stream_idle_s: float = 120.0
+    client_write_stall_s: float = 60.0
+    keepalive_ping_s: float = 15.0
+    drain_s: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_body_bytes: int = 32 * 1024 * 1024
+    max_header_bytes: int = 16384
+    max_headers: int = 100
+    per_key_concurrency: int = 64
+    per_key_rpm: int = 0
+    free_aborts_per_hour: int = 30
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    path: Path
+    server: ServerConfig
+    billing: BillingConfig
+    providers: dict[str, ProviderConfig]
+    models: dict[str, ModelConfig]
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    limits: Limits = field(default_factory=Limits)
+
+    def missing_keys(self) -> list[ProviderConfig]:
+        """Providers whose API key variable is not set in the environment."""
+        return [p for p in self.providers.values() if p.api_key() is None]
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read and validate a config file; raise ConfigError with a fix on any problem."""
+    p = Path(path)
+    try:
+        raw = tomllib.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: file not found; pass --config PATH or set RELAYPROXY_CONFIG") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{p}: cannot read the file ({exc})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+    return parse_config(raw, p)
+
+
+def parse_config(raw: dict[str, Any], path: Path) -> Config:
+    _check_keys(raw, "", {"server", "billing", "providers", "models", "timeouts", "limits"})
+    base = path.resolve().parent
+    server = _server(_table(raw, "server"), base)
+    providers = {n: _provider(n, t) for n, t in _table(raw, "providers").items()}
+    models = {n: _model(n, t, providers) for n, t in _table(raw, "models").items()}
+    for m in models.values():
+        for i, fb in enumerate(m.fallback):
+            if fb not in models:
+                raise ConfigError(f'[models."{m.name}"] fallback[{i}]: unknown model "{fb}"; {_known(models)}')
+    return Config(
+        path=path,
+        server=server,
+        billing=_billing(_table(raw, "billing")),
+        providers=providers,
+        models=models,
+        timeouts=_numbers(Timeouts, _table(raw, "timeouts"), "timeouts", float),
+        limits=_numbers(Limits, _table(raw, "limits"), "limits", int),
+    )
+
+
+def parse_listen(value: str, where: str = "[server] listen") -> tuple[str, int]:
+    """'HOST:PORT' (IPv6 as '[::1]:8080') -> (host, port)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f'{where}: expected "HOST:PORT" such as "127.0.0.1:8080", got "{value}"')
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+# -- sections -----------------------------------------------------------------------------------
+
+
+def _server(t: dict[str, Any], base: Path) -> ServerConfig:
+    _check_keys(t, "server", {"listen", "workers", "database"})
+    host, port = parse_listen(_get(t, "server", "listen", str, "127.0.0.1:8080"))
+    workers = _get(t, "server", "workers", int, 1)
+    if workers < 1:
+        raise ConfigError(f"[server] workers: must be 1 or more, got {workers}")
+    db = Path(_get(t, "server", "database", str, "relayproxy.db"))
+    return ServerConfig(host=host, port=port, workers=workers, database=db if db.is_absolute() else base / db)
+
+
+def _billing(t: dict[str, Any]) -> BillingConfig:
+    _check_keys(t, "billing", {"discount", "stripe_secret_key_env", "stripe_webhook_secret_env"})
+    discount = Fraction(str(_get(t, "billing", "discount", float, 0.30)))
+    if not MIN_DISCOUNT <= discount < 1:
+        raise ConfigError(
+            f"[billing] discount: must be at least 0.30 (30 % below list) and below 1, got {float(discount)}"
+        )
+    return BillingConfig(
+        discount=discount,
+        stripe_secret_key_env=_get(t, "billing", "stripe_secret_key_env", str, "STRIPE_SECRET_KEY"),
+        stripe_webhook_secret_env=_get(t, "billing", "stripe_webhook_secret_env", str, "STRIPE_WEBHOOK_SECRET"),
+    )
+
+
+def _provider(name: str, t: Any) -> ProviderConfig:
+    where = f"providers.{name}"
+    if not isinstance(t, dict):
+        raise ConfigError(f"[{where}]: expected a table")
+    _check_keys(t, where, {"protocol", "base_url", "api_key_env"})
+    protocol = _require(t, where, "protocol", str)
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f'[{where}] protocol: "{protocol}" is not one of {", ".join(PROTOCOLS)}')
+    base_url = _require(t, where, "base_url", str).rstrip("/")
+    if not base_url.startswith(("http://", "https://")):
+        raise ConfigError(f'[{where}] base_url: must start with https:// (or http://), got "{base_url}"')
+    return ProviderConfig(name, protocol, base_url, _require(t, where, "api_key_env", str))
+
+
+def _model(name: str, t: Any, providers: dict[str, ProviderConfig]) -> ModelConfig:
+    where = f'models."{name}"'
+    if not isinstance(t, dict):
+        raise ConfigError(f"[{where}]: expected a table")
+    allowed = {"provider", "upstream_model", "input_price", "output_price", "cached_input_price"}
+    _check_keys(t, where, allowed | {"max_output_tokens", "fallback"})
+    provider = _require(t, where, "provider", str)
+    if provider not in providers:
+        raise ConfigError(f'[{where}] provider: unknown provider "{provider}"; {_known(providers)}')
+    input_price = _price(t, where, "input_price", None)
+    fallback = _get(t, where, "fallback", list, [])
+    if not all(isinstance(f, str) for f in fallback):
+        raise ConfigError(f"[{where}] fallback: expected a list of model names")
+    max_out = _get(t, where, "max_output_tokens", int, 32768)
+    if max_out < 1:
+        raise ConfigError(f"[{where}] max_output_tokens: must be 1 or more, got {max_out}")
+    return ModelConfig(
+        name=name,
+        provider=provider,
+        upstream_model=_get(t, where, "upstream_model", str, name),
+        input_price=input_price,
+        output_price=_price(t, where, "output_price", None),
+        cached_input_price=_price(t, where, "cached_input_price", input_price),
+        max_output_tokens=max_out,
+        fallback=tuple(fallback),
+    )
+
+
+# -- typed getters ------------------------------------------------------------------------------
+
+
+def _table(raw: dict[str, Any], key: str) -> dict[str, Any]:
+    value = raw.get(key, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"[{key}]: expected a table, got {type(value).__name__}")
+    return value
+
+
+def _check_keys(t: dict[str, Any], where: str, allowed: set[str]) -> None:
+    for key in t:
+        if key not in allowed:
+            hint = f"; allowed keys: {', '.join(sorted(allowed))}"
+            raise ConfigError(f"[{where}] {key}: unknown key{hint}" if where else f"[{key}]: unknown table{hint}")
+
+
+def _get(t: dict[str, Any], where: str, key: str, typ: type, default: Any) -> Any:
+    if key not in t:
+        return default
+    value = t[key]
+    ok = isinstance(value, typ) and not (typ is int and isinstance(value, bool))
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        value, ok = float(value), True
+    if not ok:
+        raise ConfigError(f"[{where}] {key}: expected {typ.__name__}, got {value!r}")
+    return value
+
+
+def _require(t: dict[str, Any], where: str, key: str, typ: type) -> Any:
+    if key not in t:
+        raise ConfigError(f"[{where}] {key}: missing; add {key} = ... to the table")
+    return _get(t, where, key, typ, None)
+
+
+def _price(t: dict[str, Any], where: str, key: str, default: float | None) -> float:
+    if key not in t and default is not None:
+        return default
+    value: float = _require(t, where, key, float)
+    if not 0 <= value < 100_000:
+        raise ConfigError(f"[{where}] {key}: USD per 1M tokens must be 0 or more, got {value}")
+    return value
+
+
+def _numbers(cls: Any, t: dict[str, Any], where: str, typ: type) -> Any:
+    names = set(cls.__dataclass_fields__)
+    _check_keys(t, where, names)
+    values = {k: _get(t, where, k, typ, None) for k in t}
+    for k, v in values.items():
+        if v < 0:
+            raise ConfigError(f"[{where}] {k}: must be 0 or more, got {v}")
+    return cls(**values)
+
+
+def _known(table: dict[str, Any]) -> str:
+    return f"known: {', '.join(sorted(table))}" if table else "none are configured"

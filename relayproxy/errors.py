@@ -1,0 +1,165 @@
+"""The error tree. Each error says whose fault it is, its HTTP status and a stable ``kind``.
+
+Foreign exceptions (OSError, ssl, h11, sqlite3) are translated into these once, at the edge of
+the adapter that met them; nothing outside an adapter sees a foreign exception type.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ClientError",
+    "FramingError",
+    "GatewayError",
+    "InsufficientBalance",
+    "InvalidRequest",
+    "NotFound",
+    "PayloadTooLarge",
+    "ProviderUnavailable",
+    "RateLimited",
+    "RelayError",
+    "StoreError",
+    "Unauthorized",
+    "UnknownModel",
+    "UpstreamConnectError",
+    "UpstreamError",
+    "UpstreamProtocolError",
+    "UpstreamStatusError",
+    "UpstreamTimeout",
+]
+
+
+class RelayError(Exception):
+    """Base: carries the HTTP status for the caller, a stable kind and a human message."""
+
+    status: int = 500
+    kind: str = "internal_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+# -- the caller's fault (4xx) ---------------------------------------------------------------
+
+
+class ClientError(RelayError):
+    status = 400
+    kind = "invalid_request"
+
+
+class InvalidRequest(ClientError):
+    """The request body or parameters are wrong; ``path`` names the offending field."""
+
+    def __init__(self, message: str, path: str | None = None) -> None:
+        super().__init__(f"{path}: {message}" if path else message)
+        self.path = path
+
+
+class Unauthorized(ClientError):
+    """Missing, malformed, unknown or revoked API key: one message for all, by design."""
+
+    status = 401
+    kind = "unauthorized"
+
+    def __init__(self, message: str = "Invalid API key. Pass a relayproxy key as the SDK's api_key.") -> None:
+        super().__init__(message)
+
+
+class InsufficientBalance(ClientError):
+    status = 402
+    kind = "insufficient_balance"
+
+
+class NotFound(ClientError):
+    status = 404
+    kind = "not_found"
+
+
+class UnknownModel(NotFound):
+    kind = "model_not_found"
+
+
+class PayloadTooLarge(ClientError):
+    status = 413
+    kind = "payload_too_large"
+
+
+class RateLimited(ClientError):
+    status = 429
+    kind = "rate_limited"
+
+    def __init__(self, message: str, retry_after_s: int | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+# -- failures on the upstream leg -------------------------------------------------------------
+
+
+class UpstreamError(RelayError):
+    status = 502
+    kind = "upstream_error"
+
+
+class UpstreamConnectError(UpstreamError):
+    """The upstream could not be reached (refused, DNS, TLS) or broke before answering."""
+
+    kind = "upstream_connect_error"
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    kind = "upstream_timeout"
+
+
+class UpstreamProtocolError(UpstreamError):
+    """The upstream answered with something that is not valid HTTP or not its protocol."""
+
+    kind = "upstream_protocol_error"
+
+
+class UpstreamStatusError(UpstreamError):
+    """The upstream answered with an error status. 4xx passes through; 5xx becomes 502."""
+
+    kind = "upstream_status"
+
+    def __init__(
+        self,
+        upstream_status: int,
+        message: str,
+        *,
+        upstream_type: str | None = None,
+        retry_after: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.upstream_status = upstream_status
+        self.upstream_type = upstream_type
+        self.retry_after = retry_after
+        self.status = upstream_status if 400 <= upstream_status < 500 else 502
+        if upstream_status in (503, 529):
+            self.status = 503
+
+
+class ProviderUnavailable(RelayError):
+    """The provider behind a model is not configured on this gateway (its key is missing)."""
+
+    status = 503
+    kind = "provider_unavailable"
+
+
+# -- our own fault ----------------------------------------------------------------------------
+
+
+class GatewayError(RelayError):
+    status = 500
+    kind = "gateway_error"
+
+
+class StoreError(GatewayError):
+    """The database failed; raised only by store.py."""
+
+    kind = "store_error"
+
+
+class FramingError(Exception):
+    """A sans-IO parser met input it cannot frame (e.g. an SSE line over the size cap)."""

@@ -1,0 +1,78 @@
+"""config.toml parsing: the shipped file loads; every error names the TOML key path."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from relayproxy.config import ConfigError, load_config, parse_config
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+BASE: dict[str, Any] = {
+    "providers": {"p": {"protocol": "openai", "base_url": "https://x/v1", "api_key_env": "K"}},
+    "models": {"m": {"provider": "p", "input_price": 1, "output_price": 2}},
+}
+
+
+def test_shipped_config_loads() -> None:
+    config = load_config(ROOT / "config.toml")
+    assert {"gpt-5.5", "claude-opus-4-8", "claude-fable-5", "gemini-3.5-flash"} <= set(config.models)
+    providers = {m.provider for m in config.models.values()}
+    assert {"openai", "anthropic", "gemini", "deepseek", "minimax", "moonshot"} <= providers
+    assert config.billing.discount >= Fraction(3, 10)
+    assert config.server.database == ROOT / "relayproxy.db"
+
+
+def test_defaults() -> None:
+    config = parse_config(BASE, Path("/etc/relay/config.toml"))
+    model = config.models["m"]
+    assert (model.upstream_model, model.cached_input_price, model.max_output_tokens) == ("m", 1.0, 32768)
+    assert config.server.database == Path("/etc/relay/relayproxy.db")
+    assert config.timeouts.upstream_first_byte_s == 300
+
+
+def with_(path: str, value: Any) -> dict[str, Any]:
+    import copy
+
+    raw = copy.deepcopy(BASE)
+    node = raw
+    keys = path.split("/")
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+    node[keys[-1]] = value
+    return raw
+
+
+@pytest.mark.parametrize(
+    ("raw", "needle"),
+    [
+        (with_("billing/discount", 0.2), "[billing] discount"),
+        (with_("providers/p/protocol", "grpc"), "[providers.p] protocol"),
+        (with_("providers/p/base_url", "ftp://x"), "[providers.p] base_url"),
+        (with_("models/m/provider", "opanai"), '[models."m"] provider'),
+        (with_("models/m/input_price", "cheap"), '[models."m"] input_price'),
+        (with_("models/m/fallback", ["ghost"]), '[models."m"] fallback[0]'),
+        (with_("models/m/colour", 1), '[models."m"] colour: unknown key'),
+        (with_("server/listen", "localhost"), "[server] listen"),
+        (with_("server/workers", 0), "[server] workers"),
+        (with_("timeouts/header_read_s", -1), "[timeouts] header_read_s"),
+        (with_("limits/max_headers", "many"), "[limits] max_headers"),
+        (with_("surprise", {}), "[surprise]: unknown table"),
+    ],
+)
+def test_errors_name_the_key_path(raw: dict[str, Any], needle: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw, Path("config.toml"))
+    assert needle in str(info.value)
+
+
+def test_missing_file_and_bad_toml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="file not found"):
+        load_config(tmp_path / "nope.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[server\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(bad)
