@@ -1,0 +1,65 @@
+"""Plain records that cross the store boundary: keys, principals, usage rows."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+from typing import Any
+
+__all__ = ["KeyInfo", "Outcome", "Principal", "UsageRecord"]
+
+
+class Outcome(StrEnum):
+    COMPLETED = "completed"
+    UPSTREAM_ERROR = "upstream_error"
+    UPSTREAM_DROPPED = "upstream_dropped"
+    CLIENT_DISCONNECTED = "client_disconnected"
+    REJECTED = "rejected"
+    GATEWAY_ERROR = "gateway_error"
+
+
+@dataclass(slots=True, frozen=True)
+class Principal:
+    """Who is calling: resolved from an API key."""
+
+    account_id: int
+    account: str
+    key_id: str
+
+
+@dataclass(slots=True, frozen=True)
+class KeyInfo:
+    id: str
+    prefix: str
+    label: str
+    account: str
+    created_at: str
+    revoked_at: str | None
+
+
+@dataclass(slots=True)
+class UsageRecord:
+    """One row per request, with the INTERFACE.md fields."""
+
+    request_id: str
+    created_at: str
+    account: str | None = None
+    key_id: str | None = None
+    model: str | None = None
+    provider: str | None = None
+    client_protocol: str | None = None
+    upstream_protocol: str | None = None
+    stream: bool = False
+    outcome: str = Outcome.GATEWAY_ERROR.value
+    http_status: int = 0
+    input_tokens: int = 0
+    cached_input_tokens: int = 0
+    output_tokens: int = 0
+    reasoning_tokens: int = 0
+    cost_microusd: int = 0
+    billed: bool = False
+    reason: str = ""
+    duration_ms: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
