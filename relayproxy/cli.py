@@ -1,0 +1,155 @@
+"""The `relayproxy` command line: serve, keys, usage, --version."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import orjson
+
+from . import __version__
+from .app import create_key, run_gateway
+from .config import Config, ConfigError, load_config, parse_listen
+from .errors import StoreError
+from .store import Store
+
+__all__ = ["main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        config = load_config(args.config or os.environ.get("RELAYPROXY_CONFIG") or "config.toml")
+        result: int = args.func(config, args)
+        return result
+    except ConfigError as exc:
+        print(f"relayproxy: bad config: {exc}", file=sys.stderr)  # noqa: T201
+        return 2
+    except StoreError as exc:
+        print(f"relayproxy: {exc}", file=sys.stderr)  # noqa: T201
+        return 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    config_help = "path to config.toml (default: $RELAYPROXY_CONFIG, else ./config.toml)"
+    # Sub-commands take --config too; SUPPRESS keeps their unset default from hiding a top-level one.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", default=argparse.SUPPRESS, help=config_help)
+    parser = argparse.ArgumentParser(prog="relayproxy", description="A self-hosted LLM gateway.")
+    parser.add_argument("--config", help=config_help)
+    parser.add_argument("--version", action="version", version=f"relayproxy {__version__}")
+    sub = parser.add_subparsers(title="commands")
+
+    serve = sub.add_parser("serve", parents=[common], help="run the gateway")
+    serve.add_argument("--listen", help="HOST:PORT, overrides [server] listen")
+    serve.add_argument("--workers", type=int, help="worker processes, overrides [server] workers")
+    serve.set_defaults(func=_serve)
+
+    keys = sub.add_parser("keys", parents=[common], help="manage API keys").add_subparsers(title="keys commands")
+    create = keys.add_parser("create", parents=[common], help="create a key (and the account if missing)")
+    create.add_argument("--account", required=True)
+    create.add_argument("--label", default="")
+    create.set_defaults(func=_run(_keys_create))
+    listing = keys.add_parser("list", parents=[common], help="list keys (never the secret)")
+    listing.add_argument("--account")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(func=_run(_keys_list))
+    revoke = keys.add_parser("revoke", parents=[common], help="revoke a key at once")
+    revoke.add_argument("key_id", metavar="KEY_ID")
+    revoke.set_defaults(func=_run(_keys_revoke))
+
+    usage = sub.add_parser("usage", parents=[common], help="usage records, newest first")
+    usage.add_argument("--account")
+    usage.add_argument("--limit", type=int, default=50)
+    usage.add_argument("--json", action="store_true")
+    usage.set_defaults(func=_run(_usage))
+    return parser
+
+
+def _serve(config: Config, args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
+    host, port = parse_listen(args.listen, "--listen") if args.listen else (config.server.host, config.server.port)
+    workers = args.workers if args.workers is not None else config.server.workers
+    if workers != 1:
+        raise ConfigError("[server] workers: only 1 worker process is supported by this build; set workers = 1")
+    asyncio.run(run_gateway(config, host=host, port=port))
+    return 0
+
+
+def _run(
+    fn: Callable[[Store, argparse.Namespace], Awaitable[int]],
+) -> Callable[[Config, argparse.Namespace], int]:
+    """Adapt an async store command to the CLI: open the store, run, close."""
+
+    def run(config: Config, args: argparse.Namespace) -> int:
+        async def go() -> int:
+            store = await Store.open(config.server.database)
+            try:
+                return await fn(store, args)
+            finally:
+                await store.close()
+
+        return asyncio.run(go())
+
+    return run
+
+
+async def _keys_create(store: Store, args: argparse.Namespace) -> int:
+    _, secret = await create_key(store, args.account, args.label)
+    _out(secret)
+    return 0
+
+
+async def _keys_list(store: Store, args: argparse.Namespace) -> int:
+    rows = [
+        {
+            "id": k.id,
+            "prefix": k.prefix,
+            "label": k.label,
+            "account": k.account,
+            "created": k.created_at,
+            "revoked": k.revoked_at,
+        }
+        for k in await store.list_keys(args.account)
+    ]
+    _emit(rows, args.json, ("id", "prefix", "account", "label", "created", "revoked"))
+    return 0
+
+
+async def _keys_revoke(store: Store, args: argparse.Namespace) -> int:
+    if not await store.revoke_key(args.key_id):
+        print(f"relayproxy: no active key with id {args.key_id}", file=sys.stderr)  # noqa: T201
+        return 1
+    _out(f"revoked {args.key_id}")
+    return 0
+
+
+async def _usage(store: Store, args: argparse.Namespace) -> int:
+    rows = [r.to_json() for r in await store.list_usage(args.account, args.limit)]
+    cols = ("request_id", "created_at", "account", "model", "outcome", "http_status")
+    _emit(rows, args.json, (*cols, "input_tokens", "output_tokens", "cost_microusd", "billed", "reason"))
+    return 0
+
+
+def _emit(rows: list[dict[str, Any]], as_json: bool, columns: Sequence[str]) -> None:
+    if as_json:
+        for row in rows:
+            _out(orjson.dumps(row).decode())
+        return
+    table = [list(columns)] + [["" if row.get(c) is None else str(row.get(c)) for c in columns] for row in rows]
+    widths = [max(len(r[i]) for r in table) for i in range(len(columns))]
+    for r in table:
+        _out("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
+
+
+def _out(line: str) -> None:
+    print(line, flush=True)  # noqa: T201 - the CLI's output
