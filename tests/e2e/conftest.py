@@ -1,0 +1,141 @@
+"""A real relayproxy process (`python -m relayproxy serve`) in front of a FakeUpstream."""
+
+from __future__ import annotations
+
+import os
+import re
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.fakes.upstream import FakeUpstream
+
+UPSTREAM_KEY = "sk-upstream-provider-secret-0001"
+SCENARIOS = (
+    "text", "tools", "nousage", "midstream-error", "truncated", "reset", "stall", "cut", "noanswer", "slow",
+    "http429", "http500", "http400", "badjson", "text@7", "tools@7", "text@1", "text@cl",
+)  # fmt: skip
+
+
+@dataclass
+class Gateway:
+    base_url: str
+    key: str
+    config: Path
+    db: Path
+    upstream: FakeUpstream
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return run_cli("--config", str(self.config), *args)
+
+    def usage(self, request_id: str) -> dict[str, Any]:
+        """The usage record of a request, waiting briefly for it to be written."""
+        deadline = time.monotonic() + 5
+        while True:
+            with sqlite3.connect(self.db) as db:
+                db.row_factory = sqlite3.Row
+                row = db.execute("SELECT * FROM usage WHERE request_id = ?", (request_id,)).fetchone()
+            if row is not None or time.monotonic() > deadline:
+                assert row is not None, f"no usage record for {request_id}"
+                return dict(row)
+            time.sleep(0.02)
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "relayproxy", *args], capture_output=True, text=True, timeout=60, env=env
+    )
+
+
+def write_config(path: Path, upstream: FakeUpstream, **overrides: Any) -> None:
+    models = "\n".join(
+        f'[models."{name}"]\nprovider = "fake"\ninput_price = 1.0\noutput_price = 2.0\nmax_output_tokens = 4096\n'
+        for name in SCENARIOS
+    )
+    timeouts = {"upstream_first_byte_s": 2, "stream_idle_s": 1, "drain_s": 2, **overrides.get("timeouts", {})}
+    limits = {"max_body_bytes": 1048576, **overrides.get("limits", {})}
+    path.write_text(
+        f"""
+[server]
+listen = "127.0.0.1:0"
+database = "relay.db"
+
+[providers.fake]
+protocol = "openai"
+base_url = "{upstream.base_url}/v1"
+api_key_env = "RELAYPROXY_TEST_UPSTREAM_KEY"
+
+[providers.nokey]
+protocol = "openai"
+base_url = "{upstream.base_url}/v1"
+api_key_env = "RELAYPROXY_TEST_UNSET_KEY"
+
+[models."needs-key"]
+provider = "nokey"
+input_price = 1.0
+output_price = 2.0
+
+{models}
+[timeouts]
+{chr(10).join(f"{k} = {v}" for k, v in timeouts.items())}
+
+[limits]
+{chr(10).join(f"{k} = {v}" for k, v in limits.items())}
+"""
+    )
+
+
+def start_gateway(tmp: Path, upstream: FakeUpstream) -> Gateway:
+    config = tmp / "config.toml"
+    write_config(config, upstream)
+    created = run_cli("--config", str(config), "keys", "create", "--account", "test", "--label", "e2e")
+    assert created.returncode == 0, created.stderr
+    key = created.stdout.strip()
+    env = {**os.environ, "RELAYPROXY_TEST_UPSTREAM_KEY": UPSTREAM_KEY}
+    env.pop("RELAYPROXY_TEST_UNSET_KEY", None)
+    log = tmp / "gateway.log"
+    with log.open("wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "relayproxy", "serve", "--config", str(config)],
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            env=env,
+        )
+    port = _wait_port(log, proc)
+    return Gateway(f"http://127.0.0.1:{port}", key, config, tmp / "relay.db", upstream, proc, log)
+
+
+def _wait_port(log: Path, proc: subprocess.Popen[bytes]) -> int:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        found = re.search(r"listening on http://127\.0\.0\.1:(\d+)", log.read_text())
+        if found:
+            return int(found.group(1))
+        if proc.poll() is not None:
+            raise RuntimeError(f"gateway exited: {log.read_text()}")
+        time.sleep(0.05)
+    raise RuntimeError(f"gateway did not start: {log.read_text()}")
+
+
+@pytest.fixture(scope="session")
+def upstream() -> Iterator[FakeUpstream]:
+    fake = FakeUpstream().start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(scope="session")
+def gateway(tmp_path_factory: pytest.TempPathFactory, upstream: FakeUpstream) -> Iterator[Gateway]:
+    gw = start_gateway(tmp_path_factory.mktemp("gateway"), upstream)
+    yield gw
+    gw.process.terminate()
+    gw.process.wait(10)

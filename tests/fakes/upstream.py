@@ -1,0 +1,265 @@
+"""FakeUpstream: a stdlib asyncio HTTP/1.1 server speaking the providers' real wire formats.
+
+Deliberately not built on relayproxy's own server. The behaviour is chosen by the ``model`` field
+of the request body (the gateway sends the configured ``upstream_model``), so e2e tests stay
+declarative: ``text``, ``tools``, ``nousage``, ``midstream-error``, ``truncated``, ``reset``,
+``stall``, ``noanswer``, ``slow``, ``http429``, ``http500``, ``http400``, ``badjson``. A suffix ``@N`` cuts the
+body into N-byte writes (splitting UTF-8 characters and CRLFs); ``@cl`` sends Content-Length
+instead of chunked encoding.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+
+__all__ = ["Captured", "FakeUpstream"]
+
+
+@dataclass
+class Captured:
+    method: str
+    path: str
+    headers: list[tuple[str, str]]
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        return next((v for k, v in self.headers if k == name.lower()), None)
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class Reply:
+    status: int = 200
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    events: list[bytes] = field(default_factory=list)
+    delay_s: float = 0.0
+    end: str = "ok"  # ok | truncate (clean chunked end, no terminator) | reset | stall | cut (no final chunk)
+
+
+def sse_events(path: Path) -> list[bytes]:
+    """Split a fixture into its events, keeping each event's exact bytes."""
+    data = path.read_bytes()
+    sep = b"\r\n\r\n" if b"\r\n\r\n" in data else b"\n\n"
+    parts = data.split(sep)
+    return [p + sep for p in parts if p.strip()]
+
+
+def openai_unary(scenario: str) -> dict[str, Any]:
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": "Hello! The capital of France is Paris.",
+        "refusal": None,
+    }
+    finish = "stop"
+    if scenario == "tools":
+        message = {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+                },
+                {
+                    "id": "call_2",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Tōkyō"}'},
+                },
+            ],
+        }
+        finish = "tool_calls"
+    body: dict[str, Any] = {
+        "id": "chatcmpl-unary1",
+        "object": "chat.completion",
+        "created": 1763900000,
+        "model": "gpt-fake-2026",
+        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
+        "usage": {
+            "prompt_tokens": 24,
+            "completion_tokens": 9,
+            "total_tokens": 33,
+            "prompt_tokens_details": {"cached_tokens": 8, "audio_tokens": 0},
+            "completion_tokens_details": {"reasoning_tokens": 2},
+        },
+    }
+    if scenario == "nousage":
+        del body["usage"]
+    return body
+
+
+def _error(status: int, message: str, etype: str, code: str | None = None) -> Reply:
+    body = json.dumps({"error": {"message": message, "type": etype, "param": None, "code": code}}).encode()
+    return Reply(status, [("content-type", "application/json")], [body])
+
+
+def openai_reply(scenario: str, stream: bool) -> Reply:
+    """The scripted OpenAI-protocol reply for a scenario."""
+    if scenario == "http429":
+        r = _error(429, "Rate limit reached for requests", "requests", "rate_limit_exceeded")
+        r.headers.append(("retry-after", "7"))
+        return r
+    if scenario == "http400":
+        return _error(400, "Invalid value for 'messages'.", "invalid_request_error", "invalid_value")
+    if scenario == "http500":
+        return Reply(500, [("content-type", "text/html")], [b"<html><body>Internal Server Error</body></html>"])
+    if scenario == "badjson":
+        return Reply(200, [("content-type", "application/json")], [b"{not json"])
+    if not stream:
+        return Reply(200, [("content-type", "application/json")], [json.dumps(openai_unary(scenario)).encode()])
+    return _openai_stream(scenario)
+
+
+def _openai_stream(scenario: str) -> Reply:
+    events = sse_events(FIXTURES / "openai" / ("tools.sse" if scenario == "tools" else "text.sse"))
+    reply = Reply(200, [("content-type", "text/event-stream; charset=utf-8")], events)
+    head = [e for e in events if b'"choices":[]' not in e and b"[DONE]" not in e]
+    if scenario == "nousage":
+        reply.events = [e for e in events if b'"choices":[]' not in e]
+    elif scenario == "midstream-error":
+        err = {
+            "error": {
+                "message": "The server had an error while processing your request.",
+                "type": "server_error",
+            }
+        }
+        reply.events = [*head[:3], b"data: " + json.dumps(err).encode() + b"\n\n"]
+    elif scenario in ("truncated", "reset", "stall", "cut"):
+        reply.events = head[:3]
+        reply.end = {"truncated": "truncate"}.get(scenario, scenario)
+    elif scenario == "slow":
+        reply.delay_s = 0.05
+    return reply
+
+
+class FakeUpstream:
+    """Runs in a background thread with its own event loop; records every request it sees."""
+
+    def __init__(self) -> None:
+        self.requests: list[Captured] = []
+        self.port = 0
+        self.connections = 0
+        self.active = 0  # requests being answered right now
+        self.cancelled = 0  # responses cut short because the gateway closed the connection
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._server: asyncio.AbstractServer | None = None
+
+    def start(self) -> FakeUpstream:
+        self._thread.start()
+        self._server = asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(5)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def _start(self) -> asyncio.AbstractServer:
+        return await asyncio.start_server(self._serve, "127.0.0.1", 0)
+
+    def stop(self) -> None:
+        assert self._server is not None
+        self._loop.call_soon_threadsafe(self._server.close)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+        self._loop.close()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while True:
+                captured = await _read_request(reader)
+                if captured is None:
+                    break
+                self.requests.append(captured)
+                self.active += 1
+                try:
+                    keep = await self._answer(captured, reader, writer)
+                finally:
+                    self.active -= 1
+                if not keep:
+                    break
+        except (ConnectionError, asyncio.IncompleteReadError):
+            self.cancelled += 1
+        finally:
+            writer.close()
+
+    async def _answer(self, req: Captured, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        body = req.json() if req.body else {}
+        model = str(body.get("model", "text"))
+        scenario, _, mode = model.partition("@")
+        if scenario == "noanswer":
+            await _wait_hangup(reader)
+            return False
+        reply = openai_reply(scenario, bool(body.get("stream")))
+        return await _write_reply(reader, writer, reply, mode)
+
+
+async def _read_request(reader: asyncio.StreamReader) -> Captured | None:
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except asyncio.IncompleteReadError:
+        return None
+    lines = head.decode("latin-1").split("\r\n")
+    method, path, _ = lines[0].split(" ", 2)
+    headers = [(k.strip().lower(), v.strip()) for k, _, v in (ln.partition(":") for ln in lines[1:] if ln)]
+    length = int(next((v for k, v in headers if k == "content-length"), "0"))
+    body = await reader.readexactly(length) if length else b""
+    return Captured(method, path, headers, body)
+
+
+async def _wait_hangup(reader: asyncio.StreamReader) -> None:
+    """Stall until the gateway closes the connection (what a real upstream would notice)."""
+    await asyncio.wait_for(reader.read(1), 3600)
+
+
+async def _write_reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, reply: Reply, mode: str) -> bool:
+    payload = b"".join(reply.events)
+    use_cl = mode == "cl" or reply.status != 200 or not reply.events or len(reply.events) == 1
+    head = [f"HTTP/1.1 {reply.status} X", *(f"{k}: {v}" for k, v in reply.headers)]
+    head.append(f"content-length: {len(payload)}" if use_cl else "transfer-encoding: chunked")
+    writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1"))
+    piece = int(mode) if mode.isdigit() else 0
+    for event in reply.events:
+        framed = event if use_cl else b"%x\r\n%s\r\n" % (len(event), event)
+        await _send(writer, framed, piece)
+        if reply.delay_s:
+            await asyncio.sleep(reply.delay_s)
+    return await _finish(reader, writer, reply, use_cl)
+
+
+async def _send(writer: asyncio.StreamWriter, data: bytes, piece: int) -> None:
+    if not piece:
+        writer.write(data)
+        await writer.drain()
+        return
+    for i in range(0, len(data), piece):
+        writer.write(data[i : i + piece])
+        await writer.drain()
+        await asyncio.sleep(0)
+
+
+async def _finish(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, reply: Reply, use_cl: bool) -> bool:
+    if reply.end == "stall":
+        await _wait_hangup(reader)
+        return False
+    if reply.end == "reset":
+        writer.transport.abort()
+        return False
+    if reply.end == "cut":
+        writer.close()
+        return False
+    if not use_cl:
+        writer.write(b"0\r\n\r\n")
+    await writer.drain()
+    return True
