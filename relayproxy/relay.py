@@ -1,36 +1,42 @@
 """Sans-IO stream relays between an upstream SSE byte stream and the client.
 
-Theory of operation (passthrough): when client and upstream speak the same protocol the client
-receives the upstream's own bytes. Each upstream chunk goes through an SSEFramer only so that a
-codec tap can read usage, the finish reason and the terminator. When a chunk starts and ends on
-event boundaries and the tap keeps every event in it (the common case), the chunk object itself
-is returned: no copy, no re-serialisation. Otherwise the kept events' raw byte spans are returned
-(memoryview slices of the chunk where an event lies inside one chunk).
+Both relays take upstream body chunks and return what the client should receive, and tell the
+gateway what happened: ``done`` (the upstream's terminal signal was seen), ``usage`` (the last
+normalised snapshot), ``failed`` (the upstream reported an error in-band).
+
+Passthrough (same protocol): the client receives the upstream's own bytes. Each chunk goes
+through an SSEFramer only so that a codec tap can read usage and the terminator. When a chunk
+starts and ends on event boundaries and the tap keeps every event in it (the common case), the
+chunk object itself is returned: no copy, no re-serialisation. Otherwise the kept events' raw
+byte spans are returned (memoryview slices of the chunk where an event lies inside one chunk).
+
+Translate (different protocols, or a different framing): framer -> the upstream codec's
+StreamDecoder -> IR events -> the client codec's StreamEncoder -> bytes. After an in-band
+upstream error the encoder's error event is the last thing the client gets.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any
 
-from .sse import SSEEvent, SSEFramer
+from relayproxy import ir
+from relayproxy.codecs import StreamDecoder, StreamEncoder, StreamTap
+from relayproxy.errors import UpstreamStatusError
+from relayproxy.sse import SSEFramer
 
-__all__ = ["EventTap", "Passthrough"]
+__all__ = ["Passthrough", "Relay", "Translate"]
 
-
-class EventTap(Protocol):
-    def feed(self, ev: SSEEvent) -> bool:
-        """Look at one event; return False to keep it from the client."""
-        ...
+Chunk = bytes | bytearray | memoryview
 
 
 class Passthrough:
     """Zero-copy same-protocol relay: ``feed(chunk)`` returns what the client should receive."""
 
-    def __init__(self, tap: EventTap, *, max_event_bytes: int = 8 * 1024 * 1024) -> None:
+    def __init__(self, tap: StreamTap, *, max_event_bytes: int = 8 * 1024 * 1024) -> None:
         self._framer = SSEFramer(max_event_bytes)
         self._tap = tap
 
-    def feed(self, chunk: bytes) -> list[bytes | memoryview]:
+    def feed(self, chunk: Chunk) -> list[Chunk]:
         aligned = not self._framer.has_partial
         events = self._framer.feed(chunk)
         kept = [ev for ev in events if self._tap.feed(ev)]
@@ -38,11 +44,73 @@ class Passthrough:
             return [chunk]
         return [ev.raw for ev in kept]
 
-    def close(self) -> list[bytes | memoryview]:
+    def close(self) -> list[Chunk]:
         """End of the upstream body: events completed only by EOF (no final blank line)."""
         return [ev.raw for ev in self._framer.close() if self._tap.feed(ev)]
+
+    @property
+    def done(self) -> bool:
+        return self._tap.done
+
+    @property
+    def usage(self) -> ir.Usage | None:
+        return self._tap.usage
+
+    @property
+    def failed(self) -> dict[str, Any] | None:
+        return self._tap.error
 
     @property
     def truncated(self) -> bool:
         """True when the upstream body ended inside an event."""
         return self._framer.has_partial
+
+
+class Translate:
+    """Cross-protocol relay: upstream SSE -> IR stream events -> the client's wire format."""
+
+    def __init__(
+        self, decoder: StreamDecoder, encoder: StreamEncoder, *, max_event_bytes: int = 8 * 1024 * 1024
+    ) -> None:
+        self._framer = SSEFramer(max_event_bytes)
+        self._decoder = decoder
+        self._encoder = encoder
+        self.done = False
+        self.usage: ir.Usage | None = None
+        self.failed: ir.StreamFailed | None = None
+
+    def feed(self, chunk: Chunk) -> list[Chunk]:
+        out: list[Chunk] = []
+        for ev in self._framer.feed(chunk):
+            self._emit(self._decoder.feed(ev), out)
+        return out
+
+    def close(self) -> list[Chunk]:
+        out: list[Chunk] = []
+        for ev in self._framer.close():
+            self._emit(self._decoder.feed(ev), out)
+        self._emit(self._decoder.close(), out)
+        return out
+
+    def _emit(self, events: list[ir.StreamEvent], out: list[Chunk]) -> None:
+        for ev in events:
+            if self.done or self.failed is not None:
+                return  # nothing may follow the terminator or an error event
+            if isinstance(ev, ir.UsageUpdate):
+                self.usage = ev.usage
+            elif isinstance(ev, ir.StreamFailed):
+                self.failed = ev
+                out.append(self._encoder.error(UpstreamStatusError(ev.status, ev.message, upstream_type=ev.type)))
+                return
+            elif isinstance(ev, ir.MessageStop):
+                self.done = True
+            data = self._encoder.encode(ev)
+            if data:
+                out.append(data)
+
+    @property
+    def truncated(self) -> bool:
+        return self._framer.has_partial
+
+
+Relay = Passthrough | Translate

@@ -1,5 +1,107 @@
-"""Per-protocol codecs: pure functions over dicts and SSE events. One module per wire API."""
+"""Per-protocol codecs: pure functions over dicts and SSE events. One module per wire API.
 
-__all__ = ["PROTOCOLS"]
+Every codec module has the same public names, checked against ``Codec`` below (mypy checks the
+registry). Direction is in the verb: ``decode_*`` is wire -> IR, ``encode_*`` is IR -> wire.
+Codecs never import each other; they share only ``ir``, ``sse`` and ``errors``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from relayproxy import ir
+from relayproxy.errors import RelayError, UpstreamStatusError
+from relayproxy.sse import SSEEvent
+
+__all__ = ["PROTOCOLS", "Codec", "StreamDecoder", "StreamEncoder", "StreamTap", "UpstreamCall"]
 
 PROTOCOLS = ("openai", "anthropic", "gemini")
+
+
+@dataclass(slots=True)
+class UpstreamCall:
+    """What to send upstream, minus the auth header: a path relative to the provider's
+    ``base_url``, a JSON body, and protocol headers (e.g. ``anthropic-version``)."""
+
+    path: str
+    body: bytes
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+
+
+class StreamDecoder(Protocol):
+    """Upstream SSE events -> IR stream events. Per-stream state lives in its fields."""
+
+    def feed(self, ev: SSEEvent) -> list[ir.StreamEvent]: ...
+
+    def close(self) -> list[ir.StreamEvent]:
+        """The upstream body ended: events that only the end completes (Gemini's MessageStop)."""
+        ...
+
+
+class StreamEncoder(Protocol):
+    """IR stream events -> bytes for the client, in the client's protocol and framing."""
+
+    def encode(self, ev: ir.StreamEvent) -> bytes: ...
+
+    def error(self, err: RelayError) -> bytes:
+        """An in-band error for a stream whose headers went out; nothing may follow it."""
+        ...
+
+    def ping(self) -> bytes:
+        """A keep-alive that this protocol's SDK ignores safely."""
+        ...
+
+    def finish(self) -> bytes:
+        """Bytes that close the framing after the last event (Gemini's JSON-array ``]``), else b""."""
+        ...
+
+
+class StreamTap(Protocol):
+    """Reads a same-protocol stream that passes through untouched (usage, terminator, error)."""
+
+    usage: ir.Usage | None
+    done: bool
+    error: dict[str, Any] | None
+
+    def feed(self, ev: SSEEvent) -> bool:
+        """Look at one event; False keeps it from the client."""
+        ...
+
+
+class Codec(Protocol):
+    """The shape of a codec module (``relayproxy.codecs.openai_chat`` and its siblings)."""
+
+    def decode_request(self, body: Any, *, model: str | None = ..., stream: bool | None = ...) -> ir.ChatRequest: ...
+
+    def encode_request(self, req: ir.ChatRequest, upstream_model: str) -> UpstreamCall: ...
+
+    def prepare_passthrough(self, body: dict[str, Any], req: ir.ChatRequest, upstream_model: str) -> UpstreamCall: ...
+
+    def auth_headers(self, api_key: str) -> list[tuple[bytes, bytes]]: ...
+
+    def decode_response(self, body: Any) -> ir.ChatResponse: ...
+
+    def encode_response(self, resp: ir.ChatResponse, model: str) -> dict[str, Any]: ...
+
+    def response_usage(self, body: Any) -> ir.Usage | None: ...
+
+    def decode_error(self, status: int, body: bytes, retry_after: str | None) -> UpstreamStatusError: ...
+
+    def embedded_error(self, body: Any) -> UpstreamStatusError | None: ...
+
+    def encode_error(self, err: RelayError) -> tuple[int, dict[str, Any]]: ...
+
+    def stream_decoder(self) -> StreamDecoder: ...
+
+    def stream_encoder(self, req: ir.ChatRequest, model: str, *, sse: bool = ...) -> StreamEncoder: ...
+
+    def stream_tap(self, req: ir.ChatRequest) -> StreamTap: ...
+
+    def encode_count_request(self, req: ir.ChatRequest, upstream_model: str) -> UpstreamCall | None:
+        """The upstream token-count call, or None when this protocol cannot count (OpenAI)."""
+        ...
+
+    def decode_count_response(self, body: Any) -> int: ...
+
+    def encode_count_response(self, tokens: int) -> dict[str, Any]: ...
