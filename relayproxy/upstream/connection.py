@@ -108,6 +108,8 @@ class UpstreamConnection:
         self._writer = writer
         self._h11 = h11.Connection(h11.CLIENT)
         self._bytes_read = 0
+        self._idle_since: float | None = None  # when the body last went quiet (heartbeats)
+        self._loop = asyncio.get_running_loop()
         self._response_started = False
         self._high_water = writer.transport.get_write_buffer_limits()[1]
 
@@ -205,22 +207,44 @@ class UpstreamConnection:
         self._bytes_read += len(data)
         self._h11.receive_data(data)
 
-    async def receive_body_chunk(self, timeout_s: float) -> bytes | None:
-        """The next body chunk as h11 parsed it, or None at the end of the body."""
+    async def receive_body_chunk(self, timeout_s: float, heartbeat_s: float | None = None) -> bytes | None:
+        """The next body chunk as h11 parsed it, or None at the end of the body.
+
+        With ``heartbeat_s``, ``b""`` is returned each time that long passes with no bytes, so the
+        caller can keep its own client alive; ``timeout_s`` then still counts from the last bytes.
+        Cancelling ``StreamReader.read`` loses no data, so a heartbeat never disturbs the stream.
+        """
         with map_exceptions(self.label, "reading the response body", timeout_s):
             event = self._h11.next_event()
-            if event is h11.NEED_DATA:
-                async with asyncio.timeout(timeout_s):
-                    while event is h11.NEED_DATA:
-                        data = await self._reader.read(_READ_SIZE)
-                        self._bytes_read += len(data)
-                        self._h11.receive_data(data)  # b"": EOF; h11 ends or rejects the body
-                        event = self._h11.next_event()
+            while event is h11.NEED_DATA:
+                data = await self._read_or_heartbeat(timeout_s, heartbeat_s)
+                if data is None:
+                    return b""
+                self._h11.receive_data(data)  # b"": EOF; h11 ends or rejects the body
+                event = self._h11.next_event()
         if isinstance(event, h11.Data):
             return event.data
         if isinstance(event, h11.EndOfMessage):
             return None
         raise UpstreamProtocolError(f"upstream {self.label}: unexpected {type(event).__name__} in the body")
+
+    async def _read_or_heartbeat(self, timeout_s: float, heartbeat_s: float | None) -> bytes | None:
+        """Bytes from the socket, or None when a heartbeat interval passed first."""
+        now = self._loop.time()
+        if self._idle_since is None:
+            self._idle_since = now
+        remaining = self._idle_since + timeout_s - now
+        wait = remaining if heartbeat_s is None else min(heartbeat_s, remaining)
+        try:
+            async with asyncio.timeout(max(wait, 0)):
+                data = await self._reader.read(_READ_SIZE)
+        except TimeoutError:
+            if wait < remaining:
+                return None
+            raise
+        self._idle_since = None
+        self._bytes_read += len(data)
+        return data
 
     @property
     def body_complete(self) -> bool:
@@ -289,19 +313,20 @@ class UpstreamResponse:
         self._release = release
         self._body_taken = False
 
-    async def aiter_body(self) -> AsyncGenerator[bytes, None]:
+    async def aiter_body(self, heartbeat_s: float | None = None) -> AsyncGenerator[bytes, None]:
         """Raw body chunks as they arrive; at the end the connection goes back to the pool.
 
         Chunks are the h11 ``Data`` payloads (bytes-like; h11 gives ``bytearray``), never
         re-buffered. Any error or cancellation closes the connection instead of pooling it.
-        The body can be iterated once.
+        The body can be iterated once. With ``heartbeat_s``, an empty chunk is yielded after each
+        such pause with no bytes (the read timeout still counts from the last bytes).
         """
         conn = self._conn
         if conn is None or self._body_taken:
             raise RuntimeError("the response body was already read or the response closed")
         self._body_taken = True
         try:
-            while (chunk := await conn.receive_body_chunk(self._read_timeout_s)) is not None:
+            while (chunk := await conn.receive_body_chunk(self._read_timeout_s, heartbeat_s)) is not None:
                 yield chunk
                 if self._conn is not conn:  # aclose() gave the connection away while we were suspended
                     raise RuntimeError("the response was closed while its body was being read")
