@@ -1,11 +1,14 @@
 """FakeUpstream: a stdlib asyncio HTTP/1.1 server speaking the providers' real wire formats.
 
+It answers OpenAI (``/v1/chat/completions``), Anthropic (``/v1/messages``, ``count_tokens``) and
+Gemini (``/v1beta/models/{m}:generateContent`` / ``:streamGenerateContent`` / ``:countTokens``).
+
 Deliberately not built on relayproxy's own server. The behaviour is chosen by the ``model`` field
-of the request body (the gateway sends the configured ``upstream_model``), so e2e tests stay
-declarative: ``text``, ``tools``, ``nousage``, ``midstream-error``, ``truncated``, ``reset``,
-``stall``, ``noanswer``, ``slow``, ``http429``, ``http500``, ``http400``, ``badjson``. A suffix ``@N`` cuts the
-body into N-byte writes (splitting UTF-8 characters and CRLFs); ``@cl`` sends Content-Length
-instead of chunked encoding.
+of the request body (the gateway sends the configured ``upstream_model``; for Gemini, the model in
+the path), so e2e tests stay declarative: ``text``, ``tools``, ``nousage``, ``midstream-error``,
+``truncated``, ``reset``, ``stall``, ``cut``, ``noanswer``, ``slow``, ``http429``, ``http500``,
+``http400``, ``http529``, ``badjson``. A suffix ``@N`` cuts the body into N-byte writes (splitting
+UTF-8 characters and CRLFs); ``@cl`` sends Content-Length instead of chunked encoding.
 """
 
 from __future__ import annotations
@@ -97,9 +100,148 @@ def openai_unary(scenario: str) -> dict[str, Any]:
     return body
 
 
+ANTHROPIC_TEXT = "Hello! The capital of France is Paris."
+
+
+def anthropic_unary(scenario: str) -> dict[str, Any]:
+    content: list[dict[str, Any]] = [{"type": "text", "text": ANTHROPIC_TEXT}]
+    stop = "end_turn"
+    if scenario == "tools":
+        content = [
+            {"type": "text", "text": "I'll check."},
+            {"type": "tool_use", "id": "toolu_01", "name": "get_weather", "input": {"city": "Paris"}},
+            {"type": "tool_use", "id": "toolu_02", "name": "get_weather", "input": {"city": "Tōkyō"}},
+        ]
+        stop = "tool_use"
+    body: dict[str, Any] = {
+        "id": "msg_unary1",
+        "type": "message",
+        "role": "assistant",
+        "model": "claude-fake-2026",
+        "content": content,
+        "stop_reason": stop,
+        "stop_sequence": None,
+        "usage": {
+            "input_tokens": 16,
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": 8,
+            "output_tokens": 9,
+        },
+    }
+    if scenario == "nousage":
+        del body["usage"]
+    return body
+
+
+def gemini_unary(scenario: str) -> dict[str, Any]:
+    parts: list[dict[str, Any]] = [{"text": ANTHROPIC_TEXT}]
+    if scenario == "tools":
+        parts = [
+            {"functionCall": {"name": "get_weather", "args": {"city": "Paris"}}, "thoughtSignature": "c2lnLTE="},
+            {"functionCall": {"name": "get_weather", "args": {"city": "Tōkyō"}}},
+        ]
+    body: dict[str, Any] = {
+        "candidates": [{"content": {"role": "model", "parts": parts}, "finishReason": "STOP", "index": 0}],
+        "usageMetadata": {
+            "promptTokenCount": 24,
+            "candidatesTokenCount": 7,
+            "thoughtsTokenCount": 2,
+            "cachedContentTokenCount": 8,
+            "totalTokenCount": 33,
+        },
+        "modelVersion": "gemini-fake-2026",
+        "responseId": "resp-unary1",
+    }
+    if scenario == "nousage":
+        body.pop("usageMetadata")
+    return body
+
+
 def _error(status: int, message: str, etype: str, code: str | None = None) -> Reply:
     body = json.dumps({"error": {"message": message, "type": etype, "param": None, "code": code}}).encode()
     return Reply(status, [("content-type", "application/json")], [body])
+
+
+def _json_error(status: int, body: dict[str, Any], retry_after: str | None = None) -> Reply:
+    reply = Reply(status, [("content-type", "application/json")], [json.dumps(body).encode()])
+    if retry_after:
+        reply.headers.append(("retry-after", retry_after))
+    return reply
+
+
+def anthropic_reply(scenario: str, stream: bool) -> Reply:
+    """The scripted Anthropic-protocol reply for a scenario."""
+    errors = {
+        "http429": (429, "rate_limit_error", "Number of request tokens has exceeded your rate limit."),
+        "http400": (400, "invalid_request_error", "messages: roles must alternate"),
+        "http529": (529, "overloaded_error", "Overloaded"),
+    }
+    if scenario in errors:
+        status, etype, message = errors[scenario]
+        body = {"type": "error", "error": {"type": etype, "message": message}, "request_id": "req_fake"}
+        return _json_error(status, body, "7" if status == 429 else None)
+    if scenario in ("http500", "badjson") or not stream:
+        return _common_reply(scenario) or _json_reply(anthropic_unary(scenario))
+    return _stream_reply("anthropic", scenario, terminal=b"message_stop", usage_marker=b"message_delta")
+
+
+def gemini_reply(scenario: str, stream: bool) -> Reply:
+    """The scripted Gemini-protocol reply for a scenario."""
+    errors = {
+        "http429": (429, "RESOURCE_EXHAUSTED", "Resource has been exhausted (e.g. check quota)."),
+        "http400": (400, "INVALID_ARGUMENT", "Request contains an invalid argument."),
+    }
+    if scenario in errors:
+        code, status, message = errors[scenario]
+        return _json_error(code, {"error": {"code": code, "message": message, "status": status}}, None)
+    if scenario in ("http500", "badjson") or not stream:
+        return _common_reply(scenario) or _json_reply(gemini_unary(scenario))
+    return _stream_reply("gemini", scenario, terminal=b'"finishReason"', usage_marker=b"\x00")
+
+
+def _json_reply(body: dict[str, Any]) -> Reply:
+    return Reply(200, [("content-type", "application/json")], [json.dumps(body).encode()])
+
+
+def _common_reply(scenario: str) -> Reply | None:
+    if scenario == "http500":
+        return Reply(500, [("content-type", "text/html")], [b"<html><body>Internal Server Error</body></html>"])
+    if scenario == "badjson":
+        return Reply(200, [("content-type", "application/json")], [b"{not json"])
+    return None
+
+
+def _stream_reply(protocol: str, scenario: str, *, terminal: bytes, usage_marker: bytes) -> Reply:
+    name = {"tools": "tools.sse", "midstream-error": "error.sse"}.get(scenario, "text.sse")
+    events = sse_events(FIXTURES / protocol / name)
+    reply = Reply(200, [("content-type", "text/event-stream; charset=utf-8")], events)
+    head = [e for e in events if terminal not in e and usage_marker not in e]
+    if scenario == "nousage" and protocol == "gemini":
+        reply.events = [_strip_gemini_usage(e) for e in events]
+    elif scenario == "nousage":
+        reply.events = [_strip_anthropic_usage(e) for e in events]
+    elif scenario in ("truncated", "reset", "stall", "cut"):
+        reply.events = head[:3]
+        reply.end = {"truncated": "truncate"}.get(scenario, scenario)
+    elif scenario == "slow":
+        reply.delay_s = 0.05
+    return reply
+
+
+def _strip_gemini_usage(event: bytes) -> bytes:
+    data = json.loads(event.split(b"data: ", 1)[1])
+    data.pop("usageMetadata", None)
+    return b"data: " + json.dumps(data).encode() + b"\r\n\r\n"
+
+
+def _strip_anthropic_usage(event: bytes) -> bytes:
+    name, _, data = event.partition(b"\ndata: ")
+    obj = json.loads(data)
+    if obj.get("type") == "message_start":
+        obj["message"].pop("usage", None)
+    if obj.get("type") == "message_delta":
+        obj.pop("usage", None)
+    return name + b"\ndata: " + json.dumps(obj).encode() + b"\n\n"
 
 
 def openai_reply(scenario: str, stream: bool) -> Reply:
@@ -196,13 +338,32 @@ class FakeUpstream:
 
     async def _answer(self, req: Captured, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
         body = req.json() if req.body else {}
+        path = req.path.split("?", 1)[0]
         model = str(body.get("model", "text"))
+        if path.startswith("/v1beta/models/"):
+            model = path[len("/v1beta/models/") :].partition(":")[0]
         scenario, _, mode = model.partition("@")
         if scenario == "noanswer":
             await _wait_hangup(reader)
             return False
-        reply = openai_reply(scenario, bool(body.get("stream")))
+        reply = self._route(path, scenario, body)
         return await _write_reply(reader, writer, reply, mode)
+
+    @staticmethod
+    def _route(path: str, scenario: str, body: dict[str, Any]) -> Reply:
+        if path == "/v1/chat/completions":
+            return openai_reply(scenario, bool(body.get("stream")))
+        if path == "/v1/messages":
+            return anthropic_reply(scenario, bool(body.get("stream")))
+        if path == "/v1/messages/count_tokens":
+            return _json_reply({"input_tokens": 42})
+        if path.endswith(":countTokens"):
+            return _json_reply({"totalTokens": 42})
+        if path.endswith(":streamGenerateContent"):
+            return gemini_reply(scenario, True)
+        if path.endswith(":generateContent"):
+            return gemini_reply(scenario, False)
+        return _json_error(404, {"error": {"message": f"fake upstream: no route {path}"}})
 
 
 async def _read_request(reader: asyncio.StreamReader) -> Captured | None:
