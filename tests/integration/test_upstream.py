@@ -473,6 +473,36 @@ async def test_mid_body_stall_times_out() -> None:
         assert pool.idle_count() == 0
 
 
+async def _head_pause_rest(srv: FakeServer, reader: Reader, writer: Writer) -> None:
+    await srv.read_request(reader)
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello")
+    await asyncio.sleep(0.35)
+    writer.write(b"world")
+    await srv.wait_peer_closed(reader)
+
+
+async def test_heartbeat_yields_empty_chunks_during_a_pause_without_losing_bytes() -> None:
+    """A heartbeat lets the caller ping its own client; the read timeout counts from the last bytes."""
+    async with fake_server(_head_pause_rest) as srv, Pool() as pool:
+        response = await get(pool, srv, read_timeout_s=1.0)
+        chunks = [chunk async for chunk in response.aiter_body(heartbeat_s=0.1)]
+        assert b"".join(chunks) == b"helloworld"
+        assert chunks[0] == b"hello" and chunks[-1] == b"world"
+        assert 2 <= chunks.count(b"") <= 4
+
+
+async def test_heartbeat_does_not_extend_the_read_timeout() -> None:
+    async with fake_server(_head_then_stall) as srv, Pool() as pool:
+        response = await get(pool, srv, read_timeout_s=0.3)
+        body = response.aiter_body(heartbeat_s=0.1)
+        assert await anext(body) == b"hello"
+        beats = 0
+        with pytest.raises(UpstreamTimeout, match="response body"):
+            while await anext(body) == b"":
+                beats += 1
+        assert 2 <= beats <= 3
+
+
 @pytest.mark.parametrize(
     "response",
     [
