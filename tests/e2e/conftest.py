@@ -37,6 +37,22 @@ class Gateway:
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         return run_cli("--config", str(self.config), *args)
 
+    def last_seq(self) -> int:
+        with sqlite3.connect(self.db) as db:
+            return int(db.execute("SELECT COALESCE(MAX(seq), 0) FROM usage").fetchone()[0])
+
+    def record_after(self, seq: int, model: str) -> dict[str, Any]:
+        """The record of the one request for ``model`` made after ``seq`` (tests run one at a time)."""
+        deadline = time.monotonic() + 5
+        while True:
+            with sqlite3.connect(self.db) as db:
+                db.row_factory = sqlite3.Row
+                row = db.execute("SELECT * FROM usage WHERE seq > ? AND model = ?", (seq, model)).fetchone()
+            if row is not None or time.monotonic() > deadline:
+                assert row is not None, f"no usage record for {model} after {seq}"
+                return dict(row)
+            time.sleep(0.02)
+
     def usage(self, request_id: str) -> dict[str, Any]:
         """The usage record of a request, waiting briefly for it to be written."""
         deadline = time.monotonic() + 5
@@ -56,12 +72,35 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
     )
 
 
-def write_config(path: Path, upstream: FakeUpstream, **overrides: Any) -> None:
-    models = "\n".join(
-        f'[models."{name}"]\nprovider = "fake"\ninput_price = 1.0\noutput_price = 2.0\nmax_output_tokens = 4096\n'
-        for name in SCENARIOS
+#: Model name prefixes routing to a fake upstream of each protocol; the rest is the scenario.
+UPSTREAMS = {"oa": "fake", "an": "fake-anthropic", "ge": "fake-gemini"}
+MATRIX_SCENARIOS = (
+    "text", "tools", "nousage", "midstream-error", "truncated", "http429", "http500", "http400",
+    "text@7", "tools@7", "slow", "late", "pause",
+)  # fmt: skip
+
+
+def _model(name: str, provider: str, upstream_model: str) -> str:
+    return (
+        f'[models."{name}"]\nprovider = "{provider}"\nupstream_model = "{upstream_model}"\n'
+        "input_price = 1.0\ncached_input_price = 0.5\noutput_price = 2.0\nmax_output_tokens = 4096\n"
     )
-    timeouts = {"upstream_first_byte_s": 2, "stream_idle_s": 1, "drain_s": 2, **overrides.get("timeouts", {})}
+
+
+def write_config(path: Path, upstream: FakeUpstream, **overrides: Any) -> None:
+    models = "\n".join(_model(name, "fake", name) for name in SCENARIOS)
+    models += "\n".join(
+        _model(f"{prefix}-{scenario}", provider, scenario)
+        for prefix, provider in UPSTREAMS.items()
+        for scenario in MATRIX_SCENARIOS
+    )
+    timeouts = {
+        "upstream_first_byte_s": 2.5,
+        "stream_idle_s": 2,
+        "keepalive_ping_s": 0.7,
+        "drain_s": 2,
+        **overrides.get("timeouts", {}),
+    }
     limits = {"max_body_bytes": 1048576, **overrides.get("limits", {})}
     path.write_text(
         f"""
@@ -72,6 +111,16 @@ database = "relay.db"
 [providers.fake]
 protocol = "openai"
 base_url = "{upstream.base_url}/v1"
+api_key_env = "RELAYPROXY_TEST_UPSTREAM_KEY"
+
+[providers.fake-anthropic]
+protocol = "anthropic"
+base_url = "{upstream.base_url}"
+api_key_env = "RELAYPROXY_TEST_UPSTREAM_KEY"
+
+[providers.fake-gemini]
+protocol = "gemini"
+base_url = "{upstream.base_url}"
 api_key_env = "RELAYPROXY_TEST_UPSTREAM_KEY"
 
 [providers.nokey]

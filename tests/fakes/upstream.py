@@ -7,8 +7,9 @@ Deliberately not built on relayproxy's own server. The behaviour is chosen by th
 of the request body (the gateway sends the configured ``upstream_model``; for Gemini, the model in
 the path), so e2e tests stay declarative: ``text``, ``tools``, ``nousage``, ``midstream-error``,
 ``truncated``, ``reset``, ``stall``, ``cut``, ``noanswer``, ``slow``, ``http429``, ``http500``,
-``http400``, ``http529``, ``badjson``. A suffix ``@N`` cuts the body into N-byte writes (splitting
-UTF-8 characters and CRLFs); ``@cl`` sends Content-Length instead of chunked encoding.
+``http400``, ``http529``, ``badjson``, ``late`` (head after a pause), ``pause`` (a pause
+mid-stream). A suffix ``@N`` cuts the body into N-byte writes (splitting UTF-8 characters and
+CRLFs); ``@cl`` sends Content-Length instead of chunked encoding.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ class Reply:
     headers: list[tuple[str, str]] = field(default_factory=list)
     events: list[bytes] = field(default_factory=list)
     delay_s: float = 0.0
+    head_delay_s: float = 0.0  # silence before the status line
+    pause_after: int = 0  # a long pause after this many events (0: none)
     end: str = "ok"  # ok | truncate (clean chunked end, no terminator) | reset | stall | cut (no final chunk)
 
 
@@ -223,9 +226,21 @@ def _stream_reply(protocol: str, scenario: str, *, terminal: bytes, usage_marker
     elif scenario in ("truncated", "reset", "stall", "cut"):
         reply.events = head[:3]
         reply.end = {"truncated": "truncate"}.get(scenario, scenario)
-    elif scenario == "slow":
-        reply.delay_s = 0.05
+    else:
+        _pacing(reply, scenario)
     return reply
+
+
+PAUSE_S = 1.6  # longer than the e2e gateway's keepalive_ping_s
+
+
+def _pacing(reply: Reply, scenario: str) -> None:
+    if scenario == "slow":
+        reply.delay_s = 0.05
+    elif scenario == "late":
+        reply.head_delay_s = PAUSE_S
+    elif scenario == "pause":
+        reply.pause_after = 2
 
 
 def _strip_gemini_usage(event: bytes) -> bytes:
@@ -278,8 +293,8 @@ def _openai_stream(scenario: str) -> Reply:
     elif scenario in ("truncated", "reset", "stall", "cut"):
         reply.events = head[:3]
         reply.end = {"truncated": "truncate"}.get(scenario, scenario)
-    elif scenario == "slow":
-        reply.delay_s = 0.05
+    else:
+        _pacing(reply, scenario)
     return reply
 
 
@@ -389,13 +404,17 @@ async def _write_reply(reader: asyncio.StreamReader, writer: asyncio.StreamWrite
     use_cl = mode == "cl" or reply.status != 200 or not reply.events or len(reply.events) == 1
     head = [f"HTTP/1.1 {reply.status} X", *(f"{k}: {v}" for k, v in reply.headers)]
     head.append(f"content-length: {len(payload)}" if use_cl else "transfer-encoding: chunked")
+    if reply.head_delay_s:
+        await asyncio.sleep(reply.head_delay_s)
     writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1"))
     piece = int(mode) if mode.isdigit() else 0
-    for event in reply.events:
+    for i, event in enumerate(reply.events, 1):
         framed = event if use_cl else b"%x\r\n%s\r\n" % (len(event), event)
         await _send(writer, framed, piece)
         if reply.delay_s:
             await asyncio.sleep(reply.delay_s)
+        if i == reply.pause_after:
+            await asyncio.sleep(PAUSE_S)
     return await _finish(reader, writer, reply, use_cl)
 
 
