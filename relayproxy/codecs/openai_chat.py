@@ -1,7 +1,26 @@
-"""OpenAI Chat Completions: request checks, usage, errors and the passthrough stream tap.
+"""OpenAI Chat Completions codec: requests, responses, errors, usage; streams in ``openai_chat_stream``.
 
-Pure: dicts and SSE events in, dicts and bytes out. Provider quirks of OpenAI-compatible
-upstreams (DeepSeek, Moonshot, MiniMax) are handled here, behind named functions.
+Theory of operation
+-------------------
+Pure: dicts and SSE events in, dicts and bytes out. The same code serves OpenAI itself and the
+OpenAI-protocol providers (DeepSeek, Moonshot/Kimi, MiniMax); their quirks sit behind named
+functions here and in the stream module (protocols.md §9).
+
+Requests. ``decode_request`` validates what the gateway relies on and raises ``InvalidRequest``
+naming the field. System and developer messages become one system text (joined with a blank line;
+their position is lost). Tool messages become ToolResults on a user turn; consecutive tool messages
+and a following user message fold into one turn, results first, as Anthropic requires. The legacy
+``function`` role and ``functions`` parameter are rejected (no call id to tie a result to), as are
+audio and file parts. ``encode_request`` does the reverse for an OpenAI-protocol upstream,
+including DeepSeek/Kimi's ``reasoning_content`` on assistant turns, which their thinking models
+require back in tool-call loops.
+
+Ids. A Gemini ``thoughtSignature`` rides inside the call id (``call_x~<sig>``) towards an OpenAI
+client and is split off again when the client replays it (``fold_signature``/``_unfold``).
+
+Responses. A refusal is treated as text (it is what the model said; every client can show it).
+MiniMax's inline ``<think>…</think>`` reasoning stays in the text: splitting it is guesswork that
+would corrupt answers which merely mention the tag. ``created`` is 0: codecs have no clock.
 """
 
 from __future__ import annotations
@@ -11,9 +30,25 @@ from typing import Any
 
 import orjson
 
-from relayproxy.errors import InvalidRequest, RelayError, UpstreamStatusError
-from relayproxy.ir import Usage
-from relayproxy.sse import SSEEvent
+from relayproxy import ir
+from relayproxy.codecs import UpstreamCall
+from relayproxy.codecs.openai_chat_stream import (
+    DONE,
+    ChatStreamDecoder,
+    ChatStreamEncoder,
+    StreamTap,
+    chat_id,
+    decode_finish,
+    decode_usage,
+    encode_error,
+    encode_stream_error,
+    encode_usage,
+    fold_signature,
+    minimax_error,
+    reasoning_texts,
+    synth_call_id,
+)
+from relayproxy.errors import InvalidRequest, UpstreamProtocolError, UpstreamStatusError
 
 __all__ = [
     "DONE",
@@ -21,16 +56,30 @@ __all__ = [
     "StreamTap",
     "auth_headers",
     "check_request",
+    "decode_count_response",
     "decode_error",
+    "decode_request",
+    "decode_response",
     "decode_usage",
+    "embedded_error",
+    "encode_count_request",
+    "encode_count_response",
     "encode_error",
+    "encode_request",
+    "encode_response",
     "encode_stream_error",
     "prepare_passthrough",
+    "response_usage",
+    "stream_decoder",
+    "stream_encoder",
+    "stream_tap",
     "upstream_path",
 ]
 
-DONE = b"[DONE]"
+CHAT_PATH = "/chat/completions"  # relative to an openai provider's base URL, which ends in /v1
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
+_TOOL_CHOICES = ("none", "auto", "required")
 
 
 @dataclass(slots=True, frozen=True)
@@ -45,14 +94,14 @@ class RequestInfo:
 
 def upstream_path(model: str, stream: bool) -> str:
     """Path appended to an openai provider's base URL (which ends in /v1)."""
-    return "/chat/completions"
+    return CHAT_PATH
 
 
 def auth_headers(api_key: str) -> list[tuple[bytes, bytes]]:
     return [(b"authorization", b"Bearer " + api_key.encode())]
 
 
-# -- requests -----------------------------------------------------------------------------------
+# -- request checks (shared by check_request and decode_request) --------------------------------
 
 
 def check_request(body: Any) -> RequestInfo:
@@ -69,9 +118,7 @@ def check_request(body: Any) -> RequestInfo:
     if options is not None:
         include_usage = _opt(options, "include_usage", bool, False, "stream_options.include_usage")
     limits = [_opt_int(body, k) for k in ("max_completion_tokens", "max_tokens")]
-    temperature = _opt(body, "temperature", (int, float), None)
-    if temperature is not None and not 0 <= temperature <= 2:
-        raise InvalidRequest(f"must be between 0 and 2, got {temperature}", "temperature")
+    _opt_number(body, "temperature", 2)
     n = _opt_int(body, "n")
     if n is not None and n != 1:
         raise InvalidRequest("only n = 1 is supported", "n")
@@ -85,7 +132,7 @@ def _check_messages(messages: Any) -> None:
         if not isinstance(msg, dict):
             raise InvalidRequest("expected an object", f"messages[{i}]")
         role = msg.get("role")
-        if role not in _ROLES:
+        if not isinstance(role, str) or role not in _ROLES:  # a list here is unhashable: TypeError
             raise InvalidRequest(f"expected one of {', '.join(sorted(_ROLES))}, got {role!r}", f"messages[{i}].role")
         content = msg.get("content")
         if content is not None and not isinstance(content, str | list):
@@ -101,7 +148,7 @@ def _opt(body: dict[str, Any], key: str, typ: Any, default: Any, path: str | Non
         return default
     if not isinstance(value, typ) or (typ is not bool and isinstance(value, bool)):
         name = typ.__name__ if isinstance(typ, type) else "number"
-        raise InvalidRequest(f"expected {name}, got {orjson.dumps(value).decode()[:40]}", path or key)
+        raise InvalidRequest(f"expected {name}, got {type(value).__name__} {str(value)[:40]}", path or key)
     return value
 
 
@@ -112,7 +159,423 @@ def _opt_int(body: dict[str, Any], key: str) -> int | None:
     return value
 
 
-def prepare_passthrough(body: dict[str, Any], upstream_model: str, stream: bool) -> bytes:
+def _opt_number(body: dict[str, Any], key: str, high: float) -> float | None:
+    value = _opt(body, key, (int, float), None)
+    if value is not None and not 0 <= value <= high:
+        raise InvalidRequest(f"must be between 0 and {high}, got {value}", key)
+    return None if value is None else float(value)
+
+
+def _req_str(value: Any, path: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise InvalidRequest("required, a non-empty string", path)
+    return value
+
+
+def _unfold(call_id: str) -> tuple[str, str | None]:
+    """Split a Gemini thoughtSignature off a call id folded by ``fold_signature``."""
+    head, sep, signature = call_id.partition("~")
+    return (head, signature) if sep and head and signature else (call_id, None)
+
+
+# -- decode_request -------------------------------------------------------------------------------
+
+
+def decode_request(body: Any, *, model: str | None = None, stream: bool | None = None) -> ir.ChatRequest:
+    """An OpenAI request body -> IR. ``model``/``stream`` come from the body (the arguments are Gemini's)."""
+    info = check_request(body)
+    for legacy in ("functions", "function_call"):
+        if body.get(legacy) is not None:
+            raise InvalidRequest("the legacy functions parameters are not supported; use tools", legacy)
+    system, messages = _decode_messages(body["messages"])
+    choice, tools = _decode_tool_choice(body, _decode_tools(body.get("tools")))
+    req = ir.ChatRequest(info.model, messages, system=system, tools=tools, tool_choice=choice)
+    req.max_output_tokens = info.max_output_tokens
+    req.stream, req.include_usage = info.stream, info.include_usage
+    req.temperature, req.top_p = _opt_number(body, "temperature", 2), _opt_number(body, "top_p", 1)
+    req.stop, req.seed = _decode_stop(body.get("stop")), _opt(body, "seed", int, None)
+    req.user = _opt(body, "user", str, None) or _opt(body, "safety_identifier", str, None)
+    effort = _opt(body, "reasoning_effort", str, None)
+    if effort is not None:
+        if effort not in _EFFORTS:
+            raise InvalidRequest(f"expected one of {', '.join(_EFFORTS)}, got {effort!r}", "reasoning_effort")
+        req.reasoning = ir.Reasoning(effort=effort)
+    _decode_response_format(body.get("response_format"), req)
+    return req
+
+
+def _decode_messages(raw: list[Any]) -> tuple[str | None, list[ir.Message]]:
+    system: list[str] = []
+    turns: list[ir.Message] = []
+    names: dict[str, str] = {}  # call id -> function name, so ToolResults carry the name Gemini needs
+    folding = False  # the last turn came from tool messages: more results and one user message join it
+    for i, msg in enumerate(raw):
+        path, role = f"messages[{i}]", msg["role"]
+        if role in ("system", "developer"):
+            if text := _plain_text(msg.get("content"), f"{path}.content"):
+                system.append(text)
+        elif role == "tool":
+            result = _decode_tool_message(msg, path, names)
+            if not folding:
+                turns.append(ir.Message("user", []))
+            turns[-1].parts.append(result)
+            folding = True
+        elif role == "user":
+            parts: list[ir.Part] = [*_user_parts(msg.get("content"), f"{path}.content")]
+            if folding:
+                turns[-1].parts.extend(parts)
+            else:
+                turns.append(ir.Message("user", parts))
+            folding = False
+        elif role == "assistant":
+            turns.append(_decode_assistant(msg, path, names))
+            folding = False
+        else:
+            raise InvalidRequest("the legacy function role is not supported; send tool messages", f"{path}.role")
+    return "\n\n".join(system) or None, turns
+
+
+def _plain_text(content: Any, path: str) -> str:
+    """System/developer content: a string or text parts (joined by newlines so words never fuse)."""
+    if content is None or isinstance(content, str):
+        return content or ""
+    texts = []
+    for j, part in enumerate(content):
+        if not isinstance(part, dict) or part.get("type") != "text":
+            raise InvalidRequest("expected a text part", f"{path}[{j}]")
+        texts.append(_text_of(part, f"{path}[{j}].text"))
+    return "\n".join(texts)
+
+
+def _text_of(part: dict[str, Any], path: str) -> str:
+    text = part.get("text")
+    if not isinstance(text, str):
+        raise InvalidRequest("required, a string", path)
+    return text
+
+
+def _user_parts(content: Any, path: str) -> list[ir.Text | ir.Image]:
+    if content is None or isinstance(content, str):
+        return [ir.Text(content)] if content else []
+    return [_content_part(part, f"{path}[{j}]") for j, part in enumerate(content)]
+
+
+def _content_part(part: Any, path: str) -> ir.Text | ir.Image:
+    if not isinstance(part, dict):
+        raise InvalidRequest("expected a content part object", path)
+    kind = part.get("type")
+    if kind == "text":
+        return ir.Text(_text_of(part, f"{path}.text"))
+    if kind == "image_url":
+        return _image(part.get("image_url"), f"{path}.image_url")
+    if kind in ("input_audio", "file"):
+        raise InvalidRequest(f"{kind} parts are not supported by this gateway; send text or image_url parts", path)
+    raise InvalidRequest(f"expected a part of type text or image_url, got {kind!r}", f"{path}.type")
+
+
+def _image(value: Any, path: str) -> ir.Image:
+    url = value.get("url") if isinstance(value, dict) else None
+    if not isinstance(url, str):
+        raise InvalidRequest('expected {"url": "https://…" or "data:<mime>;base64,…"}', path)
+    if url.startswith("data:"):
+        head, comma, data = url[5:].partition(",")
+        if comma and head.endswith(";base64") and head != ";base64":
+            return ir.Image(mime_type=head[:-7].split(";")[0], data=data)
+        raise InvalidRequest("expected a base64 data URL: data:<mime>;base64,<data>", f"{path}.url")
+    if url.startswith(("https://", "http://")):
+        return ir.Image(url=url)
+    raise InvalidRequest("expected an https:// URL or a base64 data: URL", f"{path}.url")
+
+
+def _decode_tool_message(msg: dict[str, Any], path: str, names: dict[str, str]) -> ir.ToolResult:
+    call_id, _ = _unfold(_req_str(msg.get("tool_call_id"), f"{path}.tool_call_id"))
+    content = msg.get("content")
+    value: str | list[ir.Text | ir.Image] = (
+        content if isinstance(content, str) else _user_parts(content, f"{path}.content")
+    )
+    return ir.ToolResult(call_id, value, name=names.get(call_id))
+
+
+def _decode_assistant(msg: dict[str, Any], path: str, names: dict[str, str]) -> ir.Message:
+    # DeepSeek/Kimi reasoning first: it preceded the answer and the calls.
+    parts: list[ir.Part] = [ir.Thinking(t) for t in reasoning_texts(msg)]
+    content = msg.get("content")
+    if isinstance(content, str) and content:
+        parts.append(ir.Text(content))
+    elif isinstance(content, list):
+        parts += [_assistant_part(p, f"{path}.content[{j}]") for j, p in enumerate(content)]
+    refusal = msg.get("refusal")
+    if isinstance(refusal, str) and refusal:
+        parts.append(ir.Text(refusal))
+    calls = msg.get("tool_calls")
+    if calls is not None and not isinstance(calls, list):
+        raise InvalidRequest("expected an array of tool calls", f"{path}.tool_calls")
+    for k, raw in enumerate(calls or ()):
+        call = _decode_tool_call(raw, f"{path}.tool_calls[{k}]")
+        names[call.id] = call.name
+        parts.append(call)
+    return ir.Message("assistant", parts)
+
+
+def _assistant_part(part: Any, path: str) -> ir.Text:
+    if isinstance(part, dict) and part.get("type") == "refusal":
+        return ir.Text(_req_str(part.get("refusal"), f"{path}.refusal"))
+    if isinstance(part, dict) and part.get("type") == "text":
+        return ir.Text(_text_of(part, f"{path}.text"))
+    raise InvalidRequest("expected a text or refusal part", path)
+
+
+def _decode_tool_call(call: Any, path: str) -> ir.ToolCall:
+    if not isinstance(call, dict):
+        raise InvalidRequest("expected a tool call object", path)
+    if call.get("type", "function") != "function":
+        raise InvalidRequest("only function tool calls are supported", f"{path}.type")
+    fn = call.get("function")
+    if not isinstance(fn, dict):
+        raise InvalidRequest('expected {"name": …, "arguments": "<JSON>"}', f"{path}.function")
+    call_id, signature = _unfold(_req_str(call.get("id"), f"{path}.id"))
+    name = _req_str(fn.get("name"), f"{path}.function.name")
+    return ir.ToolCall(call_id, name, _arguments(fn.get("arguments"), f"{path}.function.arguments"), signature)
+
+
+def _arguments(value: Any, path: str) -> dict[str, Any]:
+    """``arguments`` is a JSON string. Models do write invalid JSON; keep it rather than fail."""
+    if value is None or isinstance(value, dict):
+        return value or {}
+    if not isinstance(value, str):
+        raise InvalidRequest("expected a JSON string", path)
+    if not value.strip():
+        return {}
+    try:
+        parsed = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return {"_raw": value}
+    return parsed if isinstance(parsed, dict) else {"_raw": value}
+
+
+def _decode_tools(raw: Any) -> list[ir.Tool]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise InvalidRequest("expected an array of tools", "tools")
+    return [_decode_tool(tool, f"tools[{i}]") for i, tool in enumerate(raw)]
+
+
+def _decode_tool(tool: Any, path: str) -> ir.Tool:
+    if not isinstance(tool, dict):
+        raise InvalidRequest("expected a tool object", path)
+    kind = tool.get("type", "function")
+    if kind != "function":
+        raise InvalidRequest(f"only function tools are supported, got {kind!r}", f"{path}.type")
+    fn = tool.get("function")
+    if not isinstance(fn, dict):
+        raise InvalidRequest('expected {"name", "description", "parameters"}', f"{path}.function")
+    name = _req_str(fn.get("name"), f"{path}.function.name")
+    description = _opt(fn, "description", str, None, f"{path}.function.description")
+    params = _opt(fn, "parameters", dict, None, f"{path}.function.parameters")  # `strict` is dropped
+    return ir.Tool(name, description) if params is None else ir.Tool(name, description, params)
+
+
+def _decode_tool_choice(body: dict[str, Any], tools: list[ir.Tool]) -> tuple[ir.ToolChoice | None, list[ir.Tool]]:
+    raw = body.get("tool_choice")
+    choice: ir.ToolChoice | None = None
+    if isinstance(raw, str):
+        if raw not in _TOOL_CHOICES:
+            raise InvalidRequest(f"expected one of none, auto, required, got {raw!r}", "tool_choice")
+        choice = ir.ToolChoice(raw)
+    elif isinstance(raw, dict):
+        choice, tools = _tool_choice_object(raw, tools)
+    elif raw is not None:
+        raise InvalidRequest("expected a string or an object", "tool_choice")
+    if _opt(body, "parallel_tool_calls", bool, None) is False:
+        choice = choice or ir.ToolChoice()
+        choice.parallel = False
+    return choice, tools
+
+
+def _tool_choice_object(raw: dict[str, Any], tools: list[ir.Tool]) -> tuple[ir.ToolChoice, list[ir.Tool]]:
+    kind = raw.get("type")
+    if kind == "function":
+        fn = raw.get("function")
+        name = _known_tool(fn.get("name") if isinstance(fn, dict) else None, tools, "tool_choice.function.name")
+        return ir.ToolChoice("tool", name), tools
+    if kind != "allowed_tools":
+        raise InvalidRequest(f"expected type function or allowed_tools, got {kind!r}", "tool_choice.type")
+    spec = raw.get("allowed_tools")
+    path = "tool_choice.allowed_tools"
+    if not isinstance(spec, dict) or spec.get("mode") not in ("auto", "required"):
+        raise InvalidRequest('expected {"mode": "auto" | "required", "tools": [...]}', path)
+    listed = spec.get("tools")
+    if not isinstance(listed, list):
+        raise InvalidRequest("expected an array of tools", f"{path}.tools")
+    allowed = {_known_tool(_choice_name(t), tools, f"{path}.tools[{i}]") for i, t in enumerate(listed)}
+    return ir.ToolChoice(spec["mode"]), [tool for tool in tools if tool.name in allowed]
+
+
+def _choice_name(entry: Any) -> Any:
+    fn = entry.get("function") if isinstance(entry, dict) else None
+    return fn.get("name") if isinstance(fn, dict) else None
+
+
+def _known_tool(name: Any, tools: list[ir.Tool], path: str) -> str:
+    if not isinstance(name, str) or all(tool.name != name for tool in tools):
+        raise InvalidRequest(f"expected the name of a function in tools, got {name!r}", path)
+    return name
+
+
+def _decode_stop(raw: Any) -> list[str]:
+    if raw is None:
+        return []
+    stops = [raw] if isinstance(raw, str) else raw
+    if not isinstance(stops, list) or len(stops) > 4 or not all(isinstance(s, str) for s in stops):
+        raise InvalidRequest("expected a string or an array of at most 4 strings", "stop")
+    return stops
+
+
+def _decode_response_format(raw: Any, req: ir.ChatRequest) -> None:
+    kind = raw.get("type") if isinstance(raw, dict) else None
+    if raw is None or kind == "text":
+        return
+    if kind == "json_object":
+        req.json_mode = True
+        return
+    if kind != "json_schema" or not isinstance(raw, dict):
+        raise InvalidRequest("expected type text, json_object or json_schema", "response_format.type")
+    spec = raw.get("json_schema")
+    schema = spec.get("schema") if isinstance(spec, dict) else None
+    if not isinstance(schema, dict):
+        raise InvalidRequest('expected {"name": …, "schema": {…}}', "response_format.json_schema.schema")
+    req.json_schema = schema
+
+
+# -- encode_request -------------------------------------------------------------------------------
+
+
+def encode_request(req: ir.ChatRequest, upstream_model: str) -> UpstreamCall:
+    """IR -> a request to an OpenAI-protocol upstream (OpenAI, DeepSeek, Moonshot, MiniMax).
+    ``top_k`` has no OpenAI field and is dropped; ``stop`` is cut to OpenAI's four."""
+    body: dict[str, Any] = {"model": upstream_model, "messages": _encode_messages(req)}
+    body.update(_encode_tools(req))
+    body.update(_encode_options(req))
+    if req.stream:  # billing needs the trailing usage chunk, whatever the client asked for
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
+    return UpstreamCall(CHAT_PATH, orjson.dumps(body))
+
+
+def _encode_messages(req: ir.ChatRequest) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = [{"role": "system", "content": req.system}] if req.system else []
+    for msg in req.messages:
+        out += [_encode_assistant(msg)] if msg.role == "assistant" else _encode_user(msg)
+    return out
+
+
+def _encode_user(msg: ir.Message) -> list[dict[str, Any]]:
+    """Each ToolResult becomes its own tool message, before the user's own content of that turn."""
+    out: list[dict[str, Any]] = []
+    content: list[dict[str, Any]] = []
+    for part in msg.parts:
+        if isinstance(part, ir.ToolResult):
+            out.append({"role": "tool", "tool_call_id": part.call_id, "content": _tool_content(part)})
+            if not isinstance(part.content, str):  # tool messages carry no images: the user turn does
+                content += [_image_part(p) for p in part.content if isinstance(p, ir.Image)]
+        elif isinstance(part, ir.Text):
+            content.append({"type": "text", "text": part.text})
+        elif isinstance(part, ir.Image):
+            content.append(_image_part(part))
+    if content:
+        single = len(content) == 1 and content[0]["type"] == "text"
+        out.append({"role": "user", "content": content[0]["text"] if single else content})
+    return out
+
+
+def _tool_content(result: ir.ToolResult) -> str | list[dict[str, Any]]:
+    content = result.content
+    texts = [content] if isinstance(content, str) else [p.text for p in content if isinstance(p, ir.Text)]
+    if result.is_error:  # OpenAI has no error flag on tool messages
+        texts = ["Error: " + (texts[0] if texts else ""), *texts[1:]]
+    if len(texts) <= 1:
+        return texts[0] if texts else ""
+    return [{"type": "text", "text": text} for text in texts]
+
+
+def _image_part(image: ir.Image) -> dict[str, Any]:
+    url = image.url or f"data:{image.mime_type or 'image/png'};base64,{image.data or ''}"
+    return {"type": "image_url", "image_url": {"url": url}}
+
+
+def _encode_assistant(msg: ir.Message) -> dict[str, Any]:
+    texts = [p.text for p in msg.parts if isinstance(p, ir.Text)]
+    thinking = [p.text for p in msg.parts if isinstance(p, ir.Thinking) and p.text]
+    calls = [_encode_call(p, fold=False) for p in msg.parts if isinstance(p, ir.ToolCall)]
+    out: dict[str, Any] = {"role": "assistant", "content": "".join(texts) if texts else None}
+    if calls:
+        out["tool_calls"] = calls
+    elif out["content"] is None:
+        out["content"] = ""  # Example failure prevented: 400 for an assistant message with neither
+    if thinking:  # DeepSeek/Kimi thinking mode 400s on a tool-call turn without its reasoning_content
+        out["reasoning_content"] = "".join(thinking)
+    return out
+
+
+def _encode_call(call: ir.ToolCall, *, fold: bool) -> dict[str, Any]:
+    raw = call.arguments.get("_raw")
+    args = raw if isinstance(raw, str) and len(call.arguments) == 1 else orjson.dumps(call.arguments).decode()
+    call_id = fold_signature(call.id, call.signature) if fold else call.id
+    return {"id": call_id, "type": "function", "function": {"name": call.name, "arguments": args}}
+
+
+def _encode_tools(req: ir.ChatRequest) -> dict[str, Any]:
+    if not req.tools:  # OpenAI rejects tool_choice / parallel_tool_calls without tools
+        return {}
+    tools = [{"type": "function", "function": _encode_tool(tool)} for tool in req.tools]
+    out: dict[str, Any] = {"tools": tools}
+    choice = req.tool_choice
+    if choice is not None:
+        if choice.mode == "tool" and choice.name:
+            out["tool_choice"] = {"type": "function", "function": {"name": choice.name}}
+        else:
+            out["tool_choice"] = choice.mode if choice.mode in _TOOL_CHOICES else "required"
+        if choice.parallel is False:
+            out["parallel_tool_calls"] = False
+    return out
+
+
+def _encode_tool(tool: ir.Tool) -> dict[str, Any]:
+    fn: dict[str, Any] = {"name": tool.name, "parameters": tool.parameters}
+    if tool.description is not None:
+        fn["description"] = tool.description
+    return fn
+
+
+def _encode_options(req: ir.ChatRequest) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if req.max_output_tokens is not None:
+        out["max_completion_tokens"] = req.max_output_tokens  # max_tokens: rejected by o-series, MiniMax
+    sampling = {"temperature": req.temperature, "top_p": req.top_p, "seed": req.seed, "user": req.user or None}
+    out.update({key: value for key, value in sampling.items() if value is not None})
+    if req.stop:
+        out["stop"] = req.stop[:4]
+    if effort := _effort(req.reasoning):
+        out["reasoning_effort"] = effort
+    if req.json_schema is not None:
+        out["response_format"] = {"type": "json_schema", "json_schema": {"name": "response", "schema": req.json_schema}}
+    elif req.json_mode:
+        out["response_format"] = {"type": "json_object"}
+    return out
+
+
+def _effort(reasoning: ir.Reasoning | None) -> str | None:
+    """An effort word; a budget alone maps by size. Budgets <= 0 (Gemini off / dynamic) send nothing."""
+    if reasoning is None or reasoning.effort:
+        return reasoning.effort if reasoning else None
+    budget = reasoning.budget_tokens
+    if budget is None or budget <= 0:
+        return None
+    return "low" if budget <= 1024 else "medium" if budget <= 8192 else "high"
+
+
+def _passthrough_body(body: dict[str, Any], upstream_model: str, stream: bool) -> bytes:
     """The upstream body for an OpenAI-to-OpenAI call: the client's, with the upstream model name
     and, on streams, ``include_usage`` forced on (billing needs the trailing usage chunk)."""
     body["model"] = upstream_model
@@ -122,28 +585,79 @@ def prepare_passthrough(body: dict[str, Any], upstream_model: str, stream: bool)
     return orjson.dumps(body)
 
 
-# -- usage --------------------------------------------------------------------------------------
+def prepare_passthrough(body: dict[str, Any], req: ir.ChatRequest, upstream_model: str) -> UpstreamCall:
+    """Same-protocol call: the client's own body with the upstream model name and, on streams,
+    ``include_usage`` forced on (billing needs the trailing usage chunk). The dict is not changed."""
+    return UpstreamCall(CHAT_PATH, _passthrough_body(dict(body), upstream_model, req.stream))
 
 
-def decode_usage(usage: Any) -> Usage | None:
-    """OpenAI usage (and its DeepSeek/Moonshot variants) -> normalised Usage; None if absent."""
-    if not isinstance(usage, dict):
-        return None
-    prompt = _int(usage.get("prompt_tokens"))
-    details = usage.get("prompt_tokens_details")
-    cached = _int(details.get("cached_tokens")) if isinstance(details, dict) else 0
-    # Moonshot puts cached_tokens at the top level; DeepSeek reports prompt_cache_hit_tokens.
-    cached = cached or _int(usage.get("cached_tokens")) or _int(usage.get("prompt_cache_hit_tokens"))
-    out_details = usage.get("completion_tokens_details")
-    reasoning = _int(out_details.get("reasoning_tokens")) if isinstance(out_details, dict) else 0
-    return Usage(prompt, min(cached, prompt), _int(usage.get("completion_tokens")), reasoning)
+# -- responses ------------------------------------------------------------------------------------
 
 
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+def decode_response(body: Any) -> ir.ChatResponse:
+    """An upstream chat.completion body -> IR; UpstreamProtocolError if it is not one."""
+    choices = body.get("choices") if isinstance(body, dict) else None
+    choice = choices[0] if isinstance(choices, list) and choices else None
+    message = choice.get("message") if isinstance(choice, dict) else None
+    if not isinstance(body, dict) or not isinstance(choice, dict) or not isinstance(message, dict):
+        raise UpstreamProtocolError("The upstream answered with a body that is not a chat completion.")
+    parts = _response_parts(message)
+    finish = decode_finish(choice.get("finish_reason")) or ir.FinishReason.STOP
+    if finish is ir.FinishReason.STOP and any(isinstance(p, ir.ToolCall) for p in parts):
+        finish = ir.FinishReason.TOOL_CALLS  # OpenAI says "stop" when tool_choice forced the call
+    rid, model = body.get("id"), body.get("model")
+    rid = rid if isinstance(rid, str) and rid else chat_id("")
+    return ir.ChatResponse(rid, model if isinstance(model, str) else "", parts, finish, response_usage(body))
 
 
-def response_usage(body: Any) -> Usage | None:
+def _response_parts(message: dict[str, Any]) -> list[ir.Part]:
+    parts: list[ir.Part] = [ir.Thinking(t) for t in reasoning_texts(message)]
+    content = message.get("content")
+    if isinstance(content, list):  # some compatible providers answer with text parts
+        content = "".join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+    parts += [ir.Text(t) for t in (content, message.get("refusal")) if isinstance(t, str) and t]
+    calls = message.get("tool_calls")
+    legacy = message.get("function_call")
+    raw_calls = [*(calls if isinstance(calls, list) else ()), *([legacy] if isinstance(legacy, dict) else ())]
+    parts += [_response_call(call) for call in raw_calls if isinstance(call, dict)]
+    return parts
+
+
+def _response_call(call: dict[str, Any]) -> ir.ToolCall:
+    """A call from an upstream (lenient: an upstream's mistakes are not the client's fault)."""
+    fn = call.get("function", call)  # a legacy function_call is the function object itself
+    fn = fn if isinstance(fn, dict) else {}
+    call_id, name, args = call.get("id"), fn.get("name"), fn.get("arguments")
+    if not isinstance(args, str | dict | None):
+        args = orjson.dumps(args).decode()
+    return ir.ToolCall(
+        call_id if isinstance(call_id, str) and call_id else synth_call_id(),
+        name if isinstance(name, str) else "",
+        _arguments(args, "arguments"),
+    )
+
+
+def encode_response(resp: ir.ChatResponse, model: str) -> dict[str, Any]:
+    """IR -> a chat.completion object. Unknown usage is written as zeros (clients read it blindly)."""
+    texts = [p.text for p in resp.parts if isinstance(p, ir.Text)]
+    message: dict[str, Any] = {"role": "assistant", "content": "".join(texts) if texts else None, "refusal": None}
+    calls = [_encode_call(p, fold=True) for p in resp.parts if isinstance(p, ir.ToolCall)]
+    if calls:
+        message["tool_calls"] = calls
+    thinking = [p.text for p in resp.parts if isinstance(p, ir.Thinking) and p.text]
+    if thinking:
+        message["reasoning_content"] = "".join(thinking)  # non-standard; the SDK keeps it as an extra
+    return {
+        "id": chat_id(resp.id),
+        "object": "chat.completion",
+        "created": 0,
+        "model": model,
+        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": resp.finish.value}],
+        "usage": encode_usage(resp.usage or ir.Usage()),
+    }
+
+
+def response_usage(body: Any) -> ir.Usage | None:
     """Usage of a unary response: top level, or inside choices[0] (Moonshot)."""
     if not isinstance(body, dict):
         return None
@@ -155,44 +669,7 @@ def response_usage(body: Any) -> Usage | None:
     return usage
 
 
-# -- errors -------------------------------------------------------------------------------------
-
-_TYPES = {
-    400: "invalid_request_error",
-    401: "invalid_request_error",
-    402: "insufficient_quota",
-    403: "permission_error",
-    404: "invalid_request_error",
-    413: "invalid_request_error",
-    429: "rate_limit_error",
-    503: "service_unavailable_error",
-    504: "timeout_error",
-}
-_CODES = {
-    401: "invalid_api_key",
-    402: "insufficient_quota",
-    404: "model_not_found",
-    429: "rate_limit_exceeded",
-}
-
-
-def encode_error(err: RelayError) -> tuple[int, dict[str, Any]]:
-    """An error in OpenAI's shape, so the openai SDK raises its matching class."""
-    status = err.status
-    if isinstance(err, UpstreamStatusError) and status < 500 and err.upstream_type:
-        etype = err.upstream_type
-    else:
-        etype = _TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
-    code = _CODES.get(status) if err.status != 404 or err.kind == "model_not_found" else "not_found"
-    param = getattr(err, "path", None)
-    return status, {"error": {"message": err.message, "type": etype, "param": param, "code": code or err.kind}}
-
-
-def encode_stream_error(err: RelayError) -> bytes:
-    """An in-band error event for a stream whose headers were already sent (no [DONE] follows)."""
-    _, body = encode_error(err)
-    body["error"]["type"] = "server_error" if err.status >= 500 else body["error"]["type"]
-    return b"data: " + orjson.dumps(body) + b"\n\n"
+# -- errors ---------------------------------------------------------------------------------------
 
 
 def decode_error(status: int, body: bytes, retry_after: str | None) -> UpstreamStatusError:
@@ -218,65 +695,43 @@ def _error_fields(body: bytes) -> tuple[str | None, str | None]:
 
 
 def embedded_error(body: Any) -> UpstreamStatusError | None:
-    """An error carried in an HTTP 200 body (MiniMax ``base_resp``), or None."""
+    """An error carried in an HTTP 200 body (MiniMax ``base_resp``, a bare ``error``), or None."""
     if not isinstance(body, dict):
         return None
-    base = body.get("base_resp")
-    if isinstance(base, dict) and _int(base.get("status_code")) != 0:
-        code = _int(base.get("status_code"))
-        status = {1002: 429, 1004: 401, 1008: 402, 2013: 400, 1026: 400}.get(code, 502)
-        return UpstreamStatusError(status, str(base.get("status_msg") or f"upstream error {code}"))
+    found = minimax_error(body)
+    if found is not None:
+        return UpstreamStatusError(found[0], found[1])
     err = body.get("error")
     if isinstance(err, dict) and "choices" not in body:
         return UpstreamStatusError(502, str(err.get("message") or "upstream error"), upstream_type=None)
     return None
 
 
-# -- streams ------------------------------------------------------------------------------------
+# -- streams and token counting ------------------------------------------------------------------
 
 
-class StreamTap:
-    """Reads an OpenAI stream that passes through untouched: usage, finish reason, terminator.
+def stream_decoder() -> ChatStreamDecoder:
+    return ChatStreamDecoder()
 
-    ``feed`` returns False for an event the client must not see: the trailing usage-only chunk
-    when the client did not ask for usage (the gateway forces ``include_usage`` upstream).
-    """
 
-    def __init__(self, *, client_wants_usage: bool) -> None:
-        self.client_wants_usage = client_wants_usage
-        self.usage: Usage | None = None
-        self.finish_reason: str | None = None
-        self.done = False  # saw data: [DONE]
-        self.error: dict[str, Any] | None = None  # an in-band error from upstream
+def stream_encoder(req: ir.ChatRequest, model: str, *, sse: bool = True) -> ChatStreamEncoder:
+    """OpenAI streams are always SSE; ``sse`` exists for Gemini's JSON-array framing and is ignored."""
+    return ChatStreamEncoder(req, model)
 
-    def feed(self, ev: SSEEvent) -> bool:
-        if ev.data.startswith(DONE):
-            self.done = True
-            return True
-        if self.done or not ev.data:
-            return True
-        try:
-            chunk = orjson.loads(ev.data)
-        except orjson.JSONDecodeError:
-            return True
-        if not isinstance(chunk, dict):
-            return True
-        if chunk.get("error"):
-            err = chunk["error"]
-            self.error = err if isinstance(err, dict) else {"message": str(err)}
-            return True
-        return self._read_chunk(chunk)
 
-    def _read_chunk(self, chunk: dict[str, Any]) -> bool:
-        choices = chunk.get("choices")
-        usage = decode_usage(chunk.get("usage"))
-        if isinstance(choices, list) and choices and isinstance(choices[0], dict):
-            reason = choices[0].get("finish_reason")
-            if isinstance(reason, str):
-                self.finish_reason = reason
-            usage = usage or decode_usage(choices[0].get("usage"))  # Moonshot: usage inside choices[0]
-        if usage is not None:
-            self.usage = usage  # cumulative wherever it appears: the last one wins
-            if choices == [] and not self.client_wants_usage:
-                return False
-        return True
+def stream_tap(req: ir.ChatRequest) -> StreamTap:
+    return StreamTap(client_wants_usage=req.include_usage)
+
+
+def encode_count_request(req: ir.ChatRequest, upstream_model: str) -> UpstreamCall | None:
+    """OpenAI has no token-count endpoint: the gateway must count (or refuse) itself."""
+    return None
+
+
+def decode_count_response(body: Any) -> int:
+    raise UpstreamProtocolError("OpenAI-protocol upstreams have no token-count endpoint.")
+
+
+def encode_count_response(tokens: int) -> dict[str, Any]:
+    """Nothing standard exists in OpenAI's protocol; this mirrors Anthropic's count_tokens answer."""
+    return {"object": "count", "input_tokens": tokens}
