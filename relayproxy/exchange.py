@@ -1,0 +1,102 @@
+"""Per-request state and the one place a request's usage record is written.
+
+Every inference request leaves exactly one usage record, whatever happens: errors are recorded
+before the error response is returned; responses with a body are recorded when the body has been
+handed to the client's socket, or when the client went away. Writes are shielded, because the
+server cancels a request's task when its client disconnects, possibly while cleanup is running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+from relayproxy.http_types import HttpRequest
+from relayproxy.ir import Usage
+from relayproxy.records import Outcome, UsageRecord
+from relayproxy.store import Store, utc_now
+
+__all__ = ["Exchange", "Recorder", "TrackedBody", "new_request_id"]
+
+
+def new_request_id() -> str:
+    return "req_" + secrets.token_hex(12)
+
+
+@dataclass(slots=True)
+class Exchange:
+    """One request: its id, the caller's protocol and the usage record being filled."""
+
+    req: HttpRequest
+    protocol: str
+    record: UsageRecord = field(default_factory=lambda: UsageRecord(new_request_id(), utc_now()))
+    started: float = field(default_factory=time.monotonic)
+    tracked: bool = False  # an inference request: it must leave a usage record
+    recorded: bool = False
+
+    @property
+    def request_id(self) -> str:
+        return self.record.request_id
+
+    @property
+    def id_header(self) -> tuple[bytes, bytes]:
+        return (b"x-request-id", self.record.request_id.encode())
+
+
+class Recorder:
+    """Writes usage records: at most once per exchange, shielded from cancellation."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    async def finish(
+        self, ex: Exchange, outcome: Outcome, status: int, reason: str, usage: Usage | None = None
+    ) -> None:
+        if not ex.tracked or ex.recorded:
+            return
+        ex.recorded = True
+        rec = ex.record
+        rec.outcome, rec.http_status, rec.reason = outcome.value, status, reason
+        rec.duration_ms = int((time.monotonic() - ex.started) * 1000)
+        if usage is not None:
+            rec.input_tokens, rec.cached_input_tokens = usage.input_tokens, usage.cached_input_tokens
+            rec.output_tokens, rec.reasoning_tokens = usage.output_tokens, usage.reasoning_tokens
+        rec.cost_microusd, rec.billed = 0, False
+        await asyncio.shield(self._store.record_usage(rec))
+
+    async def complete(self, ex: Exchange, usage: Usage | None) -> None:
+        """The response's terminal bytes reached the client's socket."""
+        reason = "billing_disabled" if usage is not None else "usage_unknown"
+        await self.finish(ex, Outcome.COMPLETED, 200, reason, usage)
+
+    def abandoned(self, ex: Exchange, status: int = 200) -> Callable[[], Awaitable[None]]:
+        async def abandon() -> None:
+            await self.finish(ex, Outcome.CLIENT_DISCONNECTED, status, "client_disconnected")
+
+        return abandon
+
+
+class TrackedBody:
+    """A response body that still records its request if the server closes it unstarted."""
+
+    def __init__(self, gen: AsyncIterator[bytes], on_abandon: Callable[[], Awaitable[None]]) -> None:
+        self._gen = gen
+        self._on_abandon = on_abandon
+        self._started = False
+
+    def __aiter__(self) -> TrackedBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        self._started = True
+        return await self._gen.__anext__()
+
+    async def aclose(self) -> None:
+        if not self._started:
+            await self._on_abandon()
+        aclose = getattr(self._gen, "aclose", None)
+        if aclose is not None:
+            await aclose()

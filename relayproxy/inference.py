@@ -1,0 +1,339 @@
+"""Inference requests for every (client protocol, upstream protocol) pair.
+
+Decide first, then do I/O: ``plan`` decodes the client's request into IR, routes the model and
+builds the upstream call (the client's own body, minimally changed, when both sides speak the same
+protocol; an encoded IR request otherwise) without touching the network. Then the call goes out,
+and the answer comes back whole (unary) or through a relay (stream).
+
+Streams: the client's status line waits for the upstream's, so an upstream error before its
+first byte is a real HTTP error in the client's dialect that its SDK can retry. If the upstream
+takes longer than ``keepalive_ping_s`` to answer, the 200 is committed and protocol-safe pings go
+out while waiting (an error after that is in-band); pings also cover long pauses mid-stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from relayproxy.codecs import Codec, StreamEncoder, UpstreamCall
+from relayproxy.codecs.registry import CODECS
+from relayproxy.config import Config
+from relayproxy.errors import (
+    FramingError,
+    InvalidRequest,
+    RelayError,
+    UpstreamError,
+    UpstreamProtocolError,
+)
+from relayproxy.exchange import Exchange, Recorder, TrackedBody
+from relayproxy.http_types import HttpResponse, header
+from relayproxy.ir import ChatRequest
+from relayproxy.records import Outcome
+from relayproxy.relay import Passthrough, Relay, Translate
+from relayproxy.router import Endpoint, Route, resolve_model
+from relayproxy.tokens import estimate_input_tokens
+from relayproxy.upstream import Pool, UpstreamResponse
+
+__all__ = ["Inference", "Plan", "parse_json"]
+
+MAX_UNARY_BYTES = 16 * 1024 * 1024
+MAX_ERROR_BYTES = 256 * 1024
+_JSON = (b"content-type", b"application/json")
+_SSE_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+_ARRAY_HEADERS = [_JSON, (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
+_USER_AGENT = b"relayproxy"
+
+Spawn = Callable[[Coroutine[Any, Any, UpstreamResponse]], "asyncio.Task[UpstreamResponse]"]
+
+
+@dataclass(slots=True)
+class Plan:
+    """What one inference request will do, decided before any I/O."""
+
+    req: ChatRequest
+    route: Route
+    client: Codec
+    upstream: Codec
+    call: UpstreamCall
+    passthrough: bool  # same protocol and framing: the client gets the upstream's own bytes
+    sse: bool  # the client's stream framing (False: Gemini JSON array)
+
+
+def parse_json(body: bytes) -> Any:
+    if not body:
+        raise InvalidRequest("the request body is empty; send a JSON object")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"the request body is not valid JSON ({exc})") from None
+
+
+def plan(config: Config, ex: Exchange, ep: Endpoint, body: Any) -> Plan:
+    """Decode, route and build the upstream call. Pure: raises RelayErrors, does no I/O."""
+    client: Codec = CODECS[ep.protocol]
+    req = client.decode_request(body, model=ep.model, stream=ep.stream)
+    ex.record.model, ex.record.stream = req.model, req.stream
+    route = resolve_model(config, req.model)
+    ex.record.provider, ex.record.upstream_protocol = route.provider.name, route.provider.protocol
+    upstream: Codec = CODECS[route.provider.protocol]
+    passthrough = route.provider.protocol == ep.protocol and (ep.sse or not req.stream)
+    name = route.model.upstream_model
+    call = upstream.prepare_passthrough(body, req, name) if passthrough else upstream.encode_request(req, name)
+    return Plan(req, route, client, upstream, call, passthrough, ep.sse)
+
+
+class Inference:
+    """Runs planned inference requests against upstreams and relays the answers."""
+
+    def __init__(self, config: Config, pool: Pool, recorder: Recorder, spawn: Spawn | None = None) -> None:
+        self._config = config
+        self._pool = pool
+        self._recorder = recorder
+        self._spawn = spawn
+
+    async def run(self, ex: Exchange, ep: Endpoint) -> HttpResponse:
+        p = plan(self._config, ex, ep, parse_json(ex.req.body))
+        if p.req.stream:
+            return await self._stream(ex, p)
+        return await self._unary(ex, p)
+
+    async def count_tokens(self, ex: Exchange, ep: Endpoint) -> HttpResponse:
+        """Token count from the upstream where it can count, else the local estimate (tokens.py)."""
+        body = parse_json(ex.req.body)
+        if isinstance(body, dict):
+            body = body.get("generateContentRequest", body)  # Gemini's wrapped form
+            if ep.protocol == "anthropic":
+                body = {**body, "max_tokens": 1}  # count_tokens bodies carry no output limit
+        client: Codec = CODECS[ep.protocol]
+        req = client.decode_request(body, model=ep.model, stream=False)
+        route = resolve_model(self._config, req.model)
+        upstream: Codec = CODECS[route.provider.protocol]
+        call = upstream.encode_count_request(req, route.model.upstream_model)
+        if call is None:
+            tokens = estimate_input_tokens(req)
+        else:
+            resp = await self._open(route, upstream, call, stream=False)
+            tokens = upstream.decode_count_response(await self._read_json(resp))
+        return HttpResponse(200, [_JSON, ex.id_header], orjson.dumps(client.encode_count_response(tokens)))
+
+    # -- upstream -------------------------------------------------------------------------------
+
+    async def _open(self, route: Route, upstream: Codec, call: UpstreamCall, *, stream: bool) -> UpstreamResponse:
+        """Send the call; an error status becomes UpstreamStatusError before any client byte."""
+        headers = [
+            _JSON,
+            (b"accept", b"text/event-stream" if stream else b"application/json"),
+            (b"accept-encoding", b"identity"),
+            (b"user-agent", _USER_AGENT),
+            *call.headers,
+            *upstream.auth_headers(route.api_key),
+        ]
+        t = self._config.timeouts
+        resp = await self._pool.request(
+            "POST",
+            route.provider.base_url + call.path,
+            headers,
+            call.body,
+            connect_timeout_s=t.upstream_connect_s,
+            first_byte_timeout_s=t.upstream_first_byte_s,
+            read_timeout_s=t.stream_idle_s,
+        )
+        if resp.status == 200:
+            return resp
+        try:
+            body = await resp.aread(MAX_ERROR_BYTES)
+        except UpstreamError:
+            body = b""
+        finally:
+            await resp.aclose()
+        retry_after = header(resp.headers, b"retry-after")
+        raise upstream.decode_error(resp.status, body, retry_after.decode("latin-1") if retry_after else None)
+
+    async def _read_json(self, resp: UpstreamResponse) -> Any:
+        try:
+            raw = await resp.aread(MAX_UNARY_BYTES)
+        finally:
+            await resp.aclose()
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise UpstreamProtocolError("The upstream answered with a body that is not JSON.") from None
+
+    # -- unary ----------------------------------------------------------------------------------
+
+    async def _unary(self, ex: Exchange, p: Plan) -> HttpResponse:
+        resp = await self._open(p.route, p.upstream, p.call, stream=False)
+        data = await self._read_json(resp)
+        embedded = p.upstream.embedded_error(data)
+        if embedded is not None:
+            raise embedded
+        usage = p.upstream.response_usage(data)
+        if p.passthrough:
+            out = orjson.dumps(data)
+        else:
+            out = orjson.dumps(p.client.encode_response(p.upstream.decode_response(data), p.req.model))
+        headers = [_JSON, (b"content-length", b"%d" % len(out)), ex.id_header]
+        return HttpResponse(200, headers, TrackedBody(self._deliver(ex, out, usage), self._recorder.abandoned(ex)))
+
+    async def _deliver(self, ex: Exchange, out: bytes, usage: Any) -> AsyncIterator[bytes]:
+        delivered = False
+        try:
+            yield out
+            delivered = True
+        finally:
+            if delivered:
+                await self._recorder.complete(ex, usage)
+            else:
+                await self._recorder.finish(ex, Outcome.CLIENT_DISCONNECTED, 200, "client_disconnected")
+
+    # -- streams --------------------------------------------------------------------------------
+
+    async def _stream(self, ex: Exchange, p: Plan) -> HttpResponse:
+        encoder = p.client.stream_encoder(p.req, p.req.model, sse=p.sse)
+        relay: Relay = (
+            Passthrough(p.upstream.stream_tap(p.req)) if p.passthrough else Translate(p.upstream.stream_decoder(), encoder)
+        )
+        head = await self._first_answer(p)
+        headers = [*(_SSE_HEADERS if p.sse else _ARRAY_HEADERS), ex.id_header]
+        body = _StreamBody(self, ex, head, relay, encoder)
+        return HttpResponse(200, headers, TrackedBody(body.run(), self._recorder.abandoned(ex)))
+
+    async def _first_answer(self, p: Plan) -> UpstreamResponse | asyncio.Task[UpstreamResponse]:
+        """The upstream's answer if it comes within one ping interval (errors raise as HTTP errors);
+        else the pending task, and the stream commits to 200 and pings while it waits."""
+        opening = self._open(p.route, p.upstream, p.call, stream=True)
+        if self._spawn is None:
+            return await opening
+        task = self._spawn(opening)
+        try:
+            await asyncio.wait({task}, timeout=self._config.timeouts.keepalive_ping_s)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        return task.result() if task.done() else task
+
+
+class _StreamBody:
+    """One stream's body: waits (pinging) for the upstream, relays it, then records the outcome."""
+
+    def __init__(
+        self,
+        owner: Inference,
+        ex: Exchange,
+        head: UpstreamResponse | asyncio.Task[UpstreamResponse],
+        relay: Relay,
+        encoder: StreamEncoder,
+    ) -> None:
+        self._recorder = owner._recorder
+        self._ping_s = owner._config.timeouts.keepalive_ping_s
+        self._ex = ex
+        self._head = head
+        self._relay = relay
+        self._encoder = encoder
+        self._resp: UpstreamResponse | None = head if isinstance(head, UpstreamResponse) else None
+        self.outcome, self.reason = Outcome.CLIENT_DISCONNECTED, "client_disconnected"
+        self.delivered = False  # the terminal bytes were handed to the client's socket
+        # What an upstream failure means in the current phase: before the upstream's answer it
+        # is an error; once its body is flowing, a broken or truncated stream is "dropped".
+        self._failure = Outcome.UPSTREAM_ERROR
+
+    async def run(self) -> AsyncIterator[bytes]:
+        try:
+            try:
+                async for out in self._pump():
+                    yield out
+            except RelayError as err:
+                if not self.delivered:
+                    self._fail(self._failure)
+                    yield self._encoder.error(err)
+            if self.delivered:
+                self.outcome, self.reason = Outcome.COMPLETED, ""
+        finally:
+            await asyncio.shield(self._settle())
+
+    async def _pump(self) -> AsyncIterator[bytes]:
+        async for ping in self._wait_head():
+            yield ping
+        assert self._resp is not None
+        self._failure = Outcome.UPSTREAM_DROPPED
+        relay = self._relay
+        try:
+            async for chunk in self._resp.aiter_body(heartbeat_s=self._ping_s):
+                pieces = relay.feed(chunk) if chunk else [self._encoder.ping()]
+                if pieces:
+                    yield _one(pieces)
+                if relay.done or relay.failed is not None:
+                    break
+            else:
+                tail = relay.close()
+                if tail:
+                    yield _one(tail)
+        except FramingError as exc:
+            raise UpstreamProtocolError(f"The upstream stream could not be framed: {exc}") from None
+        async for end in self._end():
+            yield end
+
+    async def _wait_head(self) -> AsyncIterator[bytes]:
+        head = self._head
+        if isinstance(head, UpstreamResponse):
+            return
+        while not head.done():
+            await asyncio.wait({head}, timeout=self._ping_s)
+            if not head.done():
+                yield self._encoder.ping()
+        self._resp = head.result()  # raises the upstream's error: reported in-band
+
+    async def _end(self) -> AsyncIterator[bytes]:
+        relay = self._relay
+        if relay.done:
+            finish = self._encoder.finish()
+            if finish:
+                yield finish
+            self.delivered = True  # we were resumed after yielding the terminal bytes
+            return
+        if relay.failed is not None:  # the upstream's own error event already went out
+            self._fail(Outcome.UPSTREAM_ERROR)
+            return
+        raise UpstreamProtocolError("The upstream stream ended before it was complete; this request was not billed.")
+
+    def _fail(self, outcome: Outcome) -> None:
+        self.outcome, self.reason = outcome, outcome.value
+
+    async def _settle(self) -> None:
+        """Close the upstream (cancelling it if unfinished), then write the record."""
+        head = self._head
+        if isinstance(head, asyncio.Task) and not head.done():
+            head.cancel()
+            with contextlib.suppress(asyncio.CancelledError, RelayError):
+                await head
+        try:
+            if self._resp is not None:
+                await self._resp.aclose()
+        finally:
+            await self._record()
+
+    async def _record(self) -> None:
+        usage = self._relay.usage
+        if self.delivered:
+            await self._recorder.complete(self._ex, usage)
+        else:
+            await self._recorder.finish(self._ex, self.outcome, 200, self.reason, usage)
+
+
+def _one(pieces: list[Any]) -> bytes:
+    """One body chunk; a single piece (usually the upstream's own chunk object) is not copied."""
+    if len(pieces) == 1 and not isinstance(pieces[0], memoryview):
+        first: bytes = pieces[0]
+        return first
+    return b"".join(pieces)
+
