@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import tomllib
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,20 @@ class BillingConfig:
     discount: Fraction = MIN_DISCOUNT
     stripe_secret_key_env: str = "STRIPE_SECRET_KEY"
     stripe_webhook_secret_env: str = "STRIPE_WEBHOOK_SECRET"
+    topup_min_usd: Decimal = Decimal(5)  # Checkout top-up bounds, whole cents
+    topup_max_usd: Decimal = Decimal(1000)
+    success_url: str | None = None  # where Stripe Checkout sends the payer back; required for top-ups
+    cancel_url: str | None = None
+    stripe_api_base: str | None = None  # tests point the Stripe library at a fake server
+    livemode: bool = False  # webhook events whose livemode differs are ignored
+
+    def stripe_secret_key(self) -> str | None:
+        """The Stripe API key from the environment, or None when unset or empty."""
+        return os.environ.get(self.stripe_secret_key_env) or None
+
+    def stripe_webhook_secret(self) -> str | None:
+        """The webhook signing secret (whsec_...) from the environment, or None when unset or empty."""
+        return os.environ.get(self.stripe_webhook_secret_env) or None
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,17 +181,48 @@ def _server(t: dict[str, Any], base: Path) -> ServerConfig:
 
 
 def _billing(t: dict[str, Any]) -> BillingConfig:
-    _check_keys(t, "billing", {"discount", "stripe_secret_key_env", "stripe_webhook_secret_env"})
+    allowed = {"discount", "topup_min_usd", "topup_max_usd", "success_url", "cancel_url", "stripe_api_base"}
+    _check_keys(t, "billing", allowed | {"livemode", "stripe_secret_key_env", "stripe_webhook_secret_env"})
     discount = Fraction(str(_get(t, "billing", "discount", float, 0.30)))
     if not MIN_DISCOUNT <= discount < 1:
         raise ConfigError(
             f"[billing] discount: must be at least 0.30 (30 % below list) and below 1, got {float(discount)}"
         )
+    low, high = _usd(t, "topup_min_usd", 5), _usd(t, "topup_max_usd", 1000)
+    if high < low:
+        raise ConfigError(f"[billing] topup_max_usd: must be at least topup_min_usd ({low}), got {high}")
     return BillingConfig(
         discount=discount,
+        topup_min_usd=low,
+        topup_max_usd=high,
+        success_url=_url(t, "success_url"),
+        cancel_url=_url(t, "cancel_url"),
+        stripe_api_base=_url(t, "stripe_api_base"),
+        livemode=_get(t, "billing", "livemode", bool, False),
         stripe_secret_key_env=_get(t, "billing", "stripe_secret_key_env", str, "STRIPE_SECRET_KEY"),
         stripe_webhook_secret_env=_get(t, "billing", "stripe_webhook_secret_env", str, "STRIPE_WEBHOOK_SECRET"),
     )
+
+
+def _usd(t: dict[str, Any], key: str, default: int) -> Decimal:
+    """A positive USD amount in whole cents, read exactly (no float rounding)."""
+    value = t.get(key, default)
+    try:
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise InvalidOperation
+        amount = Decimal(str(value))
+    except InvalidOperation:
+        raise ConfigError(f"[billing] {key}: expected a USD amount such as 5 or 12.50, got {value!r}") from None
+    if not amount.is_finite() or amount <= 0 or amount != amount.quantize(Decimal("0.01")):
+        raise ConfigError(f"[billing] {key}: must be a positive USD amount in whole cents, got {value!r}")
+    return amount
+
+
+def _url(t: dict[str, Any], key: str) -> str | None:
+    value: str | None = _get(t, "billing", key, str, None)
+    if value is not None and not value.startswith(("http://", "https://")):
+        raise ConfigError(f'[billing] {key}: must start with https:// (or http://), got "{value}"')
+    return value
 
 
 def _provider(name: str, t: Any) -> ProviderConfig:

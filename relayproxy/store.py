@@ -1,27 +1,40 @@
-"""SQLite store through aiosqlite: accounts, API keys and usage records.
+"""SQLite store through aiosqlite: accounts, API keys, usage records and the credit ledger.
 
 The store knows nothing of HTTP. Every write transaction starts with ``BEGIN IMMEDIATE`` (a
 deferred transaction that later upgrades to a write lock skips SQLite's busy handler and fails
 with "database is locked" under concurrency) and is serialised per connection by a lock.
-``sqlite3.Error`` never leaves this module: it becomes ``StoreError``.
+``sqlite3.Error`` never leaves this module: it becomes ``StoreError``. The ledger's SQL lives in
+``ledger.py``; its rules (guarded holds, one transaction per money movement) are described there.
+
+Orphan holds. A hold records its owner: the pid, the kernel's start time of that process (so a
+recycled pid is not mistaken for the owner) and a ``boot`` id fresh per ``Store.open``. At
+startup, ``release_orphan_holds`` releases (never bills) the holds of owners that are gone: other
+processes that no longer run, and earlier stores of this same pid. Holds of other live workers are
+left alone, so several workers may start at once. One Store per process, swept once at startup;
+all processes sharing the database must share a host and a pid namespace (WAL needs one host
+anyway). ``stale_after_s`` additionally releases holds older than any request can live.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import sqlite3
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 
+from . import ledger
+from .billing import Booking
 from .errors import StoreError
 from .records import KeyInfo, Principal, UsageRecord
 
-__all__ = ["Store", "utc_now"]
+__all__ = ["Booking", "Store", "utc_iso", "utc_now"]
 
 _MIGRATIONS: tuple[str, ...] = (
     """
@@ -65,6 +78,7 @@ _MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX usage_account ON usage(account, seq);
     """,
+    ledger.MIGRATION,
 )
 
 _USAGE_FIELDS = tuple(f for f in UsageRecord.__dataclass_fields__)
@@ -72,7 +86,12 @@ _USAGE_FIELDS = tuple(f for f in UsageRecord.__dataclass_fields__)
 
 def utc_now() -> str:
     """ISO-8601 UTC with milliseconds, e.g. 2026-11-23T10:00:00.123Z."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return utc_iso(datetime.now(UTC))
+
+
+def utc_iso(moment: datetime) -> str:
+    """``moment`` in the store's timestamp format (comparable as text), e.g. for ``recent_aborts``."""
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class Store:
@@ -80,17 +99,23 @@ class Store:
 
     def __init__(self, db: aiosqlite.Connection) -> None:
         self._db = db
+        self._lock = asyncio.Lock()  # one transaction at a time on this connection
+        self._owner = ledger.Owner.current()
 
     @classmethod
     async def open(cls, path: str | Path) -> Store:
         """Open (creating and migrating) the database at ``path``."""
         try:
             db = await aiosqlite.connect(str(path), isolation_level=None)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open database {path}: {exc}") from exc
+        try:
             for pragma in ("journal_mode=WAL", "synchronous=FULL", "busy_timeout=5000", "foreign_keys=ON"):
                 await db.execute(f"PRAGMA {pragma}")
             store = cls(db)
             await store._migrate()
         except sqlite3.Error as exc:
+            await db.close()  # its worker thread must not outlive the event loop
             raise StoreError(f"cannot open database {path}: {exc}") from exc
         return store
 
@@ -105,30 +130,49 @@ class Store:
             return False
         return True
 
-    async def _migrate(self) -> None:
+    async def _user_version(self) -> int:
         async with self._db.execute("PRAGMA user_version") as cur:
             row = await cur.fetchone()
-        version = int(row[0]) if row else 0
-        for number, script in enumerate(_MIGRATIONS[version:], start=version + 1):
-            await self._db.executescript(f"BEGIN IMMEDIATE; {script}; PRAGMA user_version = {number}; COMMIT;")
+        return int(row[0]) if row else 0
+
+    async def _migrate(self) -> None:
+        version = await self._user_version()
+        while version < len(_MIGRATIONS):
+            script = f"BEGIN IMMEDIATE; {_MIGRATIONS[version]}; PRAGMA user_version = {version + 1}; COMMIT;"
+            try:
+                await self._db.executescript(script)
+            except sqlite3.OperationalError:
+                # Several workers starting at once: another one migrated between our read of the
+                # version and our write lock ("table ... already exists"). Re-read and go on.
+                if self._db.in_transaction:
+                    await self._db.execute("ROLLBACK")
+                if await self._user_version() == version:
+                    raise
+            version = await self._user_version()
 
     @asynccontextmanager
     async def _write(self) -> AsyncIterator[aiosqlite.Connection]:
         """One short write transaction; never held across a network await."""
-        try:
-            await self._db.execute("BEGIN IMMEDIATE")
+        async with self._transaction("BEGIN IMMEDIATE", "write") as db:
+            yield db
+
+    @asynccontextmanager
+    async def _transaction(self, begin: str, what: str) -> AsyncIterator[aiosqlite.Connection]:
+        async with self._lock:
             try:
-                yield self._db
-            except BaseException:
-                await self._db.execute("ROLLBACK")
-                raise
-            await self._db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            raise StoreError(f"database write failed: {exc}") from exc
+                await self._db.execute(begin)
+                try:
+                    yield self._db
+                except BaseException:
+                    await self._db.execute("ROLLBACK")
+                    raise
+                await self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise StoreError(f"database {what} failed: {exc}") from exc
 
     async def _all(self, sql: str, args: Iterable[Any] = ()) -> list[Any]:
         try:
-            async with self._db.execute(sql, tuple(args)) as cur:
+            async with self._lock, self._db.execute(sql, tuple(args)) as cur:
                 return list(await cur.fetchall())
         except sqlite3.Error as exc:
             raise StoreError(f"database read failed: {exc}") from exc
@@ -142,14 +186,7 @@ class Store:
     async def ensure_account(self, name: str) -> int:
         """The id of account ``name``, created if missing."""
         async with self._write() as db:
-            await db.execute(
-                "INSERT INTO accounts(name, created_at) VALUES (?, ?) ON CONFLICT(name) DO NOTHING",
-                (name, utc_now()),
-            )
-            async with db.execute("SELECT id FROM accounts WHERE name = ?", (name,)) as cur:
-                row = await cur.fetchone()
-        assert row is not None
-        return int(row[0])
+            return await _ensure_account(db, name)
 
     async def add_key(self, account: str, key_id: str, prefix: str, key_hash: bytes, label: str) -> KeyInfo:
         account_id = await self.ensure_account(account)
@@ -198,10 +235,8 @@ class Store:
     # -- usage ------------------------------------------------------------------------------------
 
     async def record_usage(self, rec: UsageRecord) -> None:
-        values = [getattr(rec, f) for f in _USAGE_FIELDS]
-        placeholders = ",".join("?" * len(values))
         async with self._write() as db:
-            await db.execute(f"INSERT INTO usage({','.join(_USAGE_FIELDS)}) VALUES ({placeholders})", values)
+            await _insert_usage(db, rec)
 
     async def list_usage(self, account: str | None = None, limit: int = 50) -> list[UsageRecord]:
         cols = ",".join(_USAGE_FIELDS)
@@ -216,6 +251,136 @@ class Store:
     async def get_usage(self, request_id: str) -> UsageRecord | None:
         rows = await self._all(f"SELECT {','.join(_USAGE_FIELDS)} FROM usage WHERE request_id = ?", (request_id,))
         return _usage_row(rows[0]) if rows else None
+
+    async def recent_aborts(self, key_id: str, since_iso: str) -> int:
+        """How many of the key's requests ended ``client_disconnected`` since ``since_iso`` (utc_iso)."""
+        rows = await self._all(
+            "SELECT COUNT(*) FROM usage WHERE key_id = ? AND created_at >= ? AND outcome = 'client_disconnected'",
+            (key_id, since_iso),
+        )
+        return int(rows[0][0])
+
+    # -- credit: holds and settlement (the gateway) ----------------------------------------------
+
+    async def hold(self, account_id: int, request_id: str, amount_microusd: int) -> bool:
+        """Reserve credit for a request before calling upstream; False = not covered (answer 402)."""
+        if amount_microusd < 0:
+            raise ValueError(f"hold amount must be 0 or more, got {amount_microusd}")
+        async with self._write() as db:
+            return await ledger.hold(db, account_id, request_id, amount_microusd, self._owner, utc_now())
+
+    async def settle(self, rec: UsageRecord, charge_microusd: int) -> int:
+        """In one transaction: charge min(charge, hold), release the rest, insert the usage record.
+
+        Returns the amount charged. Idempotent per request id (a replay changes nothing and
+        returns the recorded cost). Without an open hold nothing is charged. The stored record's
+        ``cost_microusd`` is what was really charged: when that differs from ``charge_microusd``,
+        ``billed`` follows it (and ``reason`` becomes ``no_hold`` if there was no hold at all).
+        """
+        async with self._write() as db:
+            async with db.execute("SELECT cost_microusd FROM usage WHERE request_id = ?", (rec.request_id,)) as cur:
+                done = await cur.fetchone()
+            if done is not None:  # a replay; a hold left open by a bare record_usage is freed, never billed
+                await ledger.release(db, rec.request_id, utc_now())
+                return int(done[0])
+            charged = await ledger.settle_hold(db, rec.request_id, charge_microusd, utc_now())
+            await _insert_usage(db, _as_charged(rec, charge_microusd, charged))
+        return charged or 0
+
+    async def release(self, request_id: str) -> int:
+        """Release a request's open hold in full without recording usage; returns the amount."""
+        async with self._write() as db:
+            return await ledger.release(db, request_id, utc_now()) or 0
+
+    async def release_orphan_holds(self, stale_after_s: float | None = None) -> int:
+        """Startup sweep: release (never bill) holds whose owner process or store is gone, and
+        with ``stale_after_s`` any hold older than that. Returns how many were released."""
+        stale = utc_iso(datetime.now(UTC) - timedelta(seconds=stale_after_s)) if stale_after_s is not None else None
+        async with self._transaction("BEGIN", "read") as db:
+            orphans = await ledger.orphan_holds(db, self._owner, stale)
+        released = 0
+        for request_id in orphans:  # one short transaction each; a concurrent sweep makes it a no-op
+            async with self._write() as db:
+                released += await ledger.release(db, request_id, utc_now()) is not None
+        return released
+
+    # -- credit: operator and Stripe bookings ---------------------------------------------------
+
+    async def grant(self, account: str, amount_microusd: int, note: str = "") -> int:
+        """Operator credit for ``account`` (created if missing); returns the new balance."""
+        if amount_microusd <= 0:
+            raise ValueError(f"a grant must be positive, got {amount_microusd} micro-USD")
+        async with self._write() as db:
+            account_id = await _ensure_account(db, account)
+            return await ledger.grant(db, account_id, amount_microusd, note, utc_now())
+
+    async def balance(self, account: str) -> tuple[int, int] | None:
+        """(balance_microusd, held_microusd) of ``account``, or None when it does not exist."""
+        rows = await self._all("SELECT balance_microusd, held_microusd FROM accounts WHERE name = ?", (account,))
+        return (int(rows[0][0]), int(rows[0][1])) if rows else None
+
+    async def credit_topup(
+        self,
+        account_id: int,
+        amount_microusd: int,
+        *,
+        event_id: str,
+        event_type: str,
+        payment_key: str,
+        payment_ref: str,
+    ) -> Booking:
+        """Book a paid top-up exactly once per Stripe event and once per payment (one transaction)."""
+        if amount_microusd < 0:
+            raise ValueError(f"a top-up must be 0 or more, got {amount_microusd}")
+        async with self._write() as db:
+            return await ledger.credit_topup(
+                db,
+                account_id,
+                amount_microusd,
+                event_id=event_id,
+                event_type=event_type,
+                payment_key=payment_key,
+                payment_ref=payment_ref,
+                now=utc_now(),
+            )
+
+    async def book_refund(
+        self, payment_ref: str, refunded_total_microusd: int, *, event_id: str, event_type: str
+    ) -> Booking:
+        """Book a refund of a credited payment as a negative entry (up to the refunded total)."""
+        async with self._write() as db:
+            return await ledger.book_refund(
+                db, payment_ref, refunded_total_microusd, event_id=event_id, event_type=event_type, now=utc_now()
+            )
+
+    async def ledger_check(self) -> list[str]:
+        """The invariant, on one consistent snapshot: [] when the ledger and balances agree."""
+        async with self._transaction("BEGIN", "read") as db:
+            return await ledger.check(db)
+
+
+async def _ensure_account(db: aiosqlite.Connection, name: str) -> int:
+    await db.execute(
+        "INSERT INTO accounts(name, created_at) VALUES (?, ?) ON CONFLICT(name) DO NOTHING", (name, utc_now())
+    )
+    async with db.execute("SELECT id FROM accounts WHERE name = ?", (name,)) as cur:
+        row = await cur.fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+async def _insert_usage(db: aiosqlite.Connection, rec: UsageRecord) -> None:
+    values = [getattr(rec, f) for f in _USAGE_FIELDS]
+    placeholders = ",".join("?" * len(values))
+    await db.execute(f"INSERT INTO usage({','.join(_USAGE_FIELDS)}) VALUES ({placeholders})", values)
+
+
+def _as_charged(rec: UsageRecord, asked: int, charged: int | None) -> UsageRecord:
+    """The record as stored: its cost is what was really charged."""
+    got = charged or 0
+    if got == asked:
+        return replace(rec, cost_microusd=got)
+    return replace(rec, cost_microusd=got, billed=got > 0, reason=rec.reason if charged is not None else "no_hold")
 
 
 def _usage_row(row: Any) -> UsageRecord:

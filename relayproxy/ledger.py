@@ -1,0 +1,357 @@
+"""The credit ledger's SQL: append-only entries in integer micro-USD, cached balances, holds.
+
+Theory of operation. Every movement of credit is one row in ``ledger`` with a UNIQUE business key
+(``req:<request_id>:hold|charge|release``, ``checkout:<session_id>``, ``refund:<payment>:<total>``,
+``grant:<uuid>``), and the account's cached ``balance_microusd`` / ``held_microusd`` change in the
+SAME transaction as the row, so a replay of the same business event is a no-op and the cache can
+always be re-derived from the entries:
+
+    kind      balance   held        kind      balance   held
+    grant     +amount   .           hold      .         +amount
+    topup     +amount   .           release   .         -amount
+    refund    -amount   .           charge    -amount   -amount   (a charge consumes its hold)
+
+``balance`` is unspent credit, holds included; ``held`` is the sum of the open holds (the
+``holds`` table); available = balance - held. A hold is taken with a guarded UPDATE (``WHERE
+balance - held >= :amount``), never "read, check in Python, write", so concurrent requests and
+worker processes cannot overdraw an account: the database's write lock is the arbiter.
+
+The functions here run inside a transaction the caller opened (``Store._write``: BEGIN IMMEDIATE)
+and never commit. The store turns ``sqlite3.Error`` into ``StoreError``.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from .billing import Booking
+
+__all__ = [
+    "MIGRATION",
+    "Owner",
+    "book_refund",
+    "check",
+    "credit_topup",
+    "grant",
+    "hold",
+    "orphan_holds",
+    "release",
+    "settle_hold",
+]
+
+MIGRATION = """
+    CREATE TABLE ledger (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        account_id INTEGER NOT NULL REFERENCES accounts(id),
+        kind TEXT NOT NULL CHECK (kind IN ('grant', 'topup', 'hold', 'release', 'charge', 'refund')),
+        amount_microusd INTEGER NOT NULL CHECK (amount_microusd >= 0),
+        business_key TEXT NOT NULL UNIQUE,
+        request_id TEXT,
+        payment_ref TEXT,
+        note TEXT NOT NULL DEFAULT '',
+        created_at TEXT NOT NULL
+    );
+    CREATE INDEX ledger_account ON ledger(account_id, seq);
+    CREATE INDEX ledger_request ON ledger(request_id) WHERE request_id IS NOT NULL;
+    CREATE INDEX ledger_payment ON ledger(payment_ref, kind) WHERE payment_ref IS NOT NULL;
+    CREATE UNIQUE INDEX ledger_topup_once ON ledger(payment_ref) WHERE kind = 'topup';
+    CREATE TRIGGER ledger_no_update BEFORE UPDATE ON ledger BEGIN SELECT RAISE(ABORT, 'ledger is append-only'); END;
+    CREATE TRIGGER ledger_no_delete BEFORE DELETE ON ledger BEGIN SELECT RAISE(ABORT, 'ledger is append-only'); END;
+    CREATE TABLE holds (
+        request_id TEXT PRIMARY KEY,
+        account_id INTEGER NOT NULL REFERENCES accounts(id),
+        amount_microusd INTEGER NOT NULL CHECK (amount_microusd >= 0),
+        owner_pid INTEGER NOT NULL,
+        owner_start TEXT NOT NULL,
+        owner_boot TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    CREATE TABLE stripe_events (
+        event_id TEXT PRIMARY KEY,
+        type TEXT NOT NULL,
+        received_at TEXT NOT NULL
+    );
+    CREATE INDEX usage_key_aborts ON usage(key_id, created_at) WHERE outcome = 'client_disconnected'
+"""
+
+_BALANCE_EFFECT = (
+    "CASE kind WHEN 'grant' THEN 1 WHEN 'topup' THEN 1 WHEN 'charge' THEN -1 WHEN 'refund' THEN -1 ELSE 0 END"
+)
+_HELD_EFFECT = "CASE kind WHEN 'hold' THEN 1 WHEN 'release' THEN -1 WHEN 'charge' THEN -1 ELSE 0 END"
+
+
+# -- hold owners (for the startup sweep) ----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    """Who holds a hold: a process (pid + its kernel start time, to survive pid reuse) and one
+    opened store in it (``boot``, fresh per ``Store.open``)."""
+
+    pid: int
+    start: str
+    boot: str
+
+    @classmethod
+    def current(cls) -> Owner:
+        pid = os.getpid()
+        return cls(pid, _process_start(pid), uuid.uuid4().hex)
+
+    def is_gone(self, pid: int, start: str, boot: str) -> bool:
+        """True when a hold's owner can no longer settle it: an earlier store of this very pid
+        (this process's past, or a dead process whose pid we reuse), or a process that no longer runs."""
+        if pid == self.pid:
+            return boot != self.boot
+        return not _alive(pid, start)
+
+
+def _proc_stat(pid: int) -> list[str] | None:
+    """/proc/<pid>/stat fields from the state on (Linux), or None when unavailable."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return fields if len(fields) > 19 else None
+
+
+def _process_start(pid: int) -> str:
+    """The process's start time in clock ticks since boot, or '' when unknown."""
+    stat = _proc_stat(pid)
+    return stat[19] if stat else ""
+
+
+def _alive(pid: int, start: str) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # exists, owned by another user
+    stat = _proc_stat(pid)
+    if stat is None:
+        return True  # no /proc: trust the signal check
+    # A zombie has finished its work; another start time means the pid was recycled.
+    return stat[0] != "Z" and (not start or stat[19] == start)
+
+
+# -- entries --------------------------------------------------------------------------------------
+
+
+async def _one(db: aiosqlite.Connection, sql: str, args: tuple[Any, ...]) -> Any:
+    async with db.execute(sql, args) as cur:
+        return await cur.fetchone()
+
+
+async def _entry(
+    db: aiosqlite.Connection,
+    account_id: int,
+    kind: str,
+    amount: int,
+    key: str,
+    now: str,
+    *,
+    request_id: str | None = None,
+    payment_ref: str | None = None,
+    note: str = "",
+) -> bool:
+    """Append one entry; False (and nothing written) when its business key or payment exists."""
+    cur = await db.execute(
+        "INSERT INTO ledger(account_id, kind, amount_microusd, business_key, request_id, payment_ref, note,"
+        " created_at) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
+        (account_id, kind, amount, key, request_id, payment_ref, note, now),
+    )
+    return cur.rowcount == 1
+
+
+async def _move(db: aiosqlite.Connection, account_id: int, balance: int, held: int) -> None:
+    await db.execute(
+        "UPDATE accounts SET balance_microusd = balance_microusd + ?, held_microusd = held_microusd + ? WHERE id = ?",
+        (balance, held, account_id),
+    )
+
+
+async def grant(db: aiosqlite.Connection, account_id: int, amount: int, note: str, now: str) -> int:
+    """Add operator credit; returns the new balance."""
+    await _entry(db, account_id, "grant", amount, f"grant:{uuid.uuid4()}", now, note=note)
+    await _move(db, account_id, amount, 0)
+    row = await _one(db, "SELECT balance_microusd FROM accounts WHERE id = ?", (account_id,))
+    return int(row[0])
+
+
+async def hold(db: aiosqlite.Connection, account_id: int, request_id: str, amount: int, owner: Owner, now: str) -> bool:
+    """Reserve ``amount`` if the account's available credit covers it. Replaying an existing hold
+    answers whether it is still open; a request id is held at most once."""
+    if await _one(db, "SELECT 1 FROM ledger WHERE business_key = ?", (f"req:{request_id}:hold",)):
+        return bool(await _one(db, "SELECT 1 FROM holds WHERE request_id = ?", (request_id,)))
+    cur = await db.execute(
+        "UPDATE accounts SET held_microusd = held_microusd + ? WHERE id = ? AND balance_microusd - held_microusd >= ?",
+        (amount, account_id, amount),
+    )
+    if cur.rowcount != 1:
+        return False
+    await _entry(db, account_id, "hold", amount, f"req:{request_id}:hold", now, request_id=request_id)
+    await db.execute(
+        "INSERT INTO holds(request_id, account_id, amount_microusd, owner_pid, owner_start, owner_boot, created_at)"
+        " VALUES (?,?,?,?,?,?,?)",
+        (request_id, account_id, amount, owner.pid, owner.start, owner.boot, now),
+    )
+    return True
+
+
+async def settle_hold(db: aiosqlite.Connection, request_id: str, charge: int, now: str) -> int | None:
+    """Charge min(charge, hold) and release the rest; returns the amount charged, or None when
+    the request has no open hold (nothing is written then)."""
+    row = await _one(db, "SELECT account_id, amount_microusd FROM holds WHERE request_id = ?", (request_id,))
+    if row is None:
+        return None
+    account_id, held = int(row[0]), int(row[1])
+    charged = min(max(charge, 0), held)
+    if charged:
+        await _entry(db, account_id, "charge", charged, f"req:{request_id}:charge", now, request_id=request_id)
+    if held - charged:
+        await _entry(db, account_id, "release", held - charged, f"req:{request_id}:release", now, request_id=request_id)
+    await _move(db, account_id, -charged, -held)
+    await db.execute("DELETE FROM holds WHERE request_id = ?", (request_id,))
+    return charged
+
+
+async def release(db: aiosqlite.Connection, request_id: str, now: str) -> int | None:
+    """Release an open hold in full (never bills); returns the amount, or None when none is open."""
+    row = await _one(db, "SELECT amount_microusd FROM holds WHERE request_id = ?", (request_id,))
+    if row is None:
+        return None
+    await settle_hold(db, request_id, 0, now)
+    return int(row[0])
+
+
+async def orphan_holds(db: aiosqlite.Connection, owner: Owner, stale_before: str | None) -> list[str]:
+    """Request ids of open holds whose owner is gone (or, with ``stale_before``, that are older)."""
+    async with db.execute("SELECT request_id, owner_pid, owner_start, owner_boot, created_at FROM holds") as cur:
+        rows = await cur.fetchall()
+    return [
+        str(rid)
+        for rid, pid, start, boot, created in rows
+        if owner.is_gone(int(pid), str(start), str(boot)) or (stale_before is not None and created < stale_before)
+    ]
+
+
+# -- Stripe bookings ------------------------------------------------------------------------------
+
+
+async def _new_event(db: aiosqlite.Connection, event_id: str, event_type: str, now: str) -> bool:
+    cur = await db.execute(
+        "INSERT INTO stripe_events(event_id, type, received_at) VALUES (?,?,?) ON CONFLICT DO NOTHING",
+        (event_id, event_type, now),
+    )
+    return cur.rowcount == 1
+
+
+async def credit_topup(
+    db: aiosqlite.Connection,
+    account_id: int,
+    amount: int,
+    *,
+    event_id: str,
+    event_type: str,
+    payment_key: str,
+    payment_ref: str,
+    now: str,
+) -> Booking:
+    """Credit a paid top-up once per event AND once per payment (``payment_key`` e.g.
+    ``checkout:<session>``, ``payment_ref`` the PaymentIntent or session id refunds refer to)."""
+    if not await _one(db, "SELECT 1 FROM accounts WHERE id = ?", (account_id,)):
+        return Booking.UNKNOWN_ACCOUNT
+    if not await _new_event(db, event_id, event_type, now):
+        return Booking.DUPLICATE
+    if not await _entry(db, account_id, "topup", amount, payment_key, now, payment_ref=payment_ref, note=event_id):
+        return Booking.DUPLICATE
+    await _move(db, account_id, amount, 0)
+    return Booking.BOOKED
+
+
+async def book_refund(
+    db: aiosqlite.Connection, payment_ref: str, refunded_total: int, *, event_id: str, event_type: str, now: str
+) -> Booking:
+    """Bring the payment's refunded total up to ``refunded_total`` (Stripe's cumulative
+    ``amount_refunded``) with one negative entry; replays and out-of-order older totals add nothing."""
+    topup = await _one(
+        db, "SELECT account_id, amount_microusd FROM ledger WHERE kind = 'topup' AND payment_ref = ?", (payment_ref,)
+    )
+    if topup is None:
+        return Booking.UNKNOWN_PAYMENT  # nothing recorded: Stripe retries the event later
+    account_id, target = int(topup[0]), min(refunded_total, int(topup[1]))
+    if not await _new_event(db, event_id, event_type, now):
+        return Booking.DUPLICATE
+    row = await _one(
+        db,
+        "SELECT COALESCE(SUM(amount_microusd), 0) FROM ledger WHERE kind = 'refund' AND payment_ref = ?",
+        (payment_ref,),
+    )
+    delta = target - int(row[0])
+    if delta <= 0:
+        return Booking.DUPLICATE
+    await _entry(
+        db, account_id, "refund", delta, f"refund:{payment_ref}:{target}", now, payment_ref=payment_ref, note=event_id
+    )
+    await _move(db, account_id, -delta, 0)
+    return Booking.BOOKED
+
+
+# -- the invariant ----------------------------------------------------------------------------------
+
+
+async def check(db: aiosqlite.Connection) -> list[str]:
+    """Every way the cached balances, the entries and the open holds disagree; [] when consistent."""
+    problems: list[str] = []
+    sql = (
+        f"SELECT a.id, a.name, a.balance_microusd, a.held_microusd,"
+        f" (SELECT COALESCE(SUM(amount_microusd * {_BALANCE_EFFECT}), 0) FROM ledger WHERE account_id = a.id),"
+        f" (SELECT COALESCE(SUM(amount_microusd * {_HELD_EFFECT}), 0) FROM ledger WHERE account_id = a.id),"
+        f" (SELECT COALESCE(SUM(amount_microusd), 0) FROM holds WHERE account_id = a.id),"
+        f" (SELECT COUNT(*) FROM ledger WHERE account_id = a.id AND kind = 'refund')"
+        f" FROM accounts a ORDER BY a.id"
+    )
+    async with db.execute(sql) as cur:
+        for _, name, balance, held, entries_balance, entries_held, open_holds, refunds in await cur.fetchall():
+            problems += _account_problems(name, balance, held, entries_balance, entries_held, open_holds, refunds)
+    problems += await _request_problems(db)
+    return problems
+
+
+def _account_problems(name: str, *values: int) -> list[str]:
+    balance, held, entries_balance, entries_held, open_holds, refunds = values
+    out = []
+    if balance != entries_balance:
+        out.append(f"account {name}: balance_microusd {balance} != sum of entries {entries_balance}")
+    if held != open_holds:
+        out.append(f"account {name}: held_microusd {held} != sum of open holds {open_holds}")
+    if entries_held != open_holds:
+        out.append(f"account {name}: holds minus charges and releases {entries_held} != open holds {open_holds}")
+    if balance - held < 0 and not refunds:
+        out.append(f"account {name}: available credit {balance - held} is negative and no refund explains it")
+    return out
+
+
+async def _request_problems(db: aiosqlite.Connection) -> list[str]:
+    """Per request: hold = charge + release (+ the open hold), and nothing settled without a hold."""
+    sql = (
+        "SELECT l.request_id, SUM(CASE kind WHEN 'hold' THEN amount_microusd ELSE 0 END),"
+        " SUM(CASE WHEN kind IN ('charge', 'release') THEN amount_microusd ELSE 0 END),"
+        " COALESCE((SELECT amount_microusd FROM holds h WHERE h.request_id = l.request_id), 0)"
+        " FROM ledger l WHERE l.request_id IS NOT NULL GROUP BY l.request_id"
+    )
+    async with db.execute(sql) as cur:
+        rows = await cur.fetchall()
+    return [
+        f"request {rid}: held {held}, settled {settled}, still open {still_open}"
+        for rid, held, settled, still_open in rows
+        if held != settled + still_open
+    ]

@@ -1,0 +1,642 @@
+"""The credit ledger: holds, settlement, sweeps, Stripe bookings, the invariant and the CLI.
+
+Invariant (checked by ``Store.ledger_check`` after every test that writes): per account, the sum
+of the entries' effects equals ``balance_microusd``; ``held_microusd`` equals the open holds and
+the holds minus their charges and releases; available credit is never negative unless a refund
+made it so; per request, hold = charge + release (+ what is still open).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from relayproxy import cli
+from relayproxy.billing import Booking, price_list
+from relayproxy.config import load_config
+from relayproxy.errors import StoreError
+from relayproxy.ledger import Owner, _process_start
+from relayproxy.records import UsageRecord
+from relayproxy.store import Store, utc_iso, utc_now
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    s = await Store.open(tmp_path / "relay.db")
+    yield s
+    assert await s.ledger_check() == []
+    await s.close()
+
+
+def record(request_id: str, cost: int = 0, outcome: str = "completed", **kw: Any) -> UsageRecord:
+    reason = "billed" if cost else "usage_unknown"
+    return UsageRecord(request_id, utc_now(), outcome=outcome, cost_microusd=cost, billed=cost > 0, reason=reason, **kw)
+
+
+async def funded(store: Store, usd_micro: int = 1_000_000, name: str = "alice") -> int:
+    await store.grant(name, usd_micro, "test credit")
+    return await store.ensure_account(name)
+
+
+def entries(db: Path, where: str = "1", args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(db) as conn:
+        return conn.execute(
+            f"SELECT kind, amount_microusd, business_key FROM ledger WHERE {where} ORDER BY seq", args
+        ).fetchall()
+
+
+# -- holds and settlement -------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_hold_then_settle_charges_the_actual_and_releases_the_rest(store: Store, tmp_path: Path) -> None:
+    account = await funded(store)
+    assert await store.hold(account, "r1", 300_000)
+    assert await store.balance("alice") == (1_000_000, 300_000)
+    assert await store.settle(record("r1", 120_000), 120_000) == 120_000
+    assert await store.balance("alice") == (880_000, 0)
+    assert entries(tmp_path / "relay.db", "request_id = ?", ("r1",)) == [
+        ("hold", 300_000, "req:r1:hold"),
+        ("charge", 120_000, "req:r1:charge"),
+        ("release", 180_000, "req:r1:release"),
+    ]
+    stored = await store.get_usage("r1")
+    assert stored is not None and (stored.cost_microusd, stored.billed) == (120_000, True)
+
+
+@pytest.mark.anyio
+async def test_settle_is_idempotent_per_request(store: Store) -> None:
+    account = await funded(store)
+    await store.hold(account, "r1", 300_000)
+    assert await store.settle(record("r1", 100_000), 100_000) == 100_000
+    assert await store.settle(record("r1", 250_000), 250_000) == 100_000  # replay: the recorded cost
+    assert await store.balance("alice") == (900_000, 0)
+
+
+@pytest.mark.anyio
+async def test_settle_replay_frees_a_hold_left_by_a_bare_record(store: Store) -> None:
+    account = await funded(store)
+    await store.hold(account, "r1", 300_000)
+    await store.record_usage(record("r1", 0, "gateway_error"))
+    assert await store.settle(record("r1", 100_000), 100_000) == 0
+    assert await store.balance("alice") == (1_000_000, 0)
+
+
+@pytest.mark.anyio
+async def test_settle_never_charges_more_than_the_hold(store: Store) -> None:
+    account = await funded(store)
+    await store.hold(account, "r1", 50_000)
+    assert await store.settle(record("r1", 80_000), 80_000) == 50_000
+    stored = await store.get_usage("r1")
+    assert stored is not None and (stored.cost_microusd, stored.billed) == (50_000, True)
+    assert await store.balance("alice") == (950_000, 0)
+
+
+@pytest.mark.parametrize("outcome", ["upstream_error", "upstream_dropped", "client_disconnected", "gateway_error"])
+@pytest.mark.anyio
+async def test_unbilled_outcomes_release_the_whole_hold(store: Store, outcome: str) -> None:
+    account = await funded(store)
+    await store.hold(account, "r1", 300_000)
+    assert await store.settle(record("r1", 0, outcome), 0) == 0
+    assert await store.balance("alice") == (1_000_000, 0)
+
+
+@pytest.mark.anyio
+async def test_settle_without_a_hold_only_records(store: Store) -> None:
+    await funded(store)
+    assert await store.settle(record("rejected-1", 0, "rejected"), 0) == 0
+    assert await store.settle(record("r2", 5_000), 5_000) == 0
+    stored = await store.get_usage("r2")
+    assert stored is not None and (stored.cost_microusd, stored.billed, stored.reason) == (0, False, "no_hold")
+    assert await store.balance("alice") == (1_000_000, 0)
+
+
+@pytest.mark.anyio
+async def test_hold_refuses_what_is_not_covered(store: Store, tmp_path: Path) -> None:
+    account = await funded(store, 100)
+    assert not await store.hold(account, "big", 101)
+    assert await store.hold(account, "exact", 100)
+    assert not await store.hold(account, "zero-but-nothing-left", 1)
+    assert not await store.hold(9999, "no-such-account", 0)
+    assert entries(tmp_path / "relay.db", "kind = 'hold'") == [("hold", 100, "req:exact:hold")]
+    await store.release("exact")
+
+
+@pytest.mark.anyio
+async def test_a_request_is_held_once(store: Store) -> None:
+    account = await funded(store)
+    assert await store.hold(account, "r1", 100_000)
+    assert await store.hold(account, "r1", 100_000)  # replay of an open hold: still held, not twice
+    assert await store.balance("alice") == (1_000_000, 100_000)
+    assert await store.release("r1") == 100_000
+    assert not await store.hold(account, "r1", 100_000)  # a finished request id cannot hold again
+    assert await store.release("r1") == 0
+
+
+@pytest.mark.anyio
+async def test_grant_and_balance(store: Store) -> None:
+    assert await store.balance("bob") is None
+    assert await store.grant("bob", 2_500_000, "welcome") == 2_500_000
+    assert await store.grant("bob", 1, "") == 2_500_001
+    with pytest.raises(ValueError, match="positive"):
+        await store.grant("bob", 0, "")
+
+
+@pytest.mark.anyio
+async def test_recent_aborts_counts_client_disconnects_of_the_key(store: Store) -> None:
+    since = utc_iso(datetime.now(UTC))
+    for i, outcome in enumerate(["client_disconnected", "client_disconnected", "completed", "upstream_error"]):
+        await store.settle(record(f"r{i}", 0, outcome, key_id="k1"), 0)
+    await store.settle(record("other", 0, "client_disconnected", key_id="k2"), 0)
+    assert await store.recent_aborts("k1", since) == 2
+    assert await store.recent_aborts("k1", "9999-01-01T00:00:00.000Z") == 0
+
+
+@pytest.mark.anyio
+async def test_ledger_is_append_only(store: Store, tmp_path: Path) -> None:
+    await funded(store)
+    with sqlite3.connect(tmp_path / "relay.db") as conn, pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        conn.execute("UPDATE ledger SET amount_microusd = 0")
+    with sqlite3.connect(tmp_path / "relay.db") as conn, pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        conn.execute("DELETE FROM ledger")
+
+
+@pytest.mark.anyio
+async def test_ledger_check_lists_every_broken_rule(tmp_path: Path) -> None:
+    s = await Store.open(tmp_path / "relay.db")
+    account = await funded(s)
+    await s.hold(account, "r1", 10_000)
+    with sqlite3.connect(tmp_path / "relay.db") as conn:
+        conn.execute("UPDATE accounts SET balance_microusd = 5, held_microusd = 7")
+    problems = await s.ledger_check()
+    await s.close()
+    assert problems == [
+        "account alice: balance_microusd 5 != sum of entries 1000000",
+        "account alice: held_microusd 7 != sum of open holds 10000",
+        "account alice: available credit -2 is negative and no refund explains it",
+    ]
+
+
+# -- the overdraft race -----------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_overdraft_race_in_process_admits_exactly_what_is_covered(store: Store) -> None:
+    """Balance 5.00, 1,000 concurrent holds of 0.10: exactly 50 admitted (hardening case 32)."""
+    account = await funded(store, 5_000_000)
+    results = await asyncio.gather(*(store.hold(account, f"r{i}", 100_000) for i in range(1000)))
+    assert sum(results) == 50
+    assert await store.balance("alice") == (5_000_000, 5_000_000)
+
+
+RACE_CHILD = """
+import asyncio, sys
+from relayproxy.store import Store
+
+async def main(db, worker, n):
+    store = await Store.open(db)  # four processes migrate a fresh file at once
+    print("ready", flush=True)
+    sys.stdin.readline()
+    account = await store.ensure_account("race")
+    results = await asyncio.gather(*(store.hold(account, f"w{worker}-{i}", 100_000) for i in range(n)))
+    print(sum(results), flush=True)
+    await store.close()
+
+asyncio.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3])))
+"""
+
+
+def spawn(script: str, *args: object) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", script, *map(str, args)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+
+
+def reap(proc: subprocess.Popen[str]) -> str:
+    """SIGKILL the process (if still running) and return what it wrote before dying."""
+    proc.kill()
+    out, _ = proc.communicate(timeout=30)
+    return out
+
+
+@pytest.mark.anyio
+async def test_overdraft_race_across_four_processes(tmp_path: Path) -> None:
+    """Four worker processes, each with its own connection, 250 holds each against 50 holds' worth."""
+    db = tmp_path / "race.db"
+    workers = [spawn(RACE_CHILD, db, w, 250) for w in range(4)]
+    try:
+        for w in workers:
+            assert w.stdout is not None and w.stdout.readline().strip() == "ready"
+        store = await Store.open(db)
+        await store.grant("race", 5_000_000, "")
+        for w in workers:
+            assert w.stdin is not None
+            w.stdin.write("go\n")
+            w.stdin.flush()
+        admitted = [int(w.communicate(timeout=60)[0]) for w in workers]
+    finally:
+        for w in workers:
+            reap(w)
+    assert sum(admitted) == 50
+    assert await store.balance("race") == (5_000_000, 5_000_000)
+    assert await store.ledger_check() == []
+    await store.close()
+
+
+# -- orphan holds ------------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_sweep_releases_holds_of_an_earlier_store_in_this_process(tmp_path: Path) -> None:
+    first = await Store.open(tmp_path / "relay.db")
+    account = await funded(first)
+    await first.hold(account, "crashed-1", 100_000)
+    await first.hold(account, "crashed-2", 200_000)
+    await first.close()  # as good as a crash: nothing settled
+    second = await Store.open(tmp_path / "relay.db")
+    await second.hold(account, "mine", 50_000)
+    assert await second.release_orphan_holds() == 2
+    assert await second.balance("alice") == (1_000_000, 50_000)  # released, never billed; own hold kept
+    assert await second.release_orphan_holds() == 0
+    assert (await second.ledger_check()) == []
+    await second.close()
+
+
+HOLDER_CHILD = """
+import asyncio, sys
+from relayproxy.store import Store
+
+async def main(db):
+    store = await Store.open(db)
+    account = await store.ensure_account("alice")
+    print(await store.hold(account, "live-1", 100_000), flush=True)
+    await asyncio.to_thread(sys.stdin.readline)  # a request in flight until told otherwise
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+@pytest.mark.anyio
+async def test_sweep_leaves_live_workers_alone_and_releases_dead_ones(store: Store, tmp_path: Path) -> None:
+    await funded(store)
+    child = spawn(HOLDER_CHILD, tmp_path / "relay.db")
+    assert child.stdout is not None and child.stdout.readline().strip() == "True"
+    assert await store.release_orphan_holds() == 0  # another worker starting must not free it
+    assert await store.balance("alice") == (1_000_000, 100_000)
+    assert child.stdin is not None
+    child.stdin.write("done\n")
+    child.stdin.flush()
+    await asyncio.to_thread(os.waitid, os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)  # a zombie: exited, not reaped
+    assert await store.release_orphan_holds() == 1
+    assert await store.balance("alice") == (1_000_000, 0)
+    reap(child)
+
+
+def test_a_recycled_pid_is_not_mistaken_for_the_owner() -> None:
+    """The owner is pid + kernel start time: a live process with another start time is not it."""
+    me, parent = Owner.current(), os.getppid()
+    assert not me.is_gone(parent, _process_start(parent), "any")
+    assert me.is_gone(parent, "12345", "any")
+    assert not me.is_gone(me.pid, me.start, me.boot)
+    assert me.is_gone(me.pid, me.start, "an-earlier-store")
+    assert me.is_gone(2**22 + 1, "", "no-such-pid")
+
+
+@pytest.mark.anyio
+async def test_sweep_can_release_stale_holds_whoever_owns_them(store: Store) -> None:
+    account = await funded(store)
+    await store.hold(account, "stuck", 1_000)
+    await asyncio.sleep(0.01)
+    assert await store.release_orphan_holds(stale_after_s=3600) == 0
+    assert await store.release_orphan_holds(stale_after_s=0) == 1
+
+
+# -- kill -9 -------------------------------------------------------------------------------------------
+
+KILL_CHILD = """
+import asyncio, random, sys
+from relayproxy.records import UsageRecord
+from relayproxy.store import Store, utc_now
+
+async def main(db, seed):
+    store = await Store.open(db)
+    await store.release_orphan_holds()  # what app startup does
+    account = await store.ensure_account("crash")
+    rnd = random.Random(seed)
+    print("ready", flush=True)
+    for n in range(10**9):
+        rid = f"s{seed}-{n}"
+        if rnd.random() < 0.3:
+            booking = await store.credit_topup(account, 1_000_000, event_id=f"evt_{rid}", event_type="t",
+                                               payment_key=f"checkout:cs_{rid}", payment_ref=f"pi_{rid}")
+            print("topup", rid, booking, flush=True)
+            continue
+        amount = rnd.randrange(1, 100_000)
+        if not await store.hold(account, rid, amount):
+            continue
+        if rnd.random() < 0.1:
+            continue  # a request still streaming when the process dies
+        charge = rnd.randrange(0, 2 * amount)
+        rec = UsageRecord(rid, utc_now(), account="crash", outcome="completed", cost_microusd=charge,
+                          billed=charge > 0, reason="billed")
+        print("settled", rid, await store.settle(rec, charge), flush=True)
+
+asyncio.run(main(sys.argv[1], int(sys.argv[2])))
+"""
+
+
+def test_kill_9_loses_no_acknowledged_write_and_never_double_charges(tmp_path: Path) -> None:
+    """A worker is SIGKILLed at random moments (hardening case 35, 10 kills in CI)."""
+    db = tmp_path / "crash.db"
+    asyncio.run(_grant(db, "crash", 10**12))
+    rnd, topups, settled = random.Random(7), set(), {}
+    for seed in range(10):
+        child = spawn(KILL_CHILD, db, seed)
+        assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+        time.sleep(rnd.uniform(0.02, 0.4))
+        for line in reap(child).splitlines():
+            kind, rid, value = line.split()
+            if kind == "topup":
+                assert value == Booking.BOOKED
+                topups.add(rid)
+            else:
+                settled[rid] = int(value)
+    assert topups and settled, "the child never got to work before being killed"
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        keys = {k for (k,) in conn.execute("SELECT business_key FROM ledger")}
+        charges = dict(conn.execute("SELECT request_id, amount_microusd FROM ledger WHERE kind = 'charge'").fetchall())
+    assert {f"checkout:cs_{rid}" for rid in topups} <= keys  # every acknowledged top-up survived
+    assert all(charges.get(rid, 0) == amount for rid, amount in settled.items())
+    asyncio.run(_after_the_crashes(db, topups))
+
+
+async def _grant(db: Path, account: str, amount: int) -> None:
+    store = await Store.open(db)
+    await store.grant(account, amount, "")
+    await store.close()
+
+
+async def _after_the_crashes(db: Path, topups: set[str]) -> None:
+    store = await Store.open(db)
+    try:
+        await store.release_orphan_holds()
+        assert await store.ledger_check() == []
+        assert (await store.balance("crash") or (0, -1))[1] == 0
+        for rid in topups:  # Stripe retries what we acknowledged before dying: no second credit
+            again = await store.credit_topup(
+                1,
+                1_000_000,
+                event_id=f"evt_{rid}",
+                event_type="t",
+                payment_key=f"checkout:cs_{rid}",
+                payment_ref=f"pi_{rid}",
+            )
+            assert again is Booking.DUPLICATE
+    finally:
+        await store.close()
+
+
+# -- random operation sequences -------------------------------------------------------------------------
+
+ACCOUNTS = ("a", "b")
+
+
+class LedgerMachine(RuleBasedStateMachine):
+    """Random grants, top-ups, duplicate webhooks, holds, settlements, releases, refunds and
+    crash-restarts against a model; the invariant and the model's balances hold after every step
+    (hardening case 33)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tmp = tempfile.TemporaryDirectory()
+        self.path = Path(self.tmp.name) / "ledger.db"
+        self.runner = asyncio.Runner()
+        self.store = self.run(Store.open(self.path))
+        self.ids = {
+            name: self.run(self.store.grant(name, 1, "")) and self.run(self.store.ensure_account(name))
+            for name in ACCOUNTS
+        }
+        self.balance = dict.fromkeys(ACCOUNTS, 1)
+        self.held = dict.fromkeys(ACCOUNTS, 0)
+        self.holds: dict[str, tuple[str, int]] = {}
+        self.settled: dict[str, int] = {}
+        self.payments: dict[str, list[Any]] = {}  # payment ref -> [account, amount, refunded]
+        self.events: list[tuple[str, str, int, str]] = []  # (event id, account, amount, payment ref)
+        self.serial = 0
+
+    def run(self, coro: Any) -> Any:
+        return self.runner.run(coro)
+
+    def next_id(self, prefix: str) -> str:
+        self.serial += 1
+        return f"{prefix}{self.serial}"
+
+    def teardown(self) -> None:
+        self.run(self.store.close())
+        self.runner.close()
+        self.tmp.cleanup()
+
+    @rule(account=st.sampled_from(ACCOUNTS), amount=st.integers(1, 10**7))
+    def grant(self, account: str, amount: int) -> None:
+        assert self.run(self.store.grant(account, amount, "")) == self.balance[account] + amount
+        self.balance[account] += amount
+
+    @rule(account=st.sampled_from(ACCOUNTS), amount=st.integers(0, 10**7))
+    def topup(self, account: str, amount: int) -> None:
+        event_id, ref = self.next_id("evt_"), self.next_id("pi_")
+        assert self.credit(event_id, self.ids[account], amount, ref) is Booking.BOOKED
+        self.balance[account] += amount
+        self.payments[ref] = [account, amount, 0]
+        self.events.append((event_id, account, amount, ref))
+
+    def credit(self, event_id: str, account_id: int, amount: int, ref: str) -> Booking:
+        coro = self.store.credit_topup(
+            account_id, amount, event_id=event_id, event_type="t", payment_key=f"checkout:{ref}", payment_ref=ref
+        )
+        result: Booking = self.run(coro)
+        return result
+
+    @precondition(lambda self: self.events)
+    @rule(data=st.data(), same_event=st.booleans())
+    def duplicate_webhook(self, data: st.DataObject, same_event: bool) -> None:
+        event_id, account, amount, ref = data.draw(st.sampled_from(self.events))
+        replay_id = event_id if same_event else self.next_id("evt_")
+        assert self.credit(replay_id, self.ids[account], amount, ref) is Booking.DUPLICATE
+
+    @rule(account=st.sampled_from(ACCOUNTS), amount=st.integers(0, 2 * 10**7))
+    def hold(self, account: str, amount: int) -> None:
+        rid = self.next_id("req")
+        covered = self.balance[account] - self.held[account] >= amount
+        assert self.run(self.store.hold(self.ids[account], rid, amount)) is covered
+        if covered:
+            self.holds[rid] = (account, amount)
+            self.held[account] += amount
+
+    @precondition(lambda self: self.holds)
+    @rule(data=st.data(), over=st.booleans())
+    def settle(self, data: st.DataObject, over: bool) -> None:
+        rid = data.draw(st.sampled_from(sorted(self.holds)))
+        account, amount = self.holds.pop(rid)
+        charge = amount + data.draw(st.integers(1, 10**6)) if over else data.draw(st.integers(0, amount))
+        assert self.run(self.store.settle(record(rid, charge), charge)) == min(charge, amount)
+        self.balance[account] -= min(charge, amount)
+        self.held[account] -= amount
+        self.settled[rid] = min(charge, amount)
+
+    @precondition(lambda self: self.settled)
+    @rule(data=st.data())
+    def settle_again(self, data: st.DataObject) -> None:
+        rid = data.draw(st.sampled_from(sorted(self.settled)))
+        assert self.run(self.store.settle(record(rid, 10**9), 10**9)) == self.settled[rid]
+
+    @rule(charge=st.integers(0, 10**6))
+    def settle_without_hold(self, charge: int) -> None:
+        assert self.run(self.store.settle(record(self.next_id("rej"), charge, "rejected"), charge)) == 0
+
+    @precondition(lambda self: self.holds)
+    @rule(data=st.data())
+    def release(self, data: st.DataObject) -> None:
+        rid = data.draw(st.sampled_from(sorted(self.holds)))
+        account, amount = self.holds.pop(rid)
+        assert self.run(self.store.release(rid)) == amount
+        self.held[account] -= amount
+
+    @precondition(lambda self: self.payments)
+    @rule(data=st.data())
+    def refund(self, data: st.DataObject) -> None:
+        ref = data.draw(st.sampled_from(sorted(self.payments)))
+        account, amount, refunded = self.payments[ref]
+        total = data.draw(st.integers(0, amount + 10))
+        delta = max(min(total, amount) - refunded, 0)
+        booking = self.run(
+            self.store.book_refund(ref, total, event_id=self.next_id("evt_"), event_type="charge.refunded")
+        )
+        assert booking is (Booking.BOOKED if delta else Booking.DUPLICATE)
+        self.balance[account] -= delta
+        self.payments[ref][2] += delta
+
+    @rule()
+    def crash_restart(self) -> None:
+        self.run(self.store.close())
+        self.store = self.run(Store.open(self.path))
+        assert self.run(self.store.release_orphan_holds()) == len(self.holds)
+        self.holds.clear()
+        self.held = dict.fromkeys(ACCOUNTS, 0)
+
+    @invariant()
+    def consistent(self) -> None:
+        assert self.run(self.store.ledger_check()) == []
+        for account in ACCOUNTS:
+            assert self.run(self.store.balance(account)) == (self.balance[account], self.held[account])
+
+
+TestLedgerMachine = LedgerMachine.TestCase
+TestLedgerMachine.settings = settings(max_examples=40, stateful_step_count=30, deadline=None)
+
+
+@pytest.mark.slow
+class TestLedgerMachineLong(LedgerMachine.TestCase):  # type: ignore[valid-type, misc]
+    """The full hardening.md budget: 200 examples x 50 steps."""
+
+    settings = settings(max_examples=200, stateful_step_count=50, deadline=None)
+
+
+# -- the CLI -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(
+        '[server]\ndatabase = "relay.db"\n[billing]\ndiscount = 0.3\n'
+        '[providers.openai]\nprotocol = "openai"\nbase_url = "https://api.openai.com/v1"\napi_key_env = "K"\n'
+        '[models."gpt-5.5"]\nprovider = "openai"\ninput_price = 1.25\noutput_price = 10.0\ncached_input_price = 0.125\n'
+    )
+    return path
+
+
+def run_cli(config: Path, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    rc = cli.main(["--config", str(config), *args])
+    return rc, capsys.readouterr().out
+
+
+def test_cli_credits_add_and_show(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_cli(config, capsys, "credits", "add", "--account", "alice", "--usd", "12.50", "--note", "welcome") == (
+        0,
+        "alice: balance 12.500000 USD (12500000 micro-USD)\n",
+    )
+    rc, out = run_cli(config, capsys, "credits", "show", "--account", "alice", "--json")
+    assert (rc, out) == (0, '{"account":"alice","balance_microusd":12500000,"held_microusd":0}\n')
+    rc, out = run_cli(config, capsys, "credits", "show", "--account", "alice")
+    assert rc == 0 and out.split("\n")[1].split() == ["alice", "12.500000", "0.000000", "12.500000"]
+    assert run_cli(config, capsys, "credits", "show", "--account", "nobody")[0] == 1
+
+
+@pytest.mark.parametrize("amount", ["0", "-3", "abc", "0.0000001"])
+def test_cli_credits_add_rejects_bad_amounts(config: Path, capsys: pytest.CaptureFixture[str], amount: str) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--config", str(config), "credits", "add", "--account", "alice", "--usd", amount])
+    assert info.value.code == 2
+    assert "--usd" in capsys.readouterr().err
+
+
+def test_cli_ledger_check(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run_cli(config, capsys, "credits", "add", "--account", "alice", "--usd", "1")
+    assert run_cli(config, capsys, "ledger", "check") == (0, "ledger check: ok\n")
+    with sqlite3.connect(config.parent / "relay.db") as conn:
+        conn.execute("UPDATE accounts SET balance_microusd = balance_microusd + 1")
+    rc, out = run_cli(config, capsys, "ledger", "check")
+    assert rc == 1
+    assert out == "account alice: balance_microusd 1000001 != sum of entries 1000000\nledger check: 1 problem(s)\n"
+
+
+def test_cli_models(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out = run_cli(config, capsys, "models", "--json")
+    assert rc == 0 and json.loads(out) == price_list(load_config(config))
+    rc, out = run_cli(config, capsys, "models")
+    assert rc == 0 and out.splitlines()[2].split() == [
+        "gpt-5.5",
+        "openai",
+        "openai",
+        "0.875",
+        "0.0875",
+        "7.0",
+        "1.25",
+        "10.0",
+    ]
+
+
+def test_store_errors_stay_store_errors(tmp_path: Path) -> None:
+    """A file that is not a database is a StoreError naming it, never a sqlite3 exception."""
+    bogus = tmp_path / "not-a.db"
+    bogus.write_bytes(b"this is not an SQLite database, just some bytes" * 100)
+    with pytest.raises(StoreError, match=r"not-a\.db"):
+        asyncio.run(Store.open(bogus))
