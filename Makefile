@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONFIG ?= config.toml
 
-.PHONY: install run test test-unit test-e2e lint fmt typecheck check clean
+.PHONY: install run test test-unit test-e2e lint fmt typecheck check clean dist test-dist deploy-check
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -43,3 +43,16 @@ check: lint typecheck test
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+
+# Single-file build: relayproxy and its pinned runtime dependencies in one zipapp (deploy/build_pyz.py).
+dist: $(STAMP)
+	$(BIN)/python deploy/build_pyz.py --out dist/relayproxy.pyz
+
+# The dist tests alone (they also run in `make test`): build, then run on a bare interpreter.
+test-dist: $(STAMP)
+	$(BIN)/pytest -q -m dist tests/integration/test_dist.py
+
+# The systemd unit's sandbox score (hardening test 40): exposure must stay at most 2.0.
+deploy-check:
+	systemd-analyze security --offline=yes --threshold=20 deploy/relayproxy.service
+	systemd-analyze verify deploy/relayproxy.service

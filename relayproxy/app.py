@@ -1,23 +1,61 @@
-"""Wiring and lifecycle: config, store, pool, gateway and server; signals and graceful drain."""
+"""Wiring and lifecycle: config, store, pool, gateway and server; signals and graceful drain.
+
+Stopping, in one process (``workers = 1``) or in each worker of a pool (see ``workers.py``):
+
+- the first SIGTERM or SIGINT (or the supervisor's ``drain``) drains: the listener closes at
+  once (new connections are refused), idle keep-alive connections close, responses in flight
+  get ``Connection: close`` and up to ``[timeouts] drain_s`` to finish; what is left then is
+  cancelled, so the gateway records it and releases its holds;
+- a second signal (or the supervisor's ``stop``) stops at once: in-flight requests are
+  cancelled now;
+- then the cleanups those cancellations started (usage records, shielded from a second
+  cancel) get a bounded moment to finish, the upstream pool and the store close, and the
+  process exits 0.
+
+The supervisor's ``drain`` is idempotent and does not count as a signal: under a terminal's
+Ctrl-C or systemd's ``KillMode=control-group`` a worker receives both the signal and the
+supervisor's word, in either order, and must not take the pair for "stop at once".
+"""
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
+import os
 import signal
+import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from .config import Config
 from .gateway import Gateway
+from .inference import Answer
 from .keys import display_prefix, hash_key, new_key, new_key_id
 from .server import Server, ServerLimits
 from .store import Store
 from .upstream import Pool
 
-__all__ = ["create_key", "run_gateway", "server_limits"]
+__all__ = [
+    "CLEANUP_GRACE_S",
+    "CONTROL_DRAIN",
+    "CONTROL_STOP",
+    "create_key",
+    "prepare_service",
+    "run_gateway",
+    "server_limits",
+]
 
 log = logging.getLogger("relayproxy")
+
+#: Words the supervisor writes to a worker's control pipe (its stdin), one per line.
+CONTROL_DRAIN = b"drain"
+CONTROL_STOP = b"stop"
+#: After the server stopped: how long shielded cleanups (usage records) may still run.
+CLEANUP_GRACE_S = 3.0
+
+Ready = Callable[[list[tuple[str, int]]], None]
 
 
 def server_limits(config: Config) -> ServerLimits:
@@ -59,37 +97,182 @@ def _report_missing_keys(config: Config) -> None:
         )
 
 
+async def _startup_once(store: Store, config: Config) -> None:
+    """Start-up that must run exactly once per service start, before any request is served:
+    in the single process, or in the supervisor before it starts the workers (never in a worker:
+    a respawned worker must not, say, release holds that live workers still own)."""
+    await _bootstrap(store)
+    _report_missing_keys(config)
+
+
+async def prepare_service(config: Config) -> None:
+    """The once-per-service start-up, on its own store connection (the supervisor's)."""
+    store = await Store.open(config.server.database)
+    try:
+        await _startup_once(store, config)
+    finally:
+        await store.close()
+
+
 async def run_gateway(
     config: Config,
     *,
     host: str,
     port: int,
-    ready: Callable[[list[tuple[str, int]]], None] | None = None,
+    ready: Ready | None = None,
+    sock: socket.socket | None = None,
+    startup: bool = True,
+    control_fd: int | None = None,
 ) -> None:
-    """Serve until SIGTERM/SIGINT, then drain in-flight requests and close everything."""
+    """Serve until stopped (see the module docstring), then close everything.
+
+    ``sock``: an already listening socket (a worker's, inherited from the supervisor) instead
+    of binding ``host:port``. ``startup``: run the once-per-service start-up (False in workers).
+    ``control_fd``: the supervisor's control pipe (``drain`` / ``stop``; EOF means it is gone).
+    """
+    outside = asyncio.all_tasks()  # the caller's tasks: not ours to wait for when stopping
     store = await Store.open(config.server.database)
     pool = Pool()
     try:
-        await _bootstrap(store)
-        _report_missing_keys(config)
-        gateway = Gateway(config, store, pool)
+        if startup:
+            await _startup_once(store, config)
+        spawner = _Spawner()
+        gateway = Gateway(config, store, pool, spawn=spawner)
         server = Server(gateway.handle, limits=server_limits(config), render_error=gateway.render_server_error)
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(server.serve(host, port, ready=ready or _log_ready))
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, lambda: tg.create_task(_shutdown(server, config)))
+        await _serve(server, config, host, port, sock, ready or _log_ready, control_fd, spawner)
+        await _wait_cleanups(outside)
     finally:
         await pool.aclose()
         await store.close()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
 
 
-async def _shutdown(server: Server, config: Config) -> None:
+class _Spawner:
+    """Lets the gateway start short request-scoped tasks (an upstream opening it waits on while
+    pinging the client) in the app's TaskGroup, which exists only once serving has begun."""
+
+    def __init__(self) -> None:
+        self.tg: asyncio.TaskGroup | None = None
+
+    def __call__(self, coro: Coroutine[Any, Any, Answer]) -> asyncio.Task[Answer]:
+        if self.tg is None:
+            coro.close()
+            raise RuntimeError("the gateway spawned a task before serving began")
+        return self.tg.create_task(coro)
+
+
+class StopState(enum.Enum):
+    SERVING = enum.auto()
+    DRAINING = enum.auto()  # in-flight requests get up to drain_s
+    STOPPING = enum.auto()  # in-flight requests are cancelled now
+
+
+class _Stopper:
+    """Turns stop requests into server shutdowns: drain first, at once on a second signal."""
+
+    def __init__(self, server: Server, drain_s: float, tg: asyncio.TaskGroup) -> None:
+        self._server = server
+        self._drain_s = drain_s
+        self._tg: asyncio.TaskGroup | None = tg  # None once serving is over: no task may start
+        self._drain: asyncio.Task[None] | None = None
+        self._signals = 0  # the supervisor's words do not count: see the module docstring
+        self.state = StopState.SERVING
+
+    def on_signal(self, sig: signal.Signals) -> None:
+        self._signals += 1
+        if self._signals == 1:
+            self.drain(f"{sig.name} received")
+        else:
+            self.stop_now(f"{sig.name} received again")
+
+    def drain(self, why: str) -> None:
+        if self.state is not StopState.SERVING:
+            return
+        self.state = StopState.DRAINING
+        log.info("%s: stopped accepting; draining in-flight requests for up to %gs", why, self._drain_s)
+        if self._tg is not None:
+            self._drain = self._tg.create_task(self._server.shutdown(self._drain_s))
+
+    def stop_now(self, why: str) -> None:
+        if self.state is StopState.STOPPING:
+            return
+        self.state = StopState.STOPPING
+        log.warning("%s: stopping now; %d in-flight requests are cancelled", why, self._server.active_requests)
+        if self._drain is not None:
+            self._drain.cancel()
+        if self._tg is not None:
+            self._tg.create_task(self._server.shutdown(0))
+
+    def finished(self) -> None:
+        self._tg = None
+
+
+async def _serve(
+    server: Server,
+    config: Config,
+    host: str,
+    port: int,
+    sock: socket.socket | None,
+    ready: Ready,
+    control_fd: int | None,
+    spawner: _Spawner,
+) -> None:
+    """Run the server until a stop request has been carried out. The signal handlers stay until
+    run_gateway ends, so a signal during the drain or the cleanups is seen (not the default: death)."""
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.remove_signal_handler(sig)
-    log.info("shutting down: draining in-flight requests for up to %ss", config.timeouts.drain_s)
-    await server.shutdown(config.timeouts.drain_s)
+    stopper: _Stopper | None = None
+    try:
+        async with asyncio.TaskGroup() as tg:
+            spawner.tg = tg
+            stopper = _Stopper(server, config.timeouts.drain_s, tg)
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stopper.on_signal, sig)
+            if control_fd is not None:
+                os.set_blocking(control_fd, False)
+                loop.add_reader(control_fd, _read_control, loop, control_fd, stopper)
+            tg.create_task(server.serve(host, port, sock=sock, ready=ready))
+    finally:
+        if stopper is not None:
+            stopper.finished()
+        if control_fd is not None:
+            loop.remove_reader(control_fd)
+
+
+def _read_control(loop: asyncio.AbstractEventLoop, fd: int, stopper: _Stopper) -> None:
+    try:
+        data = os.read(fd, 256)
+    except BlockingIOError:
+        return
+    except OSError:
+        data = b""
+    if not data:  # the supervisor is gone (killed?): do not outlive it holding the port
+        loop.remove_reader(fd)
+        stopper.drain("the supervisor's control pipe closed")
+        return
+    for word in data.split():
+        if word == CONTROL_DRAIN:
+            stopper.drain("the supervisor asked to drain")
+        elif word == CONTROL_STOP:
+            stopper.stop_now("the supervisor asked to stop at once")
+
+
+async def _wait_cleanups(outside: set[asyncio.Task[Any]]) -> None:
+    """Let tasks the cancellations left running (shielded usage records and hold releases) finish,
+    for a bounded time, before the store they write to is closed. Also after a stop at once:
+    "at once" cuts the streams, not the bookkeeping of what was cut (milliseconds)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + CLEANUP_GRACE_S
+    me = asyncio.current_task()
+    while True:
+        pending = {t for t in asyncio.all_tasks() if t is not me and t not in outside and not t.done()}
+        left = deadline - loop.time()
+        if not pending or left <= 0:
+            if pending:
+                log.warning("stopping with %d cleanup tasks unfinished after %gs", len(pending), CLEANUP_GRACE_S)
+            return
+        await asyncio.wait(pending, timeout=min(left, 0.05))
 
 
 def _log_ready(addresses: list[tuple[str, int]]) -> None:

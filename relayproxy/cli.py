@@ -1,4 +1,4 @@
-"""The `relayproxy` command line: serve, keys, usage, --version."""
+"""The `relayproxy` command line: serve, keys, usage, credits, ledger, models, --version."""
 
 from __future__ import annotations
 
@@ -14,9 +14,11 @@ import orjson
 
 from . import __version__
 from .app import create_key, run_gateway
+from .billing import format_usd, parse_usd, price_list
 from .config import Config, ConfigError, load_config, parse_listen
 from .errors import StoreError
 from .store import Store
+from .workers import serve_workers
 
 __all__ = ["main"]
 
@@ -72,6 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     usage.add_argument("--limit", type=int, default=50)
     usage.add_argument("--json", action="store_true")
     usage.set_defaults(func=_run(_usage))
+    _add_money_commands(sub, common)
     return parser
 
 
@@ -79,9 +82,15 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
     host, port = parse_listen(args.listen, "--listen") if args.listen else (config.server.host, config.server.port)
     workers = args.workers if args.workers is not None else config.server.workers
-    if workers != 1:
-        raise ConfigError("[server] workers: only 1 worker process is supported by this build; set workers = 1")
-    asyncio.run(run_gateway(config, host=host, port=port))
+    if workers < 1:
+        raise ConfigError(f"--workers: must be 1 or more, got {workers}")
+    try:
+        if workers > 1:  # a supervisor and N worker processes on one socket (see workers.py)
+            return serve_workers(config, host, port, workers)
+        asyncio.run(run_gateway(config, host=host, port=port))
+    except OSError as exc:  # binding the listener: address in use, permission denied
+        print(f"relayproxy: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)  # noqa: T201
+        return 1
     return 0
 
 
@@ -153,3 +162,90 @@ def _emit(rows: list[dict[str, Any]], as_json: bool, columns: Sequence[str]) -> 
 
 def _out(line: str) -> None:
     print(line, flush=True)  # noqa: T201 - the CLI's output
+
+
+# -- credits, ledger, models -------------------------------------------------------------------------
+
+
+def _add_money_commands(sub: Any, common: argparse.ArgumentParser) -> None:
+    credits = sub.add_parser("credits", parents=[common], help="account credit").add_subparsers(
+        title="credits commands"
+    )
+    add = credits.add_parser("add", parents=[common], help="operator grant: a ledger entry (creates the account)")
+    add.add_argument("--account", required=True)
+    add.add_argument("--usd", required=True, type=_positive_usd, metavar="AMOUNT", help="e.g. 25 or 12.50")
+    add.add_argument("--note", default="")
+    add.set_defaults(func=_run(_credits_add))
+    show = credits.add_parser("show", parents=[common], help="balance and held credit of an account")
+    show.add_argument("--account", required=True)
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(func=_run(_credits_show))
+
+    ledger = sub.add_parser("ledger", parents=[common], help="the credit ledger").add_subparsers(
+        title="ledger commands"
+    )
+    check = ledger.add_parser("check", parents=[common], help="verify balances against the ledger (exit 1 if broken)")
+    check.set_defaults(func=_run(_ledger_check))
+
+    models = sub.add_parser("models", parents=[common], help="the price list as served at /models")
+    models.add_argument("--json", action="store_true")
+    models.set_defaults(func=_models)
+
+
+def _positive_usd(text: str) -> int:
+    try:
+        amount = parse_usd(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if amount <= 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
+    return amount
+
+
+async def _credits_add(store: Store, args: argparse.Namespace) -> int:
+    balance = await store.grant(args.account, args.usd, args.note)
+    _out(f"{args.account}: balance {format_usd(balance)} USD ({balance} micro-USD)")
+    return 0
+
+
+async def _credits_show(store: Store, args: argparse.Namespace) -> int:
+    found = await store.balance(args.account)
+    if found is None:
+        print(f"relayproxy: no account named {args.account}", file=sys.stderr)  # noqa: T201
+        return 1
+    balance, held = found
+    if args.json:
+        _out(orjson.dumps({"account": args.account, "balance_microusd": balance, "held_microusd": held}).decode())
+        return 0
+    row = {"account": args.account, "balance_usd": format_usd(balance), "held_usd": format_usd(held)}
+    _emit([{**row, "available_usd": format_usd(balance - held)}], False, (*row, "available_usd"))
+    return 0
+
+
+async def _ledger_check(store: Store, args: argparse.Namespace) -> int:
+    problems = await store.ledger_check()
+    for problem in problems:
+        _out(problem)
+    _out(f"ledger check: {len(problems)} problem(s)" if problems else "ledger check: ok")
+    return 1 if problems else 0
+
+
+def _models(config: Config, args: argparse.Namespace) -> int:
+    prices = price_list(config)
+    if args.json:
+        _out(orjson.dumps(prices, option=orjson.OPT_INDENT_2).decode())
+        return 0
+    rows = [
+        {
+            "id": m["id"],
+            "provider": m["provider"],
+            "protocol": m["protocol"],
+            **{k: str(v) for k, v in m["price"].items()},
+            **{f"list_{k}": str(v) for k, v in m["list_price"].items()},
+        }
+        for m in prices["data"]
+    ]
+    _out(f"USD per 1M tokens; price = list price x (1 - {prices['discount']:g})")
+    columns = ("id", "provider", "protocol", "input", "cached_input", "output", "list_input", "list_output")
+    _emit(rows, False, columns)
+    return 0

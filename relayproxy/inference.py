@@ -53,7 +53,10 @@ _SSE_HEADERS = [
 _ARRAY_HEADERS = [_JSON, (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
 _USER_AGENT = b"relayproxy"
 
-Spawn = Callable[[Coroutine[Any, Any, UpstreamResponse]], "asyncio.Task[UpstreamResponse]"]
+#: What a spawned upstream opening ends with: the response, or the error it raised (captured,
+#: because an exception escaping a TaskGroup child would cancel the whole group).
+Answer = UpstreamResponse | Exception
+Spawn = Callable[[Coroutine[Any, Any, Answer]], "asyncio.Task[Answer]"]
 
 
 @dataclass(slots=True)
@@ -201,26 +204,41 @@ class Inference:
     async def _stream(self, ex: Exchange, p: Plan) -> HttpResponse:
         encoder = p.client.stream_encoder(p.req, p.req.model, sse=p.sse)
         relay: Relay = (
-            Passthrough(p.upstream.stream_tap(p.req)) if p.passthrough else Translate(p.upstream.stream_decoder(), encoder)
+            Passthrough(p.upstream.stream_tap(p.req))
+            if p.passthrough
+            else Translate(p.upstream.stream_decoder(), encoder)
         )
         head = await self._first_answer(p)
         headers = [*(_SSE_HEADERS if p.sse else _ARRAY_HEADERS), ex.id_header]
         body = _StreamBody(self, ex, head, relay, encoder)
         return HttpResponse(200, headers, TrackedBody(body.run(), self._recorder.abandoned(ex)))
 
-    async def _first_answer(self, p: Plan) -> UpstreamResponse | asyncio.Task[UpstreamResponse]:
+    async def _first_answer(self, p: Plan) -> UpstreamResponse | asyncio.Task[Answer]:
         """The upstream's answer if it comes within one ping interval (errors raise as HTTP errors);
         else the pending task, and the stream commits to 200 and pings while it waits."""
-        opening = self._open(p.route, p.upstream, p.call, stream=True)
         if self._spawn is None:
-            return await opening
-        task = self._spawn(opening)
+            return await self._open(p.route, p.upstream, p.call, stream=True)
+        task = self._spawn(_captured(self._open(p.route, p.upstream, p.call, stream=True)))
         try:
             await asyncio.wait({task}, timeout=self._config.timeouts.keepalive_ping_s)
         except asyncio.CancelledError:
             task.cancel()
             raise
-        return task.result() if task.done() else task
+        return _answer(task.result()) if task.done() else task
+
+
+async def _captured(opening: Coroutine[Any, Any, UpstreamResponse]) -> Answer:
+    """Run an upstream opening in a TaskGroup child: its error becomes a value, not a group abort."""
+    try:
+        return await opening
+    except Exception as exc:  # noqa: BLE001 - handed back to the request task, which raises it
+        return exc
+
+
+def _answer(result: Answer) -> UpstreamResponse:
+    if isinstance(result, Exception):
+        raise result
+    return result
 
 
 class _StreamBody:
@@ -230,7 +248,7 @@ class _StreamBody:
         self,
         owner: Inference,
         ex: Exchange,
-        head: UpstreamResponse | asyncio.Task[UpstreamResponse],
+        head: UpstreamResponse | asyncio.Task[Answer],
         relay: Relay,
         encoder: StreamEncoder,
     ) -> None:
@@ -291,7 +309,7 @@ class _StreamBody:
             await asyncio.wait({head}, timeout=self._ping_s)
             if not head.done():
                 yield self._encoder.ping()
-        self._resp = head.result()  # raises the upstream's error: reported in-band
+        self._resp = _answer(head.result())  # raises the upstream's error: reported in-band
 
     async def _end(self) -> AsyncIterator[bytes]:
         relay = self._relay
@@ -312,10 +330,14 @@ class _StreamBody:
     async def _settle(self) -> None:
         """Close the upstream (cancelling it if unfinished), then write the record."""
         head = self._head
-        if isinstance(head, asyncio.Task) and not head.done():
-            head.cancel()
-            with contextlib.suppress(asyncio.CancelledError, RelayError):
-                await head
+        if isinstance(head, asyncio.Task):
+            if not head.done():
+                head.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await head
+            late = head.result() if head.done() and not head.cancelled() else None
+            if isinstance(late, UpstreamResponse) and self._resp is None:
+                await late.aclose()  # answered just as the client left: close it, never leak it
         try:
             if self._resp is not None:
                 await self._resp.aclose()
@@ -336,4 +358,3 @@ def _one(pieces: list[Any]) -> bytes:
         first: bytes = pieces[0]
         return first
     return b"".join(pieces)
-

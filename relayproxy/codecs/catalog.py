@@ -18,7 +18,13 @@ def _openai_entry(m: ModelConfig) -> dict[str, Any]:
 
 
 def _anthropic_entry(m: ModelConfig) -> dict[str, Any]:
-    return {"type": "model", "id": m.name, "display_name": m.name, "created_at": _EPOCH, "max_tokens": m.max_output_tokens}
+    return {
+        "type": "model",
+        "id": m.name,
+        "display_name": m.name,
+        "created_at": _EPOCH,
+        "max_tokens": m.max_output_tokens,
+    }
 
 
 def _gemini_entry(m: ModelConfig) -> dict[str, Any]:
