@@ -41,6 +41,8 @@ def _gateway(tmp_path: Path, upstream: DripUpstream, drain_s: float) -> tuple[Ga
     write_config(config, upstream.port, [FAST, ENDLESS], timeouts={"drain_s": drain_s, "stream_idle_s": 5})
     created = run_cli(config, "keys", "create", "--account", "drain")
     assert created.returncode == 0, created.stderr
+    funded = run_cli(config, "credits", "add", "--account", "drain", "--usd", "100")
+    assert funded.returncode == 0, funded.stderr
     return start_gateway(config), created.stdout.strip()
 
 
