@@ -78,11 +78,19 @@ async def create_key(store: Store, account: str, label: str = "") -> tuple[str, 
     return info.id, secret
 
 
-async def _bootstrap(store: Store) -> None:
-    """On a store with no accounts, create account 'default' and print its key once."""
+async def _bootstrap(store: Store, config: Config) -> None:
+    """On a store with no accounts, create account 'default' with its starting credit
+    (``[billing] initial_credit_usd``) and print its key once."""
     if await store.account_count() == 0:
         key_id, secret = await create_key(store, "default", "created at first start")
-        log.info("created account 'default' and key %s; its secret is printed once on stdout", key_id)
+        credit = int(config.billing.initial_credit_usd * 1_000_000)
+        if credit > 0:
+            await store.grant("default", credit, "starting credit ([billing] initial_credit_usd)")
+        log.info(
+            "created account 'default' with $%s of credit and key %s; its secret is printed once on stdout",
+            config.billing.initial_credit_usd,
+            key_id,
+        )
         print(secret, flush=True)  # noqa: T201 - the one place a secret is shown: the operator's terminal
 
 
@@ -101,7 +109,10 @@ async def _startup_once(store: Store, config: Config) -> None:
     """Start-up that must run exactly once per service start, before any request is served:
     in the single process, or in the supervisor before it starts the workers (never in a worker:
     a respawned worker must not, say, release holds that live workers still own)."""
-    await _bootstrap(store)
+    await _bootstrap(store, config)
+    released = await store.release_orphan_holds()
+    if released:
+        log.warning("released %d credit holds left by a previous run (never billed)", released)
     _report_missing_keys(config)
 
 

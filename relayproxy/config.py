@@ -52,6 +52,7 @@ class BillingConfig:
     cancel_url: str | None = None
     stripe_api_base: str | None = None  # tests point the Stripe library at a fake server
     livemode: bool = False  # webhook events whose livemode differs are ignored
+    initial_credit_usd: Decimal = Decimal(5)  # granted to account 'default' when a fresh store is created
 
     def stripe_secret_key(self) -> str | None:
         """The Stripe API key from the environment, or None when unset or empty."""
@@ -182,6 +183,7 @@ def _server(t: dict[str, Any], base: Path) -> ServerConfig:
 
 def _billing(t: dict[str, Any]) -> BillingConfig:
     allowed = {"discount", "topup_min_usd", "topup_max_usd", "success_url", "cancel_url", "stripe_api_base"}
+    allowed |= {"initial_credit_usd"}
     _check_keys(t, "billing", allowed | {"livemode", "stripe_secret_key_env", "stripe_webhook_secret_env"})
     discount = Fraction(str(_get(t, "billing", "discount", float, 0.30)))
     if not MIN_DISCOUNT <= discount < 1:
@@ -199,12 +201,13 @@ def _billing(t: dict[str, Any]) -> BillingConfig:
         cancel_url=_url(t, "cancel_url"),
         stripe_api_base=_url(t, "stripe_api_base"),
         livemode=_get(t, "billing", "livemode", bool, False),
+        initial_credit_usd=_usd(t, "initial_credit_usd", 5, allow_zero=True),
         stripe_secret_key_env=_get(t, "billing", "stripe_secret_key_env", str, "STRIPE_SECRET_KEY"),
         stripe_webhook_secret_env=_get(t, "billing", "stripe_webhook_secret_env", str, "STRIPE_WEBHOOK_SECRET"),
     )
 
 
-def _usd(t: dict[str, Any], key: str, default: int) -> Decimal:
+def _usd(t: dict[str, Any], key: str, default: int, *, allow_zero: bool = False) -> Decimal:
     """A positive USD amount in whole cents, read exactly (no float rounding)."""
     value = t.get(key, default)
     try:
@@ -213,8 +216,10 @@ def _usd(t: dict[str, Any], key: str, default: int) -> Decimal:
         amount = Decimal(str(value))
     except InvalidOperation:
         raise ConfigError(f"[billing] {key}: expected a USD amount such as 5 or 12.50, got {value!r}") from None
-    if not amount.is_finite() or amount <= 0 or amount != amount.quantize(Decimal("0.01")):
-        raise ConfigError(f"[billing] {key}: must be a positive USD amount in whole cents, got {value!r}")
+    low_ok = amount >= 0 if allow_zero else amount > 0
+    if not amount.is_finite() or not low_ok or amount != amount.quantize(Decimal("0.01")):
+        kind = "zero or a positive" if allow_zero else "a positive"
+        raise ConfigError(f"[billing] {key}: must be {kind} USD amount in whole cents, got {value!r}")
     return amount
 
 

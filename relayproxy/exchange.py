@@ -13,17 +13,30 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from fractions import Fraction
 
+from relayproxy.billing import clamp_usage, cost_microusd
+from relayproxy.config import ModelConfig
 from relayproxy.http_types import HttpRequest
 from relayproxy.ir import Usage
+from relayproxy.metrics import GatewayMetrics
 from relayproxy.records import Outcome, UsageRecord
 from relayproxy.store import Store, utc_now
 
-__all__ = ["Exchange", "Recorder", "TrackedBody", "new_request_id"]
+__all__ = ["Charge", "Exchange", "Recorder", "TrackedBody", "new_request_id"]
 
 
 def new_request_id() -> str:
     return "req_" + secrets.token_hex(12)
+
+
+@dataclass(slots=True, frozen=True)
+class Charge:
+    """What a request holds and may be charged: set once its credit hold succeeded."""
+
+    model: ModelConfig
+    max_output_tokens: int | None
+    hold_microusd: int
 
 
 @dataclass(slots=True)
@@ -36,6 +49,7 @@ class Exchange:
     started: float = field(default_factory=time.monotonic)
     tracked: bool = False  # an inference request: it must leave a usage record
     recorded: bool = False
+    charge: Charge | None = None  # a credit hold is open for this request
 
     @property
     def request_id(self) -> str:
@@ -47,10 +61,30 @@ class Exchange:
 
 
 class Recorder:
-    """Writes usage records: at most once per exchange, shielded from cancellation."""
+    """Settles requests: at most once per exchange, shielded from cancellation.
 
-    def __init__(self, store: Store) -> None:
+    Settling writes the usage record and closes the credit hold in one transaction: a completed
+    request with upstream-reported usage is charged (never more than its hold); anything else
+    releases the hold and is charged nothing.
+    """
+
+    def __init__(self, store: Store, discount: Fraction, metrics: GatewayMetrics, models: frozenset[str]) -> None:
         self._store = store
+        self._discount = discount
+        self._metrics = metrics
+        self._models = models  # metric labels only for configured names: clients cannot mint series
+
+    def _observe(self, ex: Exchange) -> None:
+        rec, m = ex.record, self._metrics
+        model = rec.model if rec.model in self._models else "unknown"
+        protocol = rec.client_protocol or ex.protocol
+        m.requests.inc(protocol, model, rec.outcome)
+        m.request_duration.observe(rec.duration_ms / 1000, protocol)
+        if rec.billed:
+            m.charged_microusd.inc(by=rec.cost_microusd)
+        if rec.outcome in (Outcome.UPSTREAM_ERROR.value, Outcome.UPSTREAM_DROPPED.value):
+            kind = "dropped" if rec.outcome == Outcome.UPSTREAM_DROPPED.value else "status"
+            m.upstream_errors.inc(rec.provider or "unknown", kind)
 
     async def finish(
         self, ex: Exchange, outcome: Outcome, status: int, reason: str, usage: Usage | None = None
@@ -65,12 +99,28 @@ class Recorder:
             rec.input_tokens, rec.cached_input_tokens = usage.input_tokens, usage.cached_input_tokens
             rec.output_tokens, rec.reasoning_tokens = usage.output_tokens, usage.reasoning_tokens
         rec.cost_microusd, rec.billed = 0, False
-        await asyncio.shield(self._store.record_usage(rec))
+        self._observe(ex)
+        await asyncio.shield(self._store.settle(rec, 0))
 
     async def complete(self, ex: Exchange, usage: Usage | None) -> None:
-        """The response's terminal bytes reached the client's socket."""
-        reason = "billing_disabled" if usage is not None else "usage_unknown"
-        await self.finish(ex, Outcome.COMPLETED, 200, reason, usage)
+        """The response's terminal bytes reached the client's socket: charge what was used."""
+        if ex.recorded or not ex.tracked:
+            return
+        if usage is None or ex.charge is None:
+            await self.finish(ex, Outcome.COMPLETED, 200, "usage_unknown" if usage is None else "no_hold", usage)
+            return
+        billable, flags = clamp_usage(usage, ex.charge.max_output_tokens)
+        cost = cost_microusd(billable, ex.charge.model, self._discount)
+        ex.recorded = True
+        rec = ex.record
+        rec.outcome, rec.http_status = Outcome.COMPLETED.value, 200
+        rec.reason = ("usage_clamped" if flags else "charged") if cost > 0 else "zero_cost"
+        rec.duration_ms = int((time.monotonic() - ex.started) * 1000)
+        rec.input_tokens, rec.cached_input_tokens = billable.input_tokens, billable.cached_input_tokens
+        rec.output_tokens, rec.reasoning_tokens = billable.output_tokens, billable.reasoning_tokens
+        rec.cost_microusd, rec.billed = cost, cost > 0
+        self._observe(ex)
+        await asyncio.shield(self._store.settle(rec, cost))
 
     def abandoned(self, ex: Exchange, status: int = 200) -> Callable[[], Awaitable[None]]:
         async def abandon() -> None:

@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 
+from relayproxy.billing import price_list, render_price_table_html
 from relayproxy.codecs.catalog import MODEL_ENTRY, MODEL_LIST
 from relayproxy.codecs.registry import CODECS
 from relayproxy.config import Config
@@ -23,17 +25,20 @@ from relayproxy.errors import (
     InvalidRequest,
     NotFound,
     ProviderUnavailable,
+    RateLimited,
     RelayError,
     Unauthorized,
     UpstreamError,
 )
 from relayproxy.exchange import Exchange, Recorder, new_request_id
-from relayproxy.http_types import HttpRequest, HttpResponse, query_params
-from relayproxy.inference import Inference, Spawn
+from relayproxy.http_types import HttpRequest, HttpResponse, header, query_params
+from relayproxy.inference import Inference, Spawn, parse_json
 from relayproxy.keys import hash_key, looks_like_key
+from relayproxy.metrics import CONTENT_TYPE, GatewayMetrics
+from relayproxy.payments import Payments
 from relayproxy.records import Outcome, Principal
 from relayproxy.router import Endpoint, EndpointKind, match_endpoint, protocol_for
-from relayproxy.store import Store
+from relayproxy.store import Store, utc_iso
 from relayproxy.upstream import Pool
 
 __all__ = ["Gateway"]
@@ -60,8 +65,11 @@ class Gateway:
     def __init__(self, config: Config, store: Store, pool: Pool, *, spawn: Spawn | None = None) -> None:
         self._config = config
         self._store = store
-        self._recorder = Recorder(store)
-        self._inference = Inference(config, pool, self._recorder, spawn)
+        self.metrics = GatewayMetrics()
+        self._recorder = Recorder(store, config.billing.discount, self.metrics, frozenset(config.models))
+        self._inference = Inference(config, store, pool, self._recorder, self.metrics, spawn)
+        self._payments = Payments(config.billing, store)
+        self._prices = price_list(config)
         self._routes: dict[EndpointKind, Handler] = {
             EndpointKind.INFERENCE: self._infer,
             EndpointKind.COUNT_TOKENS: self._count_tokens,
@@ -69,6 +77,10 @@ class Gateway:
             EndpointKind.MODEL: self._model,
             EndpointKind.HEALTHZ: self._healthz,
             EndpointKind.READYZ: self._readyz,
+            EndpointKind.METRICS: self._metrics_text,
+            EndpointKind.PRICES: self._price_list,
+            EndpointKind.CHECKOUT: self._checkout,
+            EndpointKind.STRIPE_WEBHOOK: self._stripe_webhook,
         }
 
     async def handle(self, req: HttpRequest) -> HttpResponse:
@@ -102,8 +114,22 @@ class Gateway:
     async def _infer(self, ex: Exchange, ep: Endpoint) -> HttpResponse:
         ex.tracked = True
         ex.record.client_protocol = ep.protocol
-        await self._authenticate(ex)
-        return await self._inference.run(ex, ep)
+        principal = await self._authenticate(ex)
+        await self._check_free_aborts(principal)
+        return await self._inference.run(ex, ep, principal)
+
+    async def _check_free_aborts(self, principal: Principal) -> None:
+        """Disconnects are never billed; a key that aborts too many streams waits (429)."""
+        cap = self._config.limits.free_aborts_per_hour
+        if cap <= 0:
+            return
+        since = utc_iso(datetime.now(UTC) - timedelta(hours=1))
+        if await self._store.recent_aborts(principal.key_id, since) >= cap:
+            raise RateLimited(
+                f"This key aborted {cap} or more streams in the last hour (aborted streams are not billed); "
+                "wait before sending more requests.",
+                retry_after_s=300,
+            )
 
     async def _count_tokens(self, ex: Exchange, ep: Endpoint) -> HttpResponse:
         await self._authenticate(ex)
@@ -126,6 +152,32 @@ class Gateway:
     async def _readyz(self, ex: Exchange, ep: Endpoint) -> HttpResponse:
         ready = await self._store.ping()
         return _json(200 if ready else 503, {"status": "ready" if ready else "store_unavailable"}, ex)
+
+    async def _metrics_text(self, ex: Exchange, ep: Endpoint) -> HttpResponse:
+        return HttpResponse(200, [(b"content-type", CONTENT_TYPE)], self.metrics.render())
+
+    async def _price_list(self, ex: Exchange, ep: Endpoint) -> HttpResponse:
+        """The public price list: JSON, or an HTML table for a browser (Accept: text/html)."""
+        if b"text/html" in (header(ex.req.headers, b"accept") or b""):
+            html = render_price_table_html(self._prices).encode()
+            return HttpResponse(200, [(b"content-type", b"text/html; charset=utf-8"), ex.id_header], html)
+        return _json(200, self._prices, ex)
+
+    async def _checkout(self, ex: Exchange, ep: Endpoint) -> HttpResponse:
+        """A Stripe Checkout Session topping up the caller's own account; returns its URL."""
+        principal = await self._authenticate(ex)
+        body = parse_json(ex.req.body)
+        amount = body.get("amount_usd") if isinstance(body, dict) else None
+        if amount is None or isinstance(amount, bool) or not isinstance(amount, int | float | str):
+            raise InvalidRequest('required: the top-up amount in USD, e.g. 20 or "12.50"', "amount_usd")
+        url = await self._payments.create_checkout(principal.account_id, principal.account, amount)
+        return _json(200, {"object": "checkout_session", "url": url}, ex)
+
+    async def _stripe_webhook(self, ex: Exchange, ep: Endpoint) -> HttpResponse:
+        """Stripe's events, verified on the raw body; the answer tells Stripe whether to retry."""
+        signature = header(ex.req.headers, b"stripe-signature")
+        outcome = await self._payments.handle_webhook(ex.req.body, signature.decode("latin-1") if signature else None)
+        return _json(outcome.status, {"received": outcome.status < 300, "action": outcome.action}, ex)
 
     # -- auth -----------------------------------------------------------------------------------
 

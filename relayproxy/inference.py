@@ -15,34 +15,40 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
 
+from relayproxy.billing import hold_microusd
 from relayproxy.codecs import Codec, StreamEncoder, UpstreamCall
 from relayproxy.codecs.registry import CODECS
 from relayproxy.config import Config
 from relayproxy.errors import (
     FramingError,
+    InsufficientBalance,
     InvalidRequest,
     RelayError,
     UpstreamError,
     UpstreamProtocolError,
 )
-from relayproxy.exchange import Exchange, Recorder, TrackedBody
+from relayproxy.exchange import Charge, Exchange, Recorder, TrackedBody
 from relayproxy.http_types import HttpResponse, header
 from relayproxy.ir import ChatRequest
-from relayproxy.records import Outcome
+from relayproxy.metrics import GatewayMetrics
+from relayproxy.records import Outcome, Principal
 from relayproxy.relay import Passthrough, Relay, Translate
 from relayproxy.router import Endpoint, Route, resolve_model
+from relayproxy.store import Store
 from relayproxy.tokens import estimate_input_tokens
 from relayproxy.upstream import Pool, UpstreamResponse
 
 __all__ = ["Inference", "Plan", "parse_json"]
 
 MAX_UNARY_BYTES = 16 * 1024 * 1024
+HOLD_INPUT_FLOOR_TOKENS = 1024
 MAX_ERROR_BYTES = 256 * 1024
 _JSON = (b"content-type", b"application/json")
 _SSE_HEADERS = [
@@ -91,24 +97,59 @@ def plan(config: Config, ex: Exchange, ep: Endpoint, body: Any) -> Plan:
     upstream: Codec = CODECS[route.provider.protocol]
     passthrough = route.provider.protocol == ep.protocol and (ep.sse or not req.stream)
     name = route.model.upstream_model
-    call = upstream.prepare_passthrough(body, req, name) if passthrough else upstream.encode_request(req, name)
+    if passthrough:
+        call = upstream.prepare_passthrough(body, req, name)
+    else:
+        # The credit hold covers the model's output limit when the request sets none: send that
+        # limit upstream too, so the upstream stops where the hold does.
+        translated = replace(req, max_output_tokens=req.max_output_tokens or route.model.max_output_tokens)
+        call = upstream.encode_request(translated, name)
     return Plan(req, route, client, upstream, call, passthrough, ep.sse)
+
+
+def output_limit(p: Plan) -> int:
+    return p.req.max_output_tokens or p.route.model.max_output_tokens
 
 
 class Inference:
     """Runs planned inference requests against upstreams and relays the answers."""
 
-    def __init__(self, config: Config, pool: Pool, recorder: Recorder, spawn: Spawn | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        pool: Pool,
+        recorder: Recorder,
+        metrics: GatewayMetrics,
+        spawn: Spawn | None = None,
+    ) -> None:
+        self._metrics = metrics
         self._config = config
+        self._store = store
         self._pool = pool
         self._recorder = recorder
         self._spawn = spawn
 
-    async def run(self, ex: Exchange, ep: Endpoint) -> HttpResponse:
+    async def run(self, ex: Exchange, ep: Endpoint, principal: Principal) -> HttpResponse:
         p = plan(self._config, ex, ep, parse_json(ex.req.body))
+        await self._hold(ex, p, principal)
         if p.req.stream:
             return await self._stream(ex, p)
         return await self._unary(ex, p)
+
+    async def _hold(self, ex: Exchange, p: Plan, principal: Principal) -> None:
+        """Reserve the request's maximum cost before any upstream call (402 when not covered)."""
+        # Generous on purpose: an unused hold is released, a short one undercharges. Doubled, plus
+        # a floor for the prompt tokens providers add unseen (tool-use system prompts, templates).
+        estimate = 2 * estimate_input_tokens(p.req) + HOLD_INPUT_FLOOR_TOKENS
+        amount = hold_microusd(estimate, output_limit(p), p.route.model, self._config.billing.discount)
+        if not await self._store.hold(principal.account_id, ex.request_id, amount):
+            raise InsufficientBalance(
+                f"Insufficient credit: this request needs up to ${amount / 1e6:.6f} held while it runs "
+                f"(unused credit is released when it ends). Top up, or ask the operator to run "
+                f"`relayproxy credits add --account {principal.account} --usd AMOUNT`."
+            )
+        ex.charge = Charge(p.route.model, output_limit(p), amount)
 
     async def count_tokens(self, ex: Exchange, ep: Endpoint) -> HttpResponse:
         """Token count from the upstream where it can count, else the local estimate (tokens.py)."""
@@ -210,7 +251,7 @@ class Inference:
         )
         head = await self._first_answer(p)
         headers = [*(_SSE_HEADERS if p.sse else _ARRAY_HEADERS), ex.id_header]
-        body = _StreamBody(self, ex, head, relay, encoder)
+        body = _StreamBody(self, ex, head, relay, encoder, output_limit(p))
         return HttpResponse(200, headers, TrackedBody(body.run(), self._recorder.abandoned(ex)))
 
     async def _first_answer(self, p: Plan) -> UpstreamResponse | asyncio.Task[Answer]:
@@ -251,8 +292,11 @@ class _StreamBody:
         head: UpstreamResponse | asyncio.Task[Answer],
         relay: Relay,
         encoder: StreamEncoder,
+        max_output_tokens: int,
     ) -> None:
         self._recorder = owner._recorder
+        self._metrics = owner._metrics
+        self._budget = OutputBudget(max_output_tokens, passthrough=isinstance(relay, Passthrough))
         self._ping_s = owner._config.timeouts.keepalive_ping_s
         self._ex = ex
         self._head = head
@@ -266,9 +310,15 @@ class _StreamBody:
         self._failure = Outcome.UPSTREAM_ERROR
 
     async def run(self) -> AsyncIterator[bytes]:
+        metrics = self._metrics
+        metrics.active_streams.inc()
+        first = True
         try:
             try:
                 async for out in self._pump():
+                    if first:
+                        first = False
+                        metrics.time_to_first_byte.observe(time.monotonic() - self._ex.started, self._ex.protocol)
                     yield out
             except RelayError as err:
                 if not self.delivered:
@@ -277,6 +327,7 @@ class _StreamBody:
             if self.delivered:
                 self.outcome, self.reason = Outcome.COMPLETED, ""
         finally:
+            metrics.active_streams.dec()
             await asyncio.shield(self._settle())
 
     async def _pump(self) -> AsyncIterator[bytes]:
@@ -288,6 +339,7 @@ class _StreamBody:
         try:
             async for chunk in self._resp.aiter_body(heartbeat_s=self._ping_s):
                 pieces = relay.feed(chunk) if chunk else [self._encoder.ping()]
+                self._budget.check(relay)  # before the bytes go out: an over-limit stream is cut
                 if pieces:
                     yield _one(pieces)
                 if relay.done or relay.failed is not None:
@@ -350,6 +402,31 @@ class _StreamBody:
             await self._recorder.complete(self._ex, usage)
         else:
             await self._recorder.finish(self._ex, self.outcome, 200, self.reason, usage)
+
+
+class OutputBudget:
+    """Cuts a stream whose output passes what its credit hold covers (an upstream ignoring the
+    output limit): the exact check uses the upstream's own cumulative usage where it reports it
+    mid-stream (Gemini); the byte check bounds every other stream, generously enough that an
+    upstream honouring the limit is never cut (OpenAI-style passthrough spends ~250 bytes of JSON
+    per token, translated output ~4 bytes per token of text)."""
+
+    def __init__(self, max_output_tokens: int, *, passthrough: bool) -> None:
+        self._max_tokens = 2 * max_output_tokens + 1000  # billing.clamp_usage's "absurd" line
+        self._max_bytes = (400 if passthrough else 16) * max_output_tokens + 256 * 1024
+
+    def check(self, relay: Relay) -> None:
+        usage = relay.usage
+        if relay.relayed_bytes > self._max_bytes or (usage is not None and usage.output_tokens > self._max_tokens):
+            raise OverHold(
+                "The upstream kept generating past the request's output limit; the stream was cut and not billed."
+            )
+
+
+class OverHold(UpstreamProtocolError):
+    """The upstream ignored the output limit the credit hold was sized for."""
+
+    kind = "over_hold"
 
 
 def _one(pieces: list[Any]) -> bytes:

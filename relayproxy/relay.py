@@ -35,8 +35,10 @@ class Passthrough:
     def __init__(self, tap: StreamTap, *, max_event_bytes: int = 8 * 1024 * 1024) -> None:
         self._framer = SSEFramer(max_event_bytes)
         self._tap = tap
+        self.relayed_bytes = 0  # upstream bytes seen (the output budget's measure)
 
     def feed(self, chunk: Chunk) -> list[Chunk]:
+        self.relayed_bytes += len(chunk)
         aligned = not self._framer.has_partial
         events = self._framer.feed(chunk)
         kept = [ev for ev in events if self._tap.feed(ev)]
@@ -78,6 +80,7 @@ class Translate:
         self.done = False
         self.usage: ir.Usage | None = None
         self.failed: ir.StreamFailed | None = None
+        self.relayed_bytes = 0  # generated content bytes (text, thinking, tool arguments)
 
     def feed(self, chunk: Chunk) -> list[Chunk]:
         out: list[Chunk] = []
@@ -104,6 +107,10 @@ class Translate:
                 return
             elif isinstance(ev, ir.MessageStop):
                 self.done = True
+            elif isinstance(ev, ir.TextDelta | ir.ThinkingDelta):
+                self.relayed_bytes += len(ev.text)
+            elif isinstance(ev, ir.ToolCallDelta):
+                self.relayed_bytes += len(ev.arguments)
             data = self._encoder.encode(ev)
             if data:
                 out.append(data)

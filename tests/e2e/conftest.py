@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 
+from tests.fakes.stripe import API_KEY as STRIPE_API_KEY
+from tests.fakes.stripe import WEBHOOK_SECRET, FakeStripe
 from tests.fakes.upstream import FakeUpstream
 
 UPSTREAM_KEY = "sk-upstream-provider-secret-0001"
@@ -53,6 +55,14 @@ class Gateway:
                 return dict(row)
             time.sleep(0.02)
 
+    def balance(self, account: str = "test") -> tuple[int, int]:
+        """(balance_microusd, held_microusd) of an account, read from the store."""
+        with sqlite3.connect(self.db) as db:
+            row = db.execute(
+                "SELECT balance_microusd, held_microusd FROM accounts WHERE name = ?", (account,)
+            ).fetchone()
+        return int(row[0]), int(row[1])
+
     def usage(self, request_id: str) -> dict[str, Any]:
         """The usage record of a request, waiting briefly for it to be written."""
         deadline = time.monotonic() + 5
@@ -87,7 +97,7 @@ def _model(name: str, provider: str, upstream_model: str) -> str:
     )
 
 
-def write_config(path: Path, upstream: FakeUpstream, **overrides: Any) -> None:
+def write_config(path: Path, upstream: FakeUpstream, stripe_url: str = "http://127.0.0.1:9", **overrides: Any) -> None:
     models = "\n".join(_model(name, "fake", name) for name in SCENARIOS)
     models += "\n".join(
         _model(f"{prefix}-{scenario}", provider, scenario)
@@ -107,6 +117,12 @@ def write_config(path: Path, upstream: FakeUpstream, **overrides: Any) -> None:
 [server]
 listen = "127.0.0.1:0"
 database = "relay.db"
+
+[billing]
+discount = 0.30
+stripe_api_base = "{stripe_url}"
+success_url = "https://example.test/paid"
+cancel_url = "https://example.test/cancelled"
 
 [providers.fake]
 protocol = "openai"
@@ -143,13 +159,20 @@ output_price = 2.0
     )
 
 
-def start_gateway(tmp: Path, upstream: FakeUpstream) -> Gateway:
+def start_gateway(tmp: Path, upstream: FakeUpstream, stripe: FakeStripe | None = None) -> Gateway:
     config = tmp / "config.toml"
-    write_config(config, upstream)
+    write_config(config, upstream, stripe.url if stripe else "http://127.0.0.1:9")
     created = run_cli("--config", str(config), "keys", "create", "--account", "test", "--label", "e2e")
     assert created.returncode == 0, created.stderr
     key = created.stdout.strip()
-    env = {**os.environ, "RELAYPROXY_TEST_UPSTREAM_KEY": UPSTREAM_KEY}
+    funded = run_cli("--config", str(config), "credits", "add", "--account", "test", "--usd", "1000")
+    assert funded.returncode == 0, funded.stderr
+    env = {
+        **os.environ,
+        "RELAYPROXY_TEST_UPSTREAM_KEY": UPSTREAM_KEY,
+        "STRIPE_SECRET_KEY": STRIPE_API_KEY,
+        "STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET,
+    }
     env.pop("RELAYPROXY_TEST_UNSET_KEY", None)
     log = tmp / "gateway.log"
     with log.open("wb") as err:
@@ -183,8 +206,17 @@ def upstream() -> Iterator[FakeUpstream]:
 
 
 @pytest.fixture(scope="session")
-def gateway(tmp_path_factory: pytest.TempPathFactory, upstream: FakeUpstream) -> Iterator[Gateway]:
-    gw = start_gateway(tmp_path_factory.mktemp("gateway"), upstream)
+def stripe_fake() -> Iterator[FakeStripe]:
+    fake = FakeStripe().start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(scope="session")
+def gateway(
+    tmp_path_factory: pytest.TempPathFactory, upstream: FakeUpstream, stripe_fake: FakeStripe
+) -> Iterator[Gateway]:
+    gw = start_gateway(tmp_path_factory.mktemp("gateway"), upstream, stripe_fake)
     yield gw
     gw.process.terminate()
     gw.process.wait(10)

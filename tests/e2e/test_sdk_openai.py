@@ -98,7 +98,8 @@ def test_unary_sync_text_and_usage_record(gateway: Gateway) -> None:
         9,
         2,
     )
-    assert rec["billed"] == 0 and rec["reason"] == "billing_disabled" and rec["cost_microusd"] == 0
+    # ((24 - 8) * $1.00 + 8 * $0.50 + 9 * $2.00) per 1M tokens, less the 30 % discount, rounded down.
+    assert (rec["billed"], rec["reason"], rec["cost_microusd"]) == (1, "charged", 26)
     assert rec["account"] == "test" and rec["model"] == "text" and rec["provider"] == "fake"
     assert rec["client_protocol"] == "openai" and rec["upstream_protocol"] == "openai" and rec["stream"] == 0
 
@@ -295,6 +296,7 @@ def test_models_list(gateway: Gateway) -> None:
 
 def test_revocation_is_immediate(gateway: Gateway) -> None:
     key = gateway.cli("keys", "create", "--account", "revoke-me").stdout.strip()
+    gateway.cli("credits", "add", "--account", "revoke-me", "--usd", "1")
     c = client(gateway, key)
     c.chat.completions.create(model="text", messages=MESSAGES)
     listed = [
