@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 
 from . import __version__
+from .accesslog import install_redaction
 from .app import create_key, run_gateway
 from .billing import format_usd, parse_usd, price_list
 from .config import Config, ConfigError, load_config, parse_listen
@@ -80,6 +81,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _serve(config: Config, args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
+    install_redaction()  # keys, secrets and bearer tokens never reach a log line
     host, port = parse_listen(args.listen, "--listen") if args.listen else (config.server.host, config.server.port)
     workers = args.workers if args.workers is not None else config.server.workers
     if workers < 1:

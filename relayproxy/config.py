@@ -10,6 +10,8 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+from relayproxy.credentials import CredentialError, read_secret
+
 __all__ = [
     "PROTOCOLS",
     "BillingConfig",
@@ -55,12 +57,19 @@ class BillingConfig:
     initial_credit_usd: Decimal = Decimal(5)  # granted to account 'default' when a fresh store is created
 
     def stripe_secret_key(self) -> str | None:
-        """The Stripe API key from the environment, or None when unset or empty."""
-        return os.environ.get(self.stripe_secret_key_env) or None
+        """The Stripe API key (environment, else credential file), or None when unset or empty."""
+        return _secret(self.stripe_secret_key_env, "stripe_secret_key_env")
 
     def stripe_webhook_secret(self) -> str | None:
-        """The webhook signing secret (whsec_...) from the environment, or None when unset or empty."""
-        return os.environ.get(self.stripe_webhook_secret_env) or None
+        """The webhook signing secret (whsec_...; environment, else credential file), or None."""
+        return _secret(self.stripe_webhook_secret_env, "stripe_webhook_secret_env")
+
+
+def _secret(env_name: str, key: str) -> str | None:
+    try:
+        return read_secret(env_name)
+    except CredentialError as exc:
+        raise ConfigError(f"[billing] {key}: {exc}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,8 +80,12 @@ class ProviderConfig:
     api_key_env: str
 
     def api_key(self) -> str | None:
-        """The upstream key from the environment, or None when the variable is unset or empty."""
-        return os.environ.get(self.api_key_env) or None
+        """The upstream key: the environment variable, else the systemd credential file named after
+        it (``$CREDENTIALS_DIRECTORY/<name in lower case>``), else None."""
+        try:
+            return read_secret(self.api_key_env)
+        except CredentialError as exc:
+            raise ConfigError(f"[providers.{self.name}] api_key_env: {exc}") from None
 
 
 @dataclass(frozen=True, slots=True)

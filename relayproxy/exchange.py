@@ -9,12 +9,14 @@ server cancels a request's task when its client disconnects, possibly while clea
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
 
+from relayproxy.accesslog import access_line
 from relayproxy.billing import clamp_usage, cost_microusd
 from relayproxy.config import ModelConfig
 from relayproxy.http_types import HttpRequest
@@ -23,7 +25,10 @@ from relayproxy.metrics import GatewayMetrics
 from relayproxy.records import Outcome, UsageRecord
 from relayproxy.store import Store, utc_now
 
-__all__ = ["Charge", "Exchange", "Recorder", "TrackedBody", "new_request_id"]
+__all__ = ["Charge", "Exchange", "Recorder", "TrackedBody", "access", "new_request_id"]
+
+#: One JSON line per request (accesslog.access_line: never keys, secrets or prompts).
+access = logging.getLogger("relayproxy.access")
 
 
 def new_request_id() -> str:
@@ -50,6 +55,7 @@ class Exchange:
     tracked: bool = False  # an inference request: it must leave a usage record
     recorded: bool = False
     charge: Charge | None = None  # a credit hold is open for this request
+    release: Callable[[], None] | None = None  # gives back the key's admission slot when it ends
 
     @property
     def request_id(self) -> str:
@@ -73,6 +79,27 @@ class Recorder:
         self._discount = discount
         self._metrics = metrics
         self._models = models  # metric labels only for configured names: clients cannot mint series
+
+    def _closed(self, ex: Exchange) -> None:
+        """The request is over: free its admission slot, count it, log it."""
+        if ex.release is not None:
+            ex.release()
+            ex.release = None
+        self._observe(ex)
+        rec = ex.record
+        access.info(
+            "%s",
+            access_line(
+                rec,
+                ts=rec.created_at,
+                method=ex.req.method,
+                path=ex.req.path,
+                status=rec.http_status,
+                duration_ms=rec.duration_ms,
+                client=ex.req.client[0] if ex.req.client else None,
+                request_id=rec.request_id,
+            ),
+        )
 
     def _observe(self, ex: Exchange) -> None:
         rec, m = ex.record, self._metrics
@@ -99,7 +126,7 @@ class Recorder:
             rec.input_tokens, rec.cached_input_tokens = usage.input_tokens, usage.cached_input_tokens
             rec.output_tokens, rec.reasoning_tokens = usage.output_tokens, usage.reasoning_tokens
         rec.cost_microusd, rec.billed = 0, False
-        self._observe(ex)
+        self._closed(ex)
         await asyncio.shield(self._store.settle(rec, 0))
 
     async def complete(self, ex: Exchange, usage: Usage | None) -> None:
@@ -119,7 +146,7 @@ class Recorder:
         rec.input_tokens, rec.cached_input_tokens = billable.input_tokens, billable.cached_input_tokens
         rec.output_tokens, rec.reasoning_tokens = billable.output_tokens, billable.reasoning_tokens
         rec.cost_microusd, rec.billed = cost, cost > 0
-        self._observe(ex)
+        self._closed(ex)
         await asyncio.shield(self._store.settle(rec, cost))
 
     def abandoned(self, ex: Exchange, status: int = 200) -> Callable[[], Awaitable[None]]:

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 import orjson
 
+from relayproxy.accesslog import access_line
 from relayproxy.billing import price_list, render_price_table_html
 from relayproxy.codecs.catalog import MODEL_ENTRY, MODEL_LIST
 from relayproxy.codecs.registry import CODECS
@@ -30,10 +33,11 @@ from relayproxy.errors import (
     Unauthorized,
     UpstreamError,
 )
-from relayproxy.exchange import Exchange, Recorder, new_request_id
+from relayproxy.exchange import Exchange, Recorder, access, new_request_id
 from relayproxy.http_types import HttpRequest, HttpResponse, header, query_params
 from relayproxy.inference import Inference, Spawn, parse_json
 from relayproxy.keys import hash_key, looks_like_key
+from relayproxy.limits import Denied, KeyLimiter
 from relayproxy.metrics import CONTENT_TYPE, GatewayMetrics
 from relayproxy.payments import Payments
 from relayproxy.records import Outcome, Principal
@@ -70,6 +74,7 @@ class Gateway:
         self._inference = Inference(config, store, pool, self._recorder, self.metrics, spawn)
         self._payments = Payments(config.billing, store)
         self._prices = price_list(config)
+        self._limiter = KeyLimiter(config.limits.per_key_concurrency, config.limits.per_key_rpm)
         self._routes: dict[EndpointKind, Handler] = {
             EndpointKind.INFERENCE: self._infer,
             EndpointKind.COUNT_TOKENS: self._count_tokens,
@@ -91,7 +96,10 @@ class Gateway:
             if endpoint is None or handler is None:
                 raise NotFound(f"No route for {req.method} {req.path}.")
             ex.protocol = endpoint.protocol
-            return await handler(ex, endpoint)
+            response = await handler(ex, endpoint)
+            if not ex.tracked:
+                self._log_untracked(ex, response.status)
+            return response
         except RelayError as err:
             return await self._fail(ex, err)
         except asyncio.CancelledError:
@@ -100,6 +108,23 @@ class Gateway:
         except Exception:  # the per-request boundary: a bug becomes a 500, never a crash
             log.exception("request %s failed", ex.request_id)
             return await self._fail(ex, GatewayError("Internal gateway error; the request was not billed."))
+
+    def _log_untracked(self, ex: Exchange, status: int) -> None:
+        """Access log for requests without a usage record (inference ones log when they end)."""
+        access.info(
+            "%s",
+            access_line(
+                None,
+                ts=ex.record.created_at,
+                method=ex.req.method,
+                path=ex.req.path,
+                status=status,
+                duration_ms=int((time.monotonic() - ex.started) * 1000),
+                client=ex.req.client[0] if ex.req.client else None,
+                request_id=ex.request_id,
+                protocol=ex.protocol,
+            ),
+        )
 
     def render_server_error(self, status: int, message: str, req: HttpRequest | None) -> HttpResponse:
         """Errors the HTTP server detects itself (framing, limits, timeouts), in the caller's dialect."""
@@ -115,6 +140,14 @@ class Gateway:
         ex.tracked = True
         ex.record.client_protocol = ep.protocol
         principal = await self._authenticate(ex)
+        admission = self._limiter.try_acquire(principal.key_id, time.monotonic())
+        if isinstance(admission, Denied):
+            what = "concurrent requests" if admission.reason == "concurrency" else "requests per minute"
+            raise RateLimited(
+                f"Too many {what} for this key; retry after {admission.retry_after_s} s.",
+                retry_after_s=admission.retry_after_s,
+            )
+        ex.release = partial(self._limiter.release, admission)
         await self._check_free_aborts(principal)
         return await self._inference.run(ex, ep, principal)
 
@@ -199,6 +232,11 @@ class Gateway:
         else:
             outcome, reason = Outcome.GATEWAY_ERROR, "gateway_error"
         await self._recorder.finish(ex, outcome, err.status, reason)
+        if ex.release is not None:  # failed before its usage record could be written
+            ex.release()
+            ex.release = None
+        if not ex.tracked:
+            self._log_untracked(ex, err.status)
         return self._error_response(ex.protocol, err, ex.request_id)
 
     def _error_response(self, protocol: str, err: RelayError, request_id: str) -> HttpResponse:

@@ -41,6 +41,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .accesslog import install_redaction
 from .app import CLEANUP_GRACE_S, CONTROL_DRAIN, CONTROL_STOP, prepare_service, run_gateway
 from .config import Config, ConfigError, parse_config
 
@@ -342,6 +343,7 @@ def worker_main(argv: Sequence[str]) -> int:
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format=LOG_FORMAT.format(who=f"worker {index} pid {os.getpid()}")
     )
+    install_redaction()
     try:
         text = _read_exactly(0, _HEADER.unpack(_read_exactly(0, _HEADER.size))[0])
         config = parse_config(tomllib.loads(text.decode("utf-8")), config_path)

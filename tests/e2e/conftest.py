@@ -159,9 +159,9 @@ output_price = 2.0
     )
 
 
-def start_gateway(tmp: Path, upstream: FakeUpstream, stripe: FakeStripe | None = None) -> Gateway:
+def start_gateway(tmp: Path, upstream: FakeUpstream, stripe: FakeStripe | None = None, **overrides: Any) -> Gateway:
     config = tmp / "config.toml"
-    write_config(config, upstream, stripe.url if stripe else "http://127.0.0.1:9")
+    write_config(config, upstream, stripe.url if stripe else "http://127.0.0.1:9", **overrides)
     created = run_cli("--config", str(config), "keys", "create", "--account", "test", "--label", "e2e")
     assert created.returncode == 0, created.stderr
     key = created.stdout.strip()

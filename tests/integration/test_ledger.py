@@ -377,7 +377,10 @@ def test_kill_9_loses_no_acknowledged_write_and_never_double_charges(tmp_path: P
     db = tmp_path / "crash.db"
     asyncio.run(_grant(db, "crash", 10**12))
     rnd, topups, settled = random.Random(7), set(), {}
-    for seed in range(10):
+    # 10 kills, more if a loaded machine kept the child from acknowledging anything before them.
+    for seed in range(40):
+        if seed >= 10 and topups and settled:
+            break
         child = spawn(KILL_CHILD, db, seed)
         assert child.stdout is not None and child.stdout.readline().strip() == "ready"
         time.sleep(rnd.uniform(0.02, 0.4))
