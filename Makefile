@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONFIG ?= config.toml
 
-.PHONY: install run test test-unit test-e2e lint fmt typecheck check clean dist test-dist deploy-check
+.PHONY: install run test test-e2e-previous-sdks test-unit test-e2e lint fmt typecheck check clean dist test-dist deploy-check bench
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -18,8 +18,24 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/relayproxy serve --config $(CONFIG)
 
-test: $(STAMP)
+# The previous SDK generation (openai 1.x, anthropic 0.x with x-api-key, google-genai 1.x on /v1beta):
+# clients in the wild run both, so the end-to-end suite runs against each.
+PREV_VENV ?= .venv-sdk-previous
+PREV_STAMP := $(PREV_VENV)/.installed
+PREV_SDKS := openai==1.109.1 anthropic==0.125.0 google-genai==1.75.0
+
+$(PREV_STAMP): pyproject.toml
+	$(PY) -m venv $(PREV_VENV)
+	$(PREV_VENV)/bin/pip install -q -U pip
+	$(PREV_VENV)/bin/pip install -q -e '.[dev]' $(PREV_SDKS)
+	touch $(PREV_STAMP)
+
+test: $(STAMP) $(PREV_STAMP)
 	$(BIN)/pytest -q
+	$(PREV_VENV)/bin/pytest -q -p no:cacheprovider tests/e2e
+
+test-e2e-previous-sdks: $(PREV_STAMP)
+	$(PREV_VENV)/bin/pytest -q -p no:cacheprovider tests/e2e
 
 test-unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit
@@ -42,7 +58,7 @@ typecheck: $(STAMP)
 check: lint typecheck test
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(PREV_VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
 
 # Single-file build: relayproxy and its pinned runtime dependencies in one zipapp (deploy/build_pyz.py).
 dist: $(STAMP)
@@ -56,3 +72,10 @@ test-dist: $(STAMP)
 deploy-check:
 	systemd-analyze security --offline=yes --threshold=20 deploy/relayproxy.service
 	systemd-analyze verify deploy/relayproxy.service
+
+# The benchmark suite and the issue-6 budget (bench/README.md): a fast fake upstream, a real gateway,
+# wrk (installed from Debian's packages when missing and root; else a Python load generator). Prints
+# the table and writes bench/results/latest.json; PROFILE=1 adds a py-spy profile of unary c=32
+# (bench/results/profile.txt). BENCH_ARGS passes options through, e.g. BENCH_ARGS="--duration 10".
+bench: $(STAMP)
+	$(BIN)/python bench/run.py $(if $(filter 1 yes true,$(PROFILE)),--profile) $(BENCH_ARGS)
