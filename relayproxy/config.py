@@ -78,6 +78,9 @@ class ProviderConfig:
     protocol: str
     base_url: str
     api_key_env: str
+    # False: same-protocol streams are re-encoded through the canonical model instead of passing
+    # through, which repairs a provider's stream quirks (Moonshot's index-less tool deltas).
+    passthrough: bool = True
 
     def api_key(self) -> str | None:
         """The upstream key: the environment variable, else the systemd credential file named after
@@ -247,14 +250,15 @@ def _provider(name: str, t: Any) -> ProviderConfig:
     where = f"providers.{name}"
     if not isinstance(t, dict):
         raise ConfigError(f"[{where}]: expected a table")
-    _check_keys(t, where, {"protocol", "base_url", "api_key_env"})
+    _check_keys(t, where, {"protocol", "base_url", "api_key_env", "passthrough"})
     protocol = _require(t, where, "protocol", str)
     if protocol not in PROTOCOLS:
         raise ConfigError(f'[{where}] protocol: "{protocol}" is not one of {", ".join(PROTOCOLS)}')
     base_url = _require(t, where, "base_url", str).rstrip("/")
     if not base_url.startswith(("http://", "https://")):
         raise ConfigError(f'[{where}] base_url: must start with https:// (or http://), got "{base_url}"')
-    return ProviderConfig(name, protocol, base_url, _require(t, where, "api_key_env", str))
+    passthrough = _get(t, where, "passthrough", bool, True)
+    return ProviderConfig(name, protocol, base_url, _require(t, where, "api_key_env", str), passthrough)
 
 
 def _model(name: str, t: Any, providers: dict[str, ProviderConfig]) -> ModelConfig:

@@ -95,7 +95,8 @@ def plan(config: Config, ex: Exchange, ep: Endpoint, body: Any) -> Plan:
     route = resolve_model(config, req.model)
     ex.record.provider, ex.record.upstream_protocol = route.provider.name, route.provider.protocol
     upstream: Codec = CODECS[route.provider.protocol]
-    passthrough = route.provider.protocol == ep.protocol and (ep.sse or not req.stream)
+    same = route.provider.protocol == ep.protocol and route.provider.passthrough
+    passthrough = same and (ep.sse or not req.stream)
     name = route.model.upstream_model
     if passthrough:
         call = upstream.prepare_passthrough(body, req, name)

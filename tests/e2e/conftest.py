@@ -86,7 +86,7 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
 UPSTREAMS = {"oa": "fake", "an": "fake-anthropic", "ge": "fake-gemini"}
 MATRIX_SCENARIOS = (
     "text", "tools", "nousage", "midstream-error", "truncated", "http429", "http500", "http400",
-    "text@7", "tools@7", "slow", "late", "pause",
+    "text@7", "tools@7", "slow", "late", "pause", "thinking",
 )  # fmt: skip
 
 
@@ -104,6 +104,7 @@ def write_config(path: Path, upstream: FakeUpstream, stripe_url: str = "http://1
         for prefix, provider in UPSTREAMS.items()
         for scenario in MATRIX_SCENARIOS
     )
+    models += _model("mk-moonshot", "fake-moonshot", "moonshot")
     timeouts = {
         "upstream_first_byte_s": 2.5,
         "stream_idle_s": 2,
@@ -138,6 +139,12 @@ api_key_env = "RELAYPROXY_TEST_UPSTREAM_KEY"
 protocol = "gemini"
 base_url = "{upstream.base_url}"
 api_key_env = "RELAYPROXY_TEST_UPSTREAM_KEY"
+
+[providers.fake-moonshot]
+protocol = "openai"
+base_url = "{upstream.base_url}/v1"
+api_key_env = "RELAYPROXY_TEST_UPSTREAM_KEY"
+passthrough = false
 
 [providers.nokey]
 protocol = "openai"

@@ -477,3 +477,50 @@ def test_model_lists_in_each_protocols_shape(gateway: Gateway) -> None:
         assert d.c.models.get(model="an-tools").name == "models/an-tools"
     finally:
         d.close()
+
+
+THINKING = {  # (answer text, reasoning tokens) of each upstream's reasoning fixture
+    "oa": ("9.8 is larger — ça va de soi 🙂.", 52),
+    "an": ("Let me check the weather.", 120),
+    "ge": ("The capital of France is Paris — café? ☕", 40),
+}
+
+
+@pytest.mark.parametrize("up", UPSTREAMS)
+def test_reasoning_stream_keeps_the_answer_and_counts_reasoning(gateway: Gateway, driver: Any, up: str) -> None:
+    """DeepSeek reasoning_content, Anthropic thinking (with a signature and a tool call after it)
+    and Gemini thoughts: the answer reaches every client intact; reasoning is counted as output."""
+    seq = gateway.last_seq()
+    res = driver.stream(f"{up}-thinking", tools=up == "an")
+    text, reasoning = THINKING[up]
+    assert res.text == text
+    rec = record(gateway, seq, f"{up}-thinking", driver, up)
+    assert rec["outcome"] == "completed" and rec["reasoning_tokens"] == reasoning
+    assert rec["output_tokens"] >= reasoning
+
+
+def test_reasoning_reaches_an_openai_client_as_reasoning_content(gateway: Gateway) -> None:
+    with openai.OpenAI(base_url=gateway.base_url + "/v1", api_key=gateway.key, max_retries=0) as c:
+        chunks = list(c.chat.completions.create(model="an-thinking", messages=_user(), stream=True))
+    reasoning = "".join(
+        (ch.choices[0].delta.model_extra or {}).get("reasoning_content") or "" for ch in chunks if ch.choices
+    )
+    assert reasoning == "The user wants the weather in Zürich; I should call the tool."
+
+
+def test_moonshot_quirks_are_repaired_for_the_openai_stream_helper(gateway: Gateway) -> None:
+    """Moonshot sends tool deltas without `index` and usage inside choices[0]: with `passthrough =
+    false` the stream is re-encoded, so the SDK's .stream() helper accumulates it correctly."""
+    seq = gateway.last_seq()
+    with (
+        openai.OpenAI(base_url=gateway.base_url + "/v1", api_key=gateway.key, max_retries=0) as c,
+        c.chat.completions.stream(model="mk-moonshot", messages=_user()) as s,
+    ):
+        for _ in s:
+            pass
+        final = s.get_final_completion()
+    calls = final.choices[0].message.tool_calls or []
+    assert [c.function.name for c in calls] == ["get_weather", "get_weather"]
+    assert all(json.loads(c.function.arguments) for c in calls)
+    rec = gateway.record_after(seq, "mk-moonshot")
+    assert rec["outcome"] == "completed" and rec["input_tokens"] > 0

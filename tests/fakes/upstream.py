@@ -215,7 +215,8 @@ def _common_reply(scenario: str) -> Reply | None:
 
 
 def _stream_reply(protocol: str, scenario: str, *, terminal: bytes, usage_marker: bytes) -> Reply:
-    name = {"tools": "tools.sse", "midstream-error": "error.sse"}.get(scenario, "text.sse")
+    thinking = {"anthropic": "thinking_tools.sse", "gemini": "thinking.sse"}[protocol]
+    name = {"tools": "tools.sse", "midstream-error": "error.sse", "thinking": thinking}.get(scenario, "text.sse")
     events = sse_events(FIXTURES / protocol / name)
     reply = Reply(200, [("content-type", "text/event-stream; charset=utf-8")], events)
     head = [e for e in events if terminal not in e and usage_marker not in e]
@@ -277,7 +278,8 @@ def openai_reply(scenario: str, stream: bool) -> Reply:
 
 
 def _openai_stream(scenario: str) -> Reply:
-    events = sse_events(FIXTURES / "openai" / ("tools.sse" if scenario == "tools" else "text.sse"))
+    name = {"tools": "tools.sse", "thinking": "reasoning.sse", "moonshot": "moonshot_usage.sse"}.get(scenario)
+    events = sse_events(FIXTURES / "openai" / (name or "text.sse"))
     reply = Reply(200, [("content-type", "text/event-stream; charset=utf-8")], events)
     head = [e for e in events if b'"choices":[]' not in e and b"[DONE]" not in e]
     if scenario == "nousage":
