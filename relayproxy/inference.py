@@ -324,6 +324,8 @@ class _StreamBody:
             except RelayError as err:
                 if not self.delivered:
                     self._fail(self._failure)
+                    if isinstance(err, OverHold):
+                        self.reason = err.kind
                     yield self._encoder.error(err)
             if self.delivered:
                 self.outcome, self.reason = Outcome.COMPLETED, ""
@@ -414,7 +416,7 @@ class OutputBudget:
 
     def __init__(self, max_output_tokens: int, *, passthrough: bool) -> None:
         self._max_tokens = 2 * max_output_tokens + 1000  # billing.clamp_usage's "absurd" line
-        self._max_bytes = (400 if passthrough else 16) * max_output_tokens + 256 * 1024
+        self._max_bytes = (400 if passthrough else 16) * max_output_tokens + 64 * 1024
 
     def check(self, relay: Relay) -> None:
         usage = relay.usage

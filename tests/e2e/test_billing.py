@@ -166,3 +166,27 @@ def test_metrics_count_requests_and_charges(gateway: Gateway) -> None:
     assert 'relayproxy_requests_total{protocol="openai",model="oa-text",outcome="completed"}' in text
     assert "relayproxy_charged_microusd_total" in text
     assert "relayproxy_time_to_first_byte_seconds_bucket" in text
+
+
+def test_stream_past_its_hold_is_cut_in_band_and_not_billed(gateway: Gateway) -> None:
+    """An upstream ignoring the output limit (hardening case 34): passthrough and translated."""
+    before = gateway.balance()
+    messages: Any = [{"role": "user", "content": "hi"}]
+    seq = gateway.last_seq()
+    with (
+        openai.OpenAI(base_url=gateway.base_url + "/v1", api_key=gateway.key, max_retries=0) as oa,
+        pytest.raises(openai.APIError) as info,
+    ):
+        list(oa.chat.completions.create(model="oa-runaway", messages=messages, max_tokens=16, stream=True))
+    assert not isinstance(info.value, openai.APIStatusError)
+    rec = gateway.record_after(seq, "oa-runaway")
+    assert (rec["outcome"], rec["reason"], rec["billed"]) == ("upstream_dropped", "over_hold", 0)
+    seq = gateway.last_seq()
+    with (
+        anthropic.Anthropic(base_url=gateway.base_url, api_key=gateway.key, max_retries=0) as an,
+        pytest.raises(anthropic.APIStatusError),
+    ):
+        list(an.messages.create(model="oa-runaway", max_tokens=16, messages=messages, stream=True))
+    rec = gateway.record_after(seq, "oa-runaway")
+    assert (rec["outcome"], rec["billed"], rec["cost_microusd"]) == ("upstream_dropped", 0, 0)
+    assert gateway.balance() == before

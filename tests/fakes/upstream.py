@@ -277,9 +277,23 @@ def openai_reply(scenario: str, stream: bool) -> Reply:
     return _openai_stream(scenario)
 
 
+def _runaway_openai_stream() -> list[bytes]:
+    """An upstream ignoring max_tokens: 3,000 content chunks, then a huge usage and [DONE]."""
+    head = '{"id":"chatcmpl-run","object":"chat.completion.chunk","created":1,"model":"m","choices":'
+    events = [f'data: {head}[{{"index":0,"delta":{{"role":"assistant","content":""}}}}]}}\n\n'.encode()]
+    piece = "All work and no play makes a very long answer. "
+    events += [f'data: {head}[{{"index":0,"delta":{{"content":"{piece}"}}}}]}}\n\n'.encode()] * 3000
+    events.append(f'data: {head}[{{"index":0,"delta":{{}},"finish_reason":"stop"}}]}}\n\n'.encode())
+    usage = '{"prompt_tokens":10,"completion_tokens":30000,"total_tokens":30010}'
+    events.append(f'data: {head}[],"usage":{usage}}}\n\n'.encode())
+    return [*events, b"data: [DONE]\n\n"]
+
+
 def _openai_stream(scenario: str) -> Reply:
     name = {"tools": "tools.sse", "thinking": "reasoning.sse", "moonshot": "moonshot_usage.sse"}.get(scenario)
-    events = sse_events(FIXTURES / "openai" / (name or "text.sse"))
+    events = (
+        _runaway_openai_stream() if scenario == "runaway" else sse_events(FIXTURES / "openai" / (name or "text.sse"))
+    )
     reply = Reply(200, [("content-type", "text/event-stream; charset=utf-8")], events)
     head = [e for e in events if b'"choices":[]' not in e and b"[DONE]" not in e]
     if scenario == "nousage":
