@@ -102,9 +102,17 @@ class UpstreamError(RelayError):
 
 
 class UpstreamConnectError(UpstreamError):
-    """The upstream could not be reached (refused, DNS, TLS) or broke before answering."""
+    """The upstream could not be reached (refused, DNS, TLS) or broke before answering.
+
+    ``before_send`` is True when no byte of the request reached the upstream (the connection
+    was never established): only then is a retry certain not to run the request twice.
+    """
 
     kind = "upstream_connect_error"
+
+    def __init__(self, message: str, *, before_send: bool = False) -> None:
+        super().__init__(message)
+        self.before_send = before_send
 
 
 class UpstreamTimeout(UpstreamError):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, replace
@@ -30,6 +31,7 @@ from relayproxy.errors import (
     FramingError,
     InsufficientBalance,
     InvalidRequest,
+    ProviderUnavailable,
     RelayError,
     UpstreamError,
     UpstreamProtocolError,
@@ -40,12 +42,15 @@ from relayproxy.ir import ChatRequest
 from relayproxy.metrics import GatewayMetrics
 from relayproxy.records import Outcome, Principal
 from relayproxy.relay import Passthrough, Relay, Translate
+from relayproxy.retries import next_try, schedule
 from relayproxy.router import Endpoint, Route, resolve_model
 from relayproxy.store import Store
 from relayproxy.tokens import estimate_input_tokens
 from relayproxy.upstream import Pool, UpstreamResponse
 
 __all__ = ["Inference", "Plan", "parse_json"]
+
+log = logging.getLogger("relayproxy.inference")
 
 MAX_UNARY_BYTES = 16 * 1024 * 1024
 HOLD_INPUT_FLOOR_TOKENS = 1024
@@ -59,9 +64,11 @@ _SSE_HEADERS = [
 _ARRAY_HEADERS = [_JSON, (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
 _USER_AGENT = b"relayproxy"
 
-#: What a spawned upstream opening ends with: the response, or the error it raised (captured,
+#: An upstream that answered 200: the plan that reached it (the requested model or a fallback).
+Opened = tuple["Plan", UpstreamResponse]
+#: What a spawned upstream opening ends with: the answer, or the error it raised (captured,
 #: because an exception escaping a TaskGroup child would cancel the whole group).
-Answer = UpstreamResponse | Exception
+Answer = Opened | Exception
 Spawn = Callable[[Coroutine[Any, Any, Answer]], "asyncio.Task[Answer]"]
 
 
@@ -87,13 +94,36 @@ def parse_json(body: bytes) -> Any:
         raise InvalidRequest(f"the request body is not valid JSON ({exc})") from None
 
 
-def plan(config: Config, ex: Exchange, ep: Endpoint, body: Any) -> Plan:
-    """Decode, route and build the upstream call. Pure: raises RelayErrors, does no I/O."""
+def plan(config: Config, ex: Exchange, ep: Endpoint, body: Any) -> list[Plan]:
+    """Decode, route and build the upstream calls: the requested model's, then one per configured
+    fallback whose provider is available. Pure: raises RelayErrors, does no I/O."""
     client: Codec = CODECS[ep.protocol]
     req = client.decode_request(body, model=ep.model, stream=ep.stream)
     ex.record.model, ex.record.stream = req.model, req.stream
-    route = resolve_model(config, req.model)
-    ex.record.provider, ex.record.upstream_protocol = route.provider.name, route.provider.protocol
+    primary = resolve_model(config, req.model)
+    plans = [plan_route(ep, body, client, req, route) for route in [primary, *fallback_routes(config, primary)]]
+    chose(ex, plans[0])
+    return plans
+
+
+def fallback_routes(config: Config, primary: Route) -> list[Route]:
+    routes = []
+    for name in primary.model.fallback:
+        try:
+            routes.append(resolve_model(config, name))
+        except ProviderUnavailable:
+            continue  # a fallback whose provider has no key is skipped, not an error
+    return routes
+
+
+def chose(ex: Exchange, p: Plan) -> None:
+    """Record which provider serves the request (a fallback's, if it came to that)."""
+    ex.record.provider, ex.record.upstream_protocol = p.route.provider.name, p.route.provider.protocol
+    if ex.charge is not None:
+        ex.charge = replace(ex.charge, model=p.route.model)
+
+
+def plan_route(ep: Endpoint, body: Any, client: Codec, req: ChatRequest, route: Route) -> Plan:
     upstream: Codec = CODECS[route.provider.protocol]
     same = route.provider.protocol == ep.protocol and route.provider.passthrough
     passthrough = same and (ep.sse or not req.stream)
@@ -132,18 +162,21 @@ class Inference:
         self._spawn = spawn
 
     async def run(self, ex: Exchange, ep: Endpoint, principal: Principal) -> HttpResponse:
-        p = plan(self._config, ex, ep, parse_json(ex.req.body))
-        await self._hold(ex, p, principal)
-        if p.req.stream:
-            return await self._stream(ex, p)
-        return await self._unary(ex, p)
+        plans = plan(self._config, ex, ep, parse_json(ex.req.body))
+        await self._hold(ex, plans, principal)
+        if plans[0].req.stream:
+            return await self._stream(ex, plans)
+        return await self._unary(ex, plans)
 
-    async def _hold(self, ex: Exchange, p: Plan, principal: Principal) -> None:
-        """Reserve the request's maximum cost before any upstream call (402 when not covered)."""
+    async def _hold(self, ex: Exchange, plans: list[Plan], principal: Principal) -> None:
+        """Reserve the request's maximum cost before any upstream call (402 when not covered):
+        the dearest of the models that may serve it (the requested one or a fallback)."""
         # Generous on purpose: an unused hold is released, a short one undercharges. Doubled, plus
         # a floor for the prompt tokens providers add unseen (tool-use system prompts, templates).
+        p = plans[0]
         estimate = 2 * estimate_input_tokens(p.req) + HOLD_INPUT_FLOOR_TOKENS
-        amount = hold_microusd(estimate, output_limit(p), p.route.model, self._config.billing.discount)
+        discount = self._config.billing.discount
+        amount = max(hold_microusd(estimate, output_limit(c), c.route.model, discount) for c in plans)
         if not await self._store.hold(principal.account_id, ex.request_id, amount):
             raise InsufficientBalance(
                 f"Insufficient credit: this request needs up to ${amount / 1e6:.6f} held while it runs "
@@ -204,6 +237,29 @@ class Inference:
         retry_after = header(resp.headers, b"retry-after")
         raise upstream.decode_error(resp.status, body, retry_after.decode("latin-1") if retry_after else None)
 
+    async def _open_any(self, ex: Exchange, plans: list[Plan], *, stream: bool) -> Opened:
+        """The first upstream that answers 200, trying again only as retries.py allows, and only
+        within the first-byte deadline; the last failure goes to the client."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._config.timeouts.upstream_first_byte_s
+        order, i = schedule(len(plans)), 0
+        while True:
+            p = plans[order[i]]
+            try:
+                resp = await self._open(p.route, p.upstream, p.call, stream=stream)
+            except UpstreamError as err:
+                nxt = next_try(order, i, err)
+                if nxt is None or loop.time() + nxt[1] >= deadline:
+                    raise
+                log.info(
+                    "request %s: upstream %s failed (%s); trying again", ex.request_id, p.route.provider.name, err.kind
+                )
+                i = nxt[0]
+                await asyncio.sleep(nxt[1])
+                continue
+            chose(ex, p)
+            return p, resp
+
     async def _read_json(self, resp: UpstreamResponse) -> Any:
         try:
             raw = await resp.aread(MAX_UNARY_BYTES)
@@ -216,8 +272,8 @@ class Inference:
 
     # -- unary ----------------------------------------------------------------------------------
 
-    async def _unary(self, ex: Exchange, p: Plan) -> HttpResponse:
-        resp = await self._open(p.route, p.upstream, p.call, stream=False)
+    async def _unary(self, ex: Exchange, plans: list[Plan]) -> HttpResponse:
+        p, resp = await self._open_any(ex, plans, stream=False)
         data = await self._read_json(resp)
         embedded = p.upstream.embedded_error(data)
         if embedded is not None:
@@ -243,24 +299,20 @@ class Inference:
 
     # -- streams --------------------------------------------------------------------------------
 
-    async def _stream(self, ex: Exchange, p: Plan) -> HttpResponse:
+    async def _stream(self, ex: Exchange, plans: list[Plan]) -> HttpResponse:
+        p = plans[0]
         encoder = p.client.stream_encoder(p.req, p.req.model, sse=p.sse)
-        relay: Relay = (
-            Passthrough(p.upstream.stream_tap(p.req))
-            if p.passthrough
-            else Translate(p.upstream.stream_decoder(), encoder)
-        )
-        head = await self._first_answer(p)
+        head = await self._first_answer(ex, plans)
         headers = [*(_SSE_HEADERS if p.sse else _ARRAY_HEADERS), ex.id_header]
-        body = _StreamBody(self, ex, head, relay, encoder, output_limit(p))
+        body = _StreamBody(self, ex, head, encoder)
         return HttpResponse(200, headers, TrackedBody(body.run(), self._recorder.abandoned(ex)))
 
-    async def _first_answer(self, p: Plan) -> UpstreamResponse | asyncio.Task[Answer]:
+    async def _first_answer(self, ex: Exchange, plans: list[Plan]) -> Opened | asyncio.Task[Answer]:
         """The upstream's answer if it comes within one ping interval (errors raise as HTTP errors);
         else the pending task, and the stream commits to 200 and pings while it waits."""
         if self._spawn is None:
-            return await self._open(p.route, p.upstream, p.call, stream=True)
-        task = self._spawn(_captured(self._open(p.route, p.upstream, p.call, stream=True)))
+            return await self._open_any(ex, plans, stream=True)
+        task = self._spawn(_captured(self._open_any(ex, plans, stream=True)))
         try:
             await asyncio.wait({task}, timeout=self._config.timeouts.keepalive_ping_s)
         except asyncio.CancelledError:
@@ -269,7 +321,14 @@ class Inference:
         return _answer(task.result()) if task.done() else task
 
 
-async def _captured(opening: Coroutine[Any, Any, UpstreamResponse]) -> Answer:
+def make_relay(p: Plan, encoder: StreamEncoder) -> Relay:
+    """Passthrough when the plan allows it, else decode -> IR -> the client's encoder."""
+    if p.passthrough:
+        return Passthrough(p.upstream.stream_tap(p.req))
+    return Translate(p.upstream.stream_decoder(), encoder)
+
+
+async def _captured(opening: Coroutine[Any, Any, Opened]) -> Answer:
     """Run an upstream opening in a TaskGroup child: its error becomes a value, not a group abort."""
     try:
         return await opening
@@ -277,7 +336,7 @@ async def _captured(opening: Coroutine[Any, Any, UpstreamResponse]) -> Answer:
         return exc
 
 
-def _answer(result: Answer) -> UpstreamResponse:
+def _answer(result: Answer) -> Opened:
     if isinstance(result, Exception):
         raise result
     return result
@@ -290,20 +349,20 @@ class _StreamBody:
         self,
         owner: Inference,
         ex: Exchange,
-        head: UpstreamResponse | asyncio.Task[Answer],
-        relay: Relay,
+        head: Opened | asyncio.Task[Answer],
         encoder: StreamEncoder,
-        max_output_tokens: int,
     ) -> None:
         self._recorder = owner._recorder
         self._metrics = owner._metrics
-        self._budget = OutputBudget(max_output_tokens, passthrough=isinstance(relay, Passthrough))
         self._ping_s = owner._config.timeouts.keepalive_ping_s
         self._ex = ex
         self._head = head
-        self._relay = relay
         self._encoder = encoder
-        self._resp: UpstreamResponse | None = head if isinstance(head, UpstreamResponse) else None
+        self._resp: UpstreamResponse | None = None  # these three are set once the upstream answers
+        self._relay: Relay | None = None
+        self._budget: OutputBudget | None = None
+        if not isinstance(head, asyncio.Task):
+            self._opened(head)
         self.outcome, self.reason = Outcome.CLIENT_DISCONNECTED, "client_disconnected"
         self.delivered = False  # the terminal bytes were handed to the client's socket
         # What an upstream failure means in the current phase: before the upstream's answer it
@@ -333,16 +392,21 @@ class _StreamBody:
             metrics.active_streams.dec()
             await asyncio.shield(self._settle())
 
+    def _opened(self, opened: Opened) -> None:
+        p, self._resp = opened
+        self._relay = make_relay(p, self._encoder)
+        self._budget = OutputBudget(output_limit(p), passthrough=p.passthrough)
+
     async def _pump(self) -> AsyncIterator[bytes]:
         async for ping in self._wait_head():
             yield ping
-        assert self._resp is not None
+        assert self._resp is not None and self._relay is not None and self._budget is not None
         self._failure = Outcome.UPSTREAM_DROPPED
-        relay = self._relay
+        relay, budget = self._relay, self._budget
         try:
             async for chunk in self._resp.aiter_body(heartbeat_s=self._ping_s):
                 pieces = relay.feed(chunk) if chunk else [self._encoder.ping()]
-                self._budget.check(relay)  # before the bytes go out: an over-limit stream is cut
+                budget.check(relay)  # before the bytes go out: an over-limit stream is cut
                 if pieces:
                     yield _one(pieces)
                 if relay.done or relay.failed is not None:
@@ -358,16 +422,17 @@ class _StreamBody:
 
     async def _wait_head(self) -> AsyncIterator[bytes]:
         head = self._head
-        if isinstance(head, UpstreamResponse):
+        if not isinstance(head, asyncio.Task):
             return
         while not head.done():
             await asyncio.wait({head}, timeout=self._ping_s)
             if not head.done():
                 yield self._encoder.ping()
-        self._resp = _answer(head.result())  # raises the upstream's error: reported in-band
+        self._opened(_answer(head.result()))  # raises the upstream's error: reported in-band
 
     async def _end(self) -> AsyncIterator[bytes]:
         relay = self._relay
+        assert relay is not None
         if relay.done:
             finish = self._encoder.finish()
             if finish:
@@ -391,8 +456,8 @@ class _StreamBody:
                 with contextlib.suppress(asyncio.CancelledError):
                     await head
             late = head.result() if head.done() and not head.cancelled() else None
-            if isinstance(late, UpstreamResponse) and self._resp is None:
-                await late.aclose()  # answered just as the client left: close it, never leak it
+            if isinstance(late, tuple) and self._resp is None:
+                await late[1].aclose()  # answered just as the client left: close it, never leak it
         try:
             if self._resp is not None:
                 await self._resp.aclose()
@@ -400,7 +465,7 @@ class _StreamBody:
             await self._record()
 
     async def _record(self) -> None:
-        usage = self._relay.usage
+        usage = self._relay.usage if self._relay is not None else None
         if self.delivered:
             await self._recorder.complete(self._ex, usage)
         else:

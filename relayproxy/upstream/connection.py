@@ -81,7 +81,7 @@ def map_exceptions(label: str, phase: str, timeout_s: float | None = None) -> It
         raise UpstreamProtocolError(msg) from None
     except OSError as exc:  # ssl.SSLError, ConnectionError, socket.gaierror are OSErrors
         msg = f"upstream {label}: {phase} failed: {type(exc).__name__}: {exc}"
-        raise UpstreamConnectError(msg) from exc
+        raise UpstreamConnectError(msg, before_send=phase == "connecting") from exc
 
 
 class _CountingReader(asyncio.StreamReader):

@@ -89,7 +89,9 @@ class Pool:
             if not await conn.send_request(method, target, headers, body, deadline_s):
                 conn = await self._retry_fresh(conn, connect_timeout_s)
                 if not await conn.send_request(method, target, headers, body, deadline_s):
-                    raise UpstreamConnectError(f"upstream {origin.label}: connection closed before sending")
+                    raise UpstreamConnectError(
+                        f"upstream {origin.label}: connection closed before sending", before_send=True
+                    )
             head = await conn.receive_head(deadline_s, first_byte_timeout_s)
         except BaseException:  # errors and cancellation: never pool a half-used connection
             conn.close_nowait()
@@ -100,7 +102,7 @@ class Pool:
         """The single retry: only a reused connection that failed before sending earns one."""
         dead.close_nowait()
         if dead.cycles == 0:
-            raise UpstreamConnectError(f"upstream {dead.label}: new connection closed before sending")
+            raise UpstreamConnectError(f"upstream {dead.label}: new connection closed before sending", before_send=True)
         return await self._open(dead.origin, connect_timeout_s)
 
     async def _acquire(self, origin: Origin, connect_timeout_s: float) -> UpstreamConnection:

@@ -105,6 +105,13 @@ def write_config(path: Path, upstream: FakeUpstream, stripe_url: str = "http://1
         for scenario in MATRIX_SCENARIOS
     )
     models += _model("mk-moonshot", "fake-moonshot", "moonshot")
+    models += _model("oa-flaky", "fake", "flaky")
+    # Fallbacks: an overloaded Anthropic upstream (529) falls back to Gemini; a rate-limited
+    # OpenAI one (429, Retry-After 7 s: too long to wait here) falls back to Anthropic.
+    models += _model("fb-overloaded", "fake-anthropic", "http529") + 'fallback = ["ge-text"]\n'
+    models += _model("fb-ratelimited", "fake", "http429") + 'fallback = ["needs-key", "an-text"]\n'
+    models += _model("fb-badrequest", "fake", "http400") + 'fallback = ["an-text"]\n'
+
     timeouts = {
         "upstream_first_byte_s": 2.5,
         "stream_idle_s": 2,

@@ -323,6 +323,7 @@ class FakeUpstream:
         self.connections = 0
         self.active = 0  # requests being answered right now
         self.cancelled = 0  # responses cut short because the gateway closed the connection
+        self.seen: dict[str, int] = {}  # requests per scenario
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._server: asyncio.AbstractServer | None = None
@@ -377,7 +378,11 @@ class FakeUpstream:
         if scenario == "noanswer":
             await _wait_hangup(reader)
             return False
-        reply = self._route(path, scenario, body)
+        self.seen[scenario] = self.seen.get(scenario, 0) + 1
+        if scenario == "flaky" and self.seen[scenario] % 2:  # every other request: overloaded
+            body_503 = {"error": {"message": "overloaded", "type": "server_error", "param": None, "code": None}}
+            return await _write_reply(reader, writer, _json_error(503, body_503), mode)
+        reply = self._route(path, "text" if scenario == "flaky" else scenario, body)
         return await _write_reply(reader, writer, reply, mode)
 
     @staticmethod
