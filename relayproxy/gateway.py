@@ -139,7 +139,15 @@ class Gateway:
     async def _infer(self, ex: Exchange, ep: Endpoint) -> HttpResponse:
         ex.tracked = True
         ex.record.client_protocol = ep.protocol
-        principal = await self._authenticate(ex)
+        cap = self._config.limits.free_aborts_per_hour
+        since = utc_iso(datetime.now(UTC) - timedelta(hours=1)) if cap > 0 else None
+        principal = await self._authenticate(ex, aborts_since=since)
+        if cap > 0 and principal.recent_aborts >= cap:
+            raise RateLimited(
+                f"This key aborted {cap} or more streams in the last hour (aborted streams are not billed); "
+                "wait before sending more requests.",
+                retry_after_s=300,
+            )
         admission = self._limiter.try_acquire(principal.key_id, time.monotonic())
         if isinstance(admission, Denied):
             what = "concurrent requests" if admission.reason == "concurrency" else "requests per minute"
@@ -148,21 +156,7 @@ class Gateway:
                 retry_after_s=admission.retry_after_s,
             )
         ex.release = partial(self._limiter.release, admission)
-        await self._check_free_aborts(principal)
         return await self._inference.run(ex, ep, principal)
-
-    async def _check_free_aborts(self, principal: Principal) -> None:
-        """Disconnects are never billed; a key that aborts too many streams waits (429)."""
-        cap = self._config.limits.free_aborts_per_hour
-        if cap <= 0:
-            return
-        since = utc_iso(datetime.now(UTC) - timedelta(hours=1))
-        if await self._store.recent_aborts(principal.key_id, since) >= cap:
-            raise RateLimited(
-                f"This key aborted {cap} or more streams in the last hour (aborted streams are not billed); "
-                "wait before sending more requests.",
-                retry_after_s=300,
-            )
 
     async def _count_tokens(self, ex: Exchange, ep: Endpoint) -> HttpResponse:
         await self._authenticate(ex)
@@ -214,9 +208,10 @@ class Gateway:
 
     # -- auth -----------------------------------------------------------------------------------
 
-    async def _authenticate(self, ex: Exchange) -> Principal:
+    async def _authenticate(self, ex: Exchange, *, aborts_since: str | None = None) -> Principal:
         key = _caller_key(ex.req, ex.protocol)
-        principal = await self._store.authenticate(hash_key(key)) if key and looks_like_key(key) else None
+        valid = key is not None and looks_like_key(key)
+        principal = await self._store.authenticate(hash_key(key), aborts_since) if key and valid else None
         if principal is None:
             raise Unauthorized()
         ex.record.account, ex.record.key_id = principal.account, principal.key_id

@@ -25,6 +25,7 @@ class Principal:
     account_id: int
     account: str
     key_id: str
+    recent_aborts: int = 0  # unbilled client-aborted requests in the window asked about, if asked
 
 
 @dataclass(slots=True, frozen=True)

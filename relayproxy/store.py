@@ -248,19 +248,24 @@ class Store:
             )
             return cur.rowcount == 1
 
-    async def authenticate(self, key_hash: bytes) -> Principal | None:
-        """The principal for an active key with this hash, or None (unknown and revoked alike)."""
+    async def authenticate(self, key_hash: bytes, aborts_since: str | None = None) -> Principal | None:
+        """The principal for an active key with this hash, or None (unknown and revoked alike).
+
+        With ``aborts_since`` (utc_iso), the same query also counts the key's ``client_disconnected``
+        requests since then (``Principal.recent_aborts``): one database trip instead of two.
+        """
         rows = await self._all(
-            "SELECT k.hash, k.revoked_at, a.id, a.name, k.id FROM api_keys k"
-            " JOIN accounts a ON a.id = k.account_id WHERE k.hash = ?",
-            (key_hash,),
+            "SELECT k.hash, k.revoked_at, a.id, a.name, k.id, (SELECT COUNT(*) FROM usage u"
+            " WHERE u.key_id = k.id AND u.created_at >= ? AND u.outcome = 'client_disconnected')"
+            " FROM api_keys k JOIN accounts a ON a.id = k.account_id WHERE k.hash = ?",
+            (aborts_since or "9999", key_hash),
         )
         if not rows:
             return None
-        stored, revoked, account_id, account, key_id = rows[0]
+        stored, revoked, account_id, account, key_id, aborts = rows[0]
         if revoked is not None or not hmac.compare_digest(bytes(stored), key_hash):
             return None
-        return Principal(int(account_id), str(account), str(key_id))
+        return Principal(int(account_id), str(account), str(key_id), int(aborts))
 
     # -- usage ------------------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ import openai
 import pytest
 
 from tests.e2e.conftest import UPSTREAM_KEY, Gateway, start_gateway
+from tests.e2e.test_sdk_openai import disconnect_mid_stream
 from tests.fakes.stripe import WEBHOOK_SECRET
 from tests.fakes.upstream import FakeUpstream
 
@@ -83,3 +84,26 @@ def test_no_key_secret_or_prompt_in_logs_database_or_metrics(gateway: Gateway) -
         for name, blob in (("log", logged), ("database", stored), ("metrics", metrics)):
             assert canary.encode() not in blob, f"{canary[:12]}… found in the {name}"
     assert b'"path":"/v1/chat/completions"' in logged, "one JSON access line per request"
+
+
+@pytest.fixture
+def abort_capped(tmp_path: Path, upstream: FakeUpstream) -> Iterator[Gateway]:
+    gw = start_gateway(tmp_path, upstream, limits={"free_aborts_per_hour": 2})
+    yield gw
+    gw.process.terminate()
+    gw.process.wait(10)
+
+
+def test_free_aborts_are_capped_per_key_per_hour(abort_capped: Gateway) -> None:
+    """Disconnects are never billed; past the per-key cap the key gets 429 until the hour passes."""
+    for _ in range(2):
+        rec = abort_capped.usage(disconnect_mid_stream(abort_capped, "oa-slow"))
+        assert (rec["outcome"], rec["billed"]) == ("client_disconnected", 0)
+    seen = len(abort_capped.upstream.requests)
+    with (
+        openai.OpenAI(base_url=abort_capped.base_url + "/v1", api_key=abort_capped.key, max_retries=0) as c,
+        pytest.raises(openai.RateLimitError) as info,
+    ):
+        c.chat.completions.create(model="oa-text", messages=[{"role": "user", "content": "hi"}])
+    assert int(info.value.response.headers["retry-after"]) > 0
+    assert len(abort_capped.upstream.requests) == seen
