@@ -149,6 +149,7 @@ async def run_gateway(
             await _startup_once(store, config)
         spawner = _Spawner()
         gateway = Gateway(config, store, pool, spawn=spawner)
+        spawner.end_streams = gateway.end_streams
         server = Server(gateway.handle, limits=server_limits(config), render_error=gateway.render_server_error)
         await _serve(server, config, host, port, sock, ready or _log_ready, control_fd, spawner)
         await _wait_cleanups(outside)
@@ -166,6 +167,7 @@ class _Spawner:
 
     def __init__(self) -> None:
         self.tg: asyncio.TaskGroup | None = None
+        self.end_streams: Callable[[], None] | None = None  # the gateway's, set once it exists
 
     def __call__(self, coro: Coroutine[Any, Any, Answer]) -> asyncio.Task[Answer]:
         if self.tg is None:
@@ -183,8 +185,11 @@ class StopState(enum.Enum):
 class _Stopper:
     """Turns stop requests into server shutdowns: drain first, at once on a second signal."""
 
-    def __init__(self, server: Server, drain_s: float, tg: asyncio.TaskGroup) -> None:
+    def __init__(
+        self, server: Server, drain_s: float, tg: asyncio.TaskGroup, end_streams: Callable[[], None] | None = None
+    ) -> None:
         self._server = server
+        self._end_streams = end_streams  # at the drain deadline: streams end with an in-band error
         self._drain_s = drain_s
         self._tg: asyncio.TaskGroup | None = tg  # None once serving is over: no task may start
         self._drain: asyncio.Task[None] | None = None
@@ -204,7 +209,8 @@ class _Stopper:
         self.state = StopState.DRAINING
         log.info("%s: stopped accepting; draining in-flight requests for up to %gs", why, self._drain_s)
         if self._tg is not None:
-            self._drain = self._tg.create_task(self._server.shutdown(self._drain_s))
+            shutdown = self._server.shutdown(self._drain_s, before_cancel=self._end_streams)
+            self._drain = self._tg.create_task(shutdown)
 
     def stop_now(self, why: str) -> None:
         if self.state is StopState.STOPPING:
@@ -237,7 +243,7 @@ async def _serve(
     try:
         async with asyncio.TaskGroup() as tg:
             spawner.tg = tg
-            stopper = _Stopper(server, config.timeouts.drain_s, tg)
+            stopper = _Stopper(server, config.timeouts.drain_s, tg, spawner.end_streams)
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, stopper.on_signal, sig)
             if control_fd is not None:

@@ -17,6 +17,7 @@ __all__ = [
     "ProviderUnavailable",
     "RateLimited",
     "RelayError",
+    "ShuttingDown",
     "StoreError",
     "Unauthorized",
     "UnknownModel",
@@ -161,6 +162,13 @@ class ProviderUnavailable(RelayError):
 class GatewayError(RelayError):
     status = 500
     kind = "gateway_error"
+
+
+class ShuttingDown(GatewayError):
+    """The drain deadline passed with the response still running: it is cut, never billed."""
+
+    status = 503
+    kind = "shutdown"
 
 
 class StoreError(GatewayError):

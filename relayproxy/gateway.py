@@ -126,6 +126,10 @@ class Gateway:
             ),
         )
 
+    def end_streams(self) -> None:
+        """Drain deadline: every stream still running ends now with an in-band error, unbilled."""
+        self._inference.end_streams()
+
     def render_server_error(self, status: int, message: str, req: HttpRequest | None) -> HttpResponse:
         """Errors the HTTP server detects itself (framing, limits, timeouts), in the caller's dialect."""
         protocol = protocol_for(req.path, req.headers, req.query) if req is not None else "openai"

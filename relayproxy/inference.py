@@ -33,6 +33,7 @@ from relayproxy.errors import (
     InvalidRequest,
     ProviderUnavailable,
     RelayError,
+    ShuttingDown,
     UpstreamError,
     UpstreamProtocolError,
 )
@@ -155,6 +156,7 @@ class Inference:
         spawn: Spawn | None = None,
     ) -> None:
         self._metrics = metrics
+        self._streams: set[_StreamBody] = set()  # in progress: end_streams() can cut them
         self._config = config
         self._store = store
         self._pool = pool
@@ -184,6 +186,10 @@ class Inference:
                 f"`relayproxy credits add --account {principal.account} --usd AMOUNT`."
             )
         ex.charge = Charge(p.route.model, output_limit(p), amount)
+
+    def end_streams(self) -> None:
+        for body in list(self._streams):
+            body.cut()
 
     async def count_tokens(self, ex: Exchange, ep: Endpoint) -> HttpResponse:
         """Token count from the upstream where it can count, else the local estimate (tokens.py)."""
@@ -354,6 +360,9 @@ class _StreamBody:
     ) -> None:
         self._recorder = owner._recorder
         self._metrics = owner._metrics
+        self._registry = owner._streams
+        self._task: asyncio.Task[Any] | None = None
+        self._cut = False
         self._ping_s = owner._config.timeouts.keepalive_ping_s
         self._ex = ex
         self._head = head
@@ -369,9 +378,17 @@ class _StreamBody:
         # is an error; once its body is flowing, a broken or truncated stream is "dropped".
         self._failure = Outcome.UPSTREAM_ERROR
 
+    def cut(self) -> None:
+        """End this stream now (the gateway is stopping): cancel whatever it waits on."""
+        if self._task is not None and not self._cut:
+            self._cut = True
+            self._task.cancel()
+
     async def run(self) -> AsyncIterator[bytes]:
         metrics = self._metrics
         metrics.active_streams.inc()
+        self._task = asyncio.current_task()
+        self._registry.add(self)
         first = True
         try:
             try:
@@ -386,9 +403,19 @@ class _StreamBody:
                     if isinstance(err, OverHold):
                         self.reason = err.kind
                     yield self._encoder.error(err)
+            except asyncio.CancelledError:
+                if not self._cut or self._task is None:
+                    raise
+                # Our own cancel (cut): consumed here, so the stream can still say why it ends.
+                self._task.uncancel()
+                self.outcome, self.reason = Outcome.GATEWAY_ERROR, "shutdown"
+                yield self._encoder.error(
+                    ShuttingDown("The gateway is shutting down; this stream was cut and not billed.")
+                )
             if self.delivered:
                 self.outcome, self.reason = Outcome.COMPLETED, ""
         finally:
+            self._registry.discard(self)
             metrics.active_streams.dec()
             await asyncio.shield(self._settle())
 

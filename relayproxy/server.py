@@ -39,6 +39,7 @@ __all__ = [
 ]
 
 _log = logging.getLogger("relayproxy.server")
+_CUT_GRACE_S = 1.0  # after before_cancel(): time for in-flight responses to end themselves
 
 Handler = Callable[[HttpRequest], Awaitable[HttpResponse]]
 #: Builds the response for an error the server found itself: (status, message, request or None).
@@ -163,15 +164,22 @@ class Server:
         if self._listener is not None:
             self._listener.close()
 
-    async def shutdown(self, drain_s: float) -> None:
+    async def shutdown(self, drain_s: float, *, before_cancel: Callable[[], None] | None = None) -> None:
         """Close the listener and idle connections, let in-flight requests finish for up to
-        ``drain_s`` (their responses get ``Connection: close``), then cancel the rest."""
+        ``drain_s`` (their responses get ``Connection: close``), then cancel the rest.
+
+        ``before_cancel`` runs at the deadline if requests are still in flight, so the handler can
+        end them in its own terms (the gateway sends an in-band error); they get a short grace.
+        """
         if self._state is ServerState.SERVING:
             self._state = ServerState.DRAINING
             self.close_listener()
             for conn in list(self._connections):
                 conn.close_if_idle()
             await self._wait_drained(drain_s)
+            if before_cancel is not None and self._active:
+                before_cancel()
+                await self._wait_drained(_CUT_GRACE_S)
         self._stopped.set()
         if self._state is not ServerState.NEW:
             await self._finished.wait()

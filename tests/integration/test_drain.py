@@ -11,6 +11,7 @@ import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -86,6 +87,8 @@ def test_sigterm_drains_streams_then_exits_0(tmp_path: Path, upstream: DripUpstr
             thread.join(10)
             assert not result.done
             assert drain_s - 0.3 < result.ended_at - t0 < drain_s + 2.0
+            # Cut at the deadline with an in-band error in the client's dialect, never a clean end.
+            assert b'data: {"error"' in result.data and b"shutting down" in result.data, result.data[-300:]
         assert gw.wait(10) == 0
         assert time.monotonic() - t0 < drain_s + 4
     finally:
@@ -97,6 +100,7 @@ def test_sigterm_drains_streams_then_exits_0(tmp_path: Path, upstream: DripUpstr
     assert len(rows) == 9
     assert sorted(str(r["outcome"]) for r in rows if r["model"] == FAST) == ["completed"] * 6
     assert all(r["outcome"] != "completed" and not r["billed"] for r in rows if r["model"] == ENDLESS)
+    assert {(r["outcome"], r["reason"]) for r in rows if r["model"] == ENDLESS} == {("gateway_error", "shutdown")}
     assert all(r["cost_microusd"] == 0 for r in rows if r["model"] == ENDLESS)
     assert held_microusd(gw.db) == 0
     assert upstream.wait_idle() == 0
@@ -136,7 +140,7 @@ class _FakeServer:
     def __init__(self) -> None:
         self.shutdowns: list[float] = []
 
-    async def shutdown(self, drain_s: float) -> None:
+    async def shutdown(self, drain_s: float, *, before_cancel: Any = None) -> None:
         self.shutdowns.append(drain_s)
 
 
