@@ -31,8 +31,8 @@ from typing import Any
 
 from .config import Config
 from .gateway import Gateway
-from .inference import Answer
 from .keys import display_prefix, hash_key, new_key, new_key_id
+from .plan import Answer
 from .server import Server, ServerLimits
 from .store import Store
 from .upstream import Pool
