@@ -153,6 +153,16 @@ base_url = "{upstream.base_url}/v1"
 api_key_env = "RELAYPROXY_TEST_UPSTREAM_KEY"
 passthrough = false
 
+[providers.refused]
+protocol = "anthropic"
+base_url = "http://127.0.0.1:9"
+api_key_env = "RELAYPROXY_TEST_UPSTREAM_KEY"
+
+[models."refused"]
+provider = "refused"
+input_price = 1.0
+output_price = 2.0
+
 [providers.nokey]
 protocol = "openai"
 base_url = "{upstream.base_url}/v1"

@@ -524,3 +524,43 @@ def test_moonshot_quirks_are_repaired_for_the_openai_stream_helper(gateway: Gate
     assert all(json.loads(c.function.arguments) for c in calls)
     rec = gateway.record_after(seq, "mk-moonshot")
     assert rec["outcome"] == "completed" and rec["input_tokens"] > 0
+
+
+@pytest.mark.parametrize("up", UPSTREAMS)
+def test_gemini_stream_without_alt_sse_is_a_streamed_json_array(gateway: Gateway, up: str) -> None:
+    """REST callers that omit alt=sse get one JSON array; ?key= authenticates and is never forwarded."""
+    import http.client as httplib
+
+    body = json.dumps({"contents": [{"role": "user", "parts": [{"text": "What is the weather?"}]}]})
+    conn = httplib.HTTPConnection(gateway.base_url.removeprefix("http://"), timeout=10)
+    try:
+        conn.request(
+            "POST",
+            f"/v1beta/models/{up}-text:streamGenerateContent?key={gateway.key}",
+            body,
+            {"content-type": "application/json"},
+        )
+        resp = conn.getresponse()
+        status, ctype, raw = resp.status, resp.getheader("content-type") or "", resp.read()
+    finally:
+        conn.close()
+    assert status == 200 and ctype.startswith("application/json")
+    chunks = json.loads(raw)
+    assert isinstance(chunks, list)
+    text = "".join(p.get("text", "") for c in chunks for p in c["candidates"][0]["content"]["parts"])
+    assert text == TEXT
+    assert chunks[-1]["candidates"][0]["finishReason"] == "STOP"
+    seen = gateway.upstream.requests[-1]
+    assert gateway.key not in seen.path and all(gateway.key not in v for _, v in seen.headers)
+
+
+def test_unreachable_upstream_is_502_in_the_callers_protocol(gateway: Gateway) -> None:
+    seq = gateway.last_seq()
+    with (
+        anthropic.Anthropic(base_url=gateway.base_url, api_key=gateway.key, max_retries=0) as c,
+        pytest.raises(anthropic.InternalServerError) as info,
+    ):
+        c.messages.create(model="refused", max_tokens=32, messages=_user())
+    assert info.value.status_code == 502
+    rec = gateway.record_after(seq, "refused")
+    assert (rec["outcome"], rec["billed"]) == ("upstream_error", 0)
