@@ -41,7 +41,6 @@ from relayproxy.codecs.openai_chat_stream import (
     decode_finish,
     decode_usage,
     encode_error,
-    encode_stream_error,
     encode_usage,
     fold_signature,
     minimax_error,
@@ -67,13 +66,11 @@ __all__ = [
     "encode_error",
     "encode_request",
     "encode_response",
-    "encode_stream_error",
     "prepare_passthrough",
     "response_usage",
     "stream_decoder",
     "stream_encoder",
     "stream_tap",
-    "upstream_path",
 ]
 
 CHAT_PATH = "/chat/completions"  # relative to an openai provider's base URL, which ends in /v1
@@ -90,11 +87,6 @@ class RequestInfo:
     stream: bool
     include_usage: bool  # the client itself asked for the trailing usage chunk
     max_output_tokens: int | None
-
-
-def upstream_path(model: str, stream: bool) -> str:
-    """Path appended to an openai provider's base URL (which ends in /v1)."""
-    return CHAT_PATH
 
 
 def auth_headers(api_key: str) -> list[tuple[bytes, bytes]]:

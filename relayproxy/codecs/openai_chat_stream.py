@@ -46,7 +46,6 @@ __all__ = [
     "decode_finish",
     "decode_usage",
     "encode_error",
-    "encode_stream_error",
     "encode_usage",
     "fold_signature",
     "minimax_error",
@@ -197,11 +196,6 @@ def stream_error_body(err: RelayError) -> dict[str, Any]:
     _, body = encode_error(err)
     body["error"]["type"] = "server_error" if err.status >= 500 else body["error"]["type"]
     return body
-
-
-def encode_stream_error(err: RelayError) -> bytes:
-    """An in-band error event for a stream whose headers were already sent (no [DONE] follows)."""
-    return b"data: " + orjson.dumps(stream_error_body(err)) + b"\n\n"
 
 
 # -- decoder ------------------------------------------------------------------------------------

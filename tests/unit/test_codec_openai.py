@@ -178,8 +178,9 @@ def test_stream_tap_error_and_junk() -> None:
     assert tap.error == {"message": "x", "type": "server_error"} and not tap.done
 
 
-def test_encode_stream_error_is_an_openai_error_event() -> None:
-    out = openai_chat.encode_stream_error(UpstreamTimeout("stalled"))
+def test_stream_encoder_error_is_an_openai_error_event() -> None:
+    encoder = openai_chat.stream_encoder(openai_chat.decode_request(dict(OK)), "m")
+    out = encoder.error(UpstreamTimeout("stalled"))
     assert out.startswith(b"data: {") and out.endswith(b"\n\n")
     assert orjson.loads(out[6:])["error"]["message"] == "stalled"
 
