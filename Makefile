@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONFIG ?= config.toml
 
-.PHONY: install run test test-e2e-previous-sdks test-unit test-e2e lint fmt typecheck check clean dist test-dist deploy-check bench
+.PHONY: install run test test-slow test-e2e-previous-sdks test-unit test-e2e lint fmt typecheck check clean dist test-dist deploy-check bench
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -33,6 +33,11 @@ $(PREV_STAMP): pyproject.toml
 test: $(STAMP) $(PREV_STAMP)
 	$(BIN)/pytest -q
 	$(PREV_VENV)/bin/pytest -q -p no:cacheprovider tests/e2e
+
+# The long randomized runs (hardening.md budgets: the 200 x 50 ledger state machine and the like),
+# kept out of `make test` so CI stays fast.
+test-slow: $(STAMP)
+	$(BIN)/pytest -q -m slow
 
 test-e2e-previous-sdks: $(PREV_STAMP)
 	$(PREV_VENV)/bin/pytest -q -p no:cacheprovider tests/e2e
