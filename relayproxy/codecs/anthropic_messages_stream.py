@@ -297,6 +297,8 @@ def encode_error(err: RelayError) -> tuple[int, dict[str, Any]]:
     """Any RelayError in Anthropic's shape; the SDK picks its exception class by the status."""
     upstream_type = err.upstream_type if isinstance(err, UpstreamStatusError) else None
     etype = error_type(err.status, upstream_type)
+    if etype == "overloaded_error" and not isinstance(err, UpstreamStatusError):
+        etype = "api_error"  # the gateway's own 503s (provider not configured, stopping) are not overload
     return err.status, {"type": "error", "error": {"type": etype, "message": err.message}}
 
 
