@@ -137,7 +137,8 @@ class Recorder:
             await self.finish(ex, Outcome.COMPLETED, 200, "usage_unknown" if usage is None else "no_hold", usage)
             return
         billable, flags = clamp_usage(usage, ex.charge.max_output_tokens)
-        cost = cost_microusd(billable, ex.charge.model, self._discount)
+        # Never more than the hold (settle enforces it too): record, ledger and metrics agree.
+        cost = min(cost_microusd(billable, ex.charge.model, self._discount), ex.charge.hold_microusd)
         ex.recorded = True
         rec = ex.record
         rec.outcome, rec.http_status = Outcome.COMPLETED.value, 200
