@@ -179,7 +179,7 @@ class Store:
         except sqlite3.Error as exc:
             raise StoreError(f"database read failed: {exc}") from exc
 
-    async def _one_hop(self, txn: Callable[[Any], Coroutine[Any, Any, T]]) -> T:
+    async def _one_hop(self, txn: Callable[[Any], Coroutine[Any, Any, T]], *, durable: bool = True) -> T:
         """Run a whole write transaction in ONE trip to the database thread.
 
         ``txn`` is written against aiosqlite's ``execute`` (as the ledger functions are); here it
@@ -189,13 +189,19 @@ class Store:
         """
 
         def run(conn: sqlite3.Connection) -> T:
-            conn.execute("BEGIN IMMEDIATE")
+            if not durable:
+                conn.execute("PRAGMA synchronous=NORMAL")
             try:
-                result = _drive(txn(_SyncDb(conn)))
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    result = _drive(txn(_SyncDb(conn)))
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+            finally:
+                if not durable:
+                    conn.execute("PRAGMA synchronous=FULL")
             return result
 
         async with self._lock:
@@ -302,7 +308,12 @@ class Store:
         if amount_microusd < 0:
             raise ValueError(f"hold amount must be 0 or more, got {amount_microusd}")
         now, owner = utc_now(), self._owner
-        return await self._one_hop(lambda db: ledger.hold(db, account_id, request_id, amount_microusd, owner, now))
+        # Not fsynced on its own (durable=False): other processes see a hold as soon as it commits,
+        # and after a crash every hold is released by the startup sweep anyway, so losing one
+        # costs nothing; the settlement's FULL commit then flushes it together with the charge.
+        return await self._one_hop(
+            lambda db: ledger.hold(db, account_id, request_id, amount_microusd, owner, now), durable=False
+        )
 
     async def settle(self, rec: UsageRecord, charge_microusd: int) -> int:
         """In one transaction: charge min(charge, hold), release the rest, insert the usage record.
