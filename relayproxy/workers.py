@@ -149,8 +149,8 @@ class Supervisor:
             self._restore_signals(previous)
             self._close_listener()
             for slot in self._slots:
-                if slot.proc is not None and slot.proc.stdin is not None:
-                    slot.proc.stdin.close()
+                if slot.proc is not None:
+                    _close_pipe(slot.proc)
 
     # -- workers ------------------------------------------------------------------------------
 
@@ -182,8 +182,7 @@ class Supervisor:
             if proc is None or proc.poll() is None:
                 continue
             slot.proc = None
-            if proc.stdin is not None:
-                proc.stdin.close()
+            _close_pipe(proc)
             how = f"(pid {proc.pid}) {_describe_exit(proc.returncode)}"
             if self._stops:
                 log.log(logging.INFO if proc.returncode == 0 else logging.WARNING, "worker %d %s", slot.index, how)
@@ -368,3 +367,15 @@ def _read_exactly(fd: int, size: int) -> bytes:
         chunks.append(chunk)
         size -= len(chunk)
     return b"".join(chunks)
+
+
+def _close_pipe(proc: subprocess.Popen[bytes]) -> None:
+    """Close a worker's control pipe. A worker that died before reading it leaves our buffered
+    bytes unflushable: close() would raise BrokenPipeError again (failure prevented: the
+    supervisor crashing in a worker crash loop instead of counting it)."""
+    if proc.stdin is None:
+        return
+    try:
+        proc.stdin.close()
+    except OSError:
+        pass
