@@ -116,6 +116,24 @@ class Recorder:
     async def finish(
         self, ex: Exchange, outcome: Outcome, status: int, reason: str, usage: Usage | None = None
     ) -> None:
+        """Settle a request that is not charged: its hold is released."""
+        await self._settle(ex, outcome, status, reason, usage, 0)
+
+    async def complete(self, ex: Exchange, usage: Usage | None) -> None:
+        """The response's terminal bytes reached the client's socket: charge what was used."""
+        if usage is None or ex.charge is None:
+            await self.finish(ex, Outcome.COMPLETED, 200, "usage_unknown" if usage is None else "no_hold", usage)
+            return
+        billable, flags = clamp_usage(usage, ex.charge.max_output_tokens)
+        # Never more than the hold (settle enforces it too): record, ledger and metrics agree.
+        cost = min(cost_microusd(billable, ex.charge.model, self._discount), ex.charge.hold_microusd)
+        reason = ("usage_clamped" if flags else "charged") if cost > 0 else "zero_cost"
+        await self._settle(ex, Outcome.COMPLETED, 200, reason, billable, cost)
+
+    async def _settle(
+        self, ex: Exchange, outcome: Outcome, status: int, reason: str, usage: Usage | None, cost: int
+    ) -> None:
+        """Fill the record once, then write it with the ledger settlement (shielded)."""
         if not ex.tracked or ex.recorded:
             return
         ex.recorded = True
@@ -125,27 +143,6 @@ class Recorder:
         if usage is not None:
             rec.input_tokens, rec.cached_input_tokens = usage.input_tokens, usage.cached_input_tokens
             rec.output_tokens, rec.reasoning_tokens = usage.output_tokens, usage.reasoning_tokens
-        rec.cost_microusd, rec.billed = 0, False
-        self._closed(ex)
-        await asyncio.shield(self._store.settle(rec, 0))
-
-    async def complete(self, ex: Exchange, usage: Usage | None) -> None:
-        """The response's terminal bytes reached the client's socket: charge what was used."""
-        if ex.recorded or not ex.tracked:
-            return
-        if usage is None or ex.charge is None:
-            await self.finish(ex, Outcome.COMPLETED, 200, "usage_unknown" if usage is None else "no_hold", usage)
-            return
-        billable, flags = clamp_usage(usage, ex.charge.max_output_tokens)
-        # Never more than the hold (settle enforces it too): record, ledger and metrics agree.
-        cost = min(cost_microusd(billable, ex.charge.model, self._discount), ex.charge.hold_microusd)
-        ex.recorded = True
-        rec = ex.record
-        rec.outcome, rec.http_status = Outcome.COMPLETED.value, 200
-        rec.reason = ("usage_clamped" if flags else "charged") if cost > 0 else "zero_cost"
-        rec.duration_ms = int((time.monotonic() - ex.started) * 1000)
-        rec.input_tokens, rec.cached_input_tokens = billable.input_tokens, billable.cached_input_tokens
-        rec.output_tokens, rec.reasoning_tokens = billable.output_tokens, billable.reasoning_tokens
         rec.cost_microusd, rec.billed = cost, cost > 0
         self._closed(ex)
         await asyncio.shield(self._store.settle(rec, cost))

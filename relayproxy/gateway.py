@@ -231,10 +231,7 @@ class Gateway:
             outcome, reason = Outcome.UPSTREAM_ERROR, "upstream_error"
         else:
             outcome, reason = Outcome.GATEWAY_ERROR, "gateway_error"
-        await self._recorder.finish(ex, outcome, err.status, reason)
-        if ex.release is not None:  # failed before its usage record could be written
-            ex.release()
-            ex.release = None
+        await self._recorder.finish(ex, outcome, err.status, reason)  # also frees the key's admission slot
         if not ex.tracked:
             self._log_untracked(ex, err.status)
         return self._error_response(ex.protocol, err, ex.request_id)

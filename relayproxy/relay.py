@@ -115,9 +115,5 @@ class Translate:
             if data:
                 out.append(data)
 
-    @property
-    def truncated(self) -> bool:
-        return self._framer.has_partial
-
 
 Relay = Passthrough | Translate
