@@ -716,6 +716,11 @@ def main() -> int:  # noqa: PLR0915 - a linear script
     p.add_argument("--profile", action="store_true", help="also profile the gateway with py-spy")
     p.add_argument("--profile-only", action="store_true", help="only the profile (no table)")
     p.add_argument("--profile-scenario", default="unary c=32", help="the scenario to profile (a table row name)")
+    p.add_argument(
+        "--only",
+        default="",
+        help="comma-separated row-name prefixes to run (e.g. 'unary,stream passthrough'; 'open' for the open streams)",
+    )
     p.add_argument("--no-pin", action="store_true")
     p.add_argument("--strict", action="store_true", help="exit 1 when a budget line fails")
     p.add_argument("--out", type=Path, default=RESULTS / "latest.json")
@@ -743,13 +748,17 @@ def main() -> int:  # noqa: PLR0915 - a linear script
         time.sleep(1.0)
         memory: dict[str, Any] = {"rss_idle_mb": round(rss_mb(s.gateway.pid), 1)}
         results = []
+        only = tuple(x.strip() for x in args.only.split(",") if x.strip())
         for sc in scenarios():
+            if only and not sc.name.startswith(only):
+                continue
             run_scenario(s, load, sc)
             results.append(sc.result)
         time.sleep(1.0)
         memory["rss_idle_after_load_mb"] = round(rss_mb(s.gateway.pid), 1)
-        say(f"  {args.open_streams} open streams ...")
-        memory.update(run_open_streams(s, args.open_streams))
+        if not only or "open".startswith(only):
+            say(f"  {args.open_streams} open streams ...")
+            memory.update(run_open_streams(s, args.open_streams))
         if args.profile:
             say(f"  profiling {args.profile_scenario} with py-spy ...")
             report["profile"] = run_profile(s, load, args.profile_scenario)

@@ -2,13 +2,13 @@
 
 Every inference request leaves exactly one usage record, whatever happens: errors are recorded
 before the error response is returned; responses with a body are recorded when the body has been
-handed to the client's socket, or when the client went away. Writes are shielded, because the
-server cancels a request's task when its client disconnects, possibly while cleanup is running.
+handed to the client's socket, or when the client went away. Writes are queued to the store
+synchronously (never awaited), because the server cancels a request's task when its client
+disconnects, possibly while cleanup is running: a queued write cannot be cancelled away.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
 import time
@@ -67,7 +67,7 @@ class Exchange:
 
 
 class Recorder:
-    """Settles requests: at most once per exchange, shielded from cancellation.
+    """Settles requests: at most once per exchange, queued so that cancellation cannot lose it.
 
     Settling writes the usage record and closes the credit hold in one transaction: a completed
     request with upstream-reported usage is charged (never more than its hold); anything else
@@ -117,23 +117,34 @@ class Recorder:
         self, ex: Exchange, outcome: Outcome, status: int, reason: str, usage: Usage | None = None
     ) -> None:
         """Settle a request that is not charged: its hold is released."""
-        await self._settle(ex, outcome, status, reason, usage, 0)
+        self.end(ex, outcome, status, reason, usage)
 
     async def complete(self, ex: Exchange, usage: Usage | None) -> None:
         """The response's terminal bytes reached the client's socket: charge what was used."""
+        self.charge(ex, usage)
+
+    def end(self, ex: Exchange, outcome: Outcome, status: int, reason: str, usage: Usage | None = None) -> None:
+        """``finish`` for callers that cannot wait (a server callback): the same, synchronously."""
+        self._settle(ex, outcome, status, reason, usage, 0)
+
+    def charge(self, ex: Exchange, usage: Usage | None) -> None:
+        """``complete``, synchronously."""
         if usage is None or ex.charge is None:
-            await self.finish(ex, Outcome.COMPLETED, 200, "usage_unknown" if usage is None else "no_hold", usage)
+            self.end(ex, Outcome.COMPLETED, 200, "usage_unknown" if usage is None else "no_hold", usage)
             return
         billable, flags = clamp_usage(usage, ex.charge.max_output_tokens)
         # Never more than the hold (settle enforces it too): record, ledger and metrics agree.
         cost = min(cost_microusd(billable, ex.charge.model, self._discount), ex.charge.hold_microusd)
         reason = ("usage_clamped" if flags else "charged") if cost > 0 else "zero_cost"
-        await self._settle(ex, Outcome.COMPLETED, 200, reason, billable, cost)
+        self._settle(ex, Outcome.COMPLETED, 200, reason, billable, cost)
 
-    async def _settle(
-        self, ex: Exchange, outcome: Outcome, status: int, reason: str, usage: Usage | None, cost: int
-    ) -> None:
-        """Fill the record once, then write it with the ledger settlement (shielded)."""
+    def _settle(self, ex: Exchange, outcome: Outcome, status: int, reason: str, usage: Usage | None, cost: int) -> None:
+        """Fill the record once, then queue it with the ledger settlement.
+
+        Queued, not awaited: the request (and its connection's next request) does not wait for
+        the settlement's fsync. Its place in the store's queue is taken here, so no later read
+        misses it, cancellation cannot lose it, and the store commits it before it closes.
+        """
         if not ex.tracked or ex.recorded:
             return
         ex.recorded = True
@@ -145,13 +156,24 @@ class Recorder:
             rec.output_tokens, rec.reasoning_tokens = usage.output_tokens, usage.reasoning_tokens
         rec.cost_microusd, rec.billed = cost, cost > 0
         self._closed(ex)
-        await asyncio.shield(self._store.settle(rec, cost))
+        self._store.settle_soon(rec, cost)
 
     def abandoned(self, ex: Exchange, status: int = 200) -> Callable[[], Awaitable[None]]:
         async def abandon() -> None:
-            await self.finish(ex, Outcome.CLIENT_DISCONNECTED, status, "client_disconnected")
+            self.end(ex, Outcome.CLIENT_DISCONNECTED, status, "client_disconnected")
 
         return abandon
+
+    def sent(self, ex: Exchange, usage: Usage | None) -> Callable[[bool], None]:
+        """The server's callback for a whole-bytes response: charged if it was handed over whole."""
+
+        def done(delivered: bool) -> None:
+            if delivered:
+                self.charge(ex, usage)
+            else:
+                self.end(ex, Outcome.CLIENT_DISCONNECTED, 200, "client_disconnected")
+
+        return done
 
 
 class TrackedBody:

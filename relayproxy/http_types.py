@@ -5,7 +5,7 @@ No I/O here. Header names are lower-case ``bytes`` (as h11 gives them); values a
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 __all__ = ["Body", "Headers", "HttpRequest", "HttpResponse", "header", "query_params"]
@@ -55,3 +55,6 @@ class HttpResponse:
     status: int
     headers: Headers = field(default_factory=list)
     body: Body = b""
+    #: For a whole-bytes body: called once when the server is done with the response, with True
+    #: if all of it was handed to the client's socket (False: the client went away first).
+    sent: Callable[[bool], None] | None = None

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import orjson
@@ -29,7 +29,7 @@ from relayproxy.exchange import Charge, Exchange, Recorder, TrackedBody
 from relayproxy.http_types import HttpResponse, header
 from relayproxy.metrics import GatewayMetrics
 from relayproxy.plan import Answer, Opened, Plan, chose, output_limit, parse_json, plan, unwrap
-from relayproxy.records import Outcome, Principal
+from relayproxy.records import Principal
 from relayproxy.retries import next_try, schedule
 from relayproxy.router import Endpoint, Route, resolve_model
 from relayproxy.store import Store
@@ -179,41 +179,30 @@ class Inference:
             return p, resp
 
     async def _read_json(self, resp: UpstreamResponse) -> Any:
+        return _loads(await self._read_body(resp))
+
+    async def _read_body(self, resp: UpstreamResponse) -> bytes:
         try:
-            raw = await resp.aread(MAX_UNARY_BYTES)
+            return await resp.aread(MAX_UNARY_BYTES)
         finally:
             await resp.aclose()
-        try:
-            return orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            raise UpstreamProtocolError("The upstream answered with a body that is not JSON.") from None
 
     # -- unary ----------------------------------------------------------------------------------
 
     async def _unary(self, ex: Exchange, plans: list[Plan]) -> HttpResponse:
         p, resp = await self._open_any(ex, plans, stream=False)
-        data = await self._read_json(resp)
+        raw = await self._read_body(resp)
+        data = _loads(raw)
         embedded = p.upstream.embedded_error(data)
         if embedded is not None:
             raise embedded
         usage = p.upstream.response_usage(data)
         if p.passthrough:
-            out = orjson.dumps(data)
+            out = raw  # the upstream's own bytes: it was valid JSON of the client's protocol
         else:
             out = orjson.dumps(p.client.encode_response(p.upstream.decode_response(data), p.req.model))
-        headers = [_JSON, (b"content-length", b"%d" % len(out)), ex.id_header]
-        return HttpResponse(200, headers, TrackedBody(self._deliver(ex, out, usage), self._recorder.abandoned(ex)))
-
-    async def _deliver(self, ex: Exchange, out: bytes, usage: Any) -> AsyncIterator[bytes]:
-        delivered = False
-        try:
-            yield out
-            delivered = True
-        finally:
-            if delivered:
-                await self._recorder.complete(ex, usage)
-            else:
-                await self._recorder.finish(ex, Outcome.CLIENT_DISCONNECTED, 200, "client_disconnected")
+        # Whole bytes in one write; the record is settled when the server has handed them over.
+        return HttpResponse(200, [_JSON, ex.id_header], out, sent=self._recorder.sent(ex, usage))
 
     # -- streams --------------------------------------------------------------------------------
 
@@ -239,6 +228,13 @@ class Inference:
             task.cancel()
             raise
         return unwrap(task.result()) if task.done() else task
+
+
+def _loads(raw: bytes) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise UpstreamProtocolError("The upstream answered with a body that is not JSON.") from None
 
 
 async def _captured(opening: Coroutine[Any, Any, Opened]) -> Answer:

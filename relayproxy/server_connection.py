@@ -334,7 +334,13 @@ class ClientConnection(asyncio.Protocol):
         close = close or self._server.draining
         body = response.body
         if isinstance(body, bytes):
-            self._write(self._render_whole(req, response, body, close))
+            written = False
+            try:
+                self._write(self._render_whole(req, response, body, close))
+                written = True
+            finally:
+                if response.sent is not None:
+                    response.sent(written)
             if self._write_paused:  # one response's worth of buffer, never more
                 await self._wait_writable()
             return

@@ -2,7 +2,8 @@
 
 The store knows nothing of HTTP. Every write transaction starts with ``BEGIN IMMEDIATE`` (a
 deferred transaction that later upgrades to a write lock skips SQLite's busy handler and fails
-with "database is locked" under concurrency) and is serialised per connection by a lock.
+with "database is locked" under concurrency). Each store call is one transaction, handed whole to
+the database thread and committed in a group with the others in flight (group_commit.py).
 ``sqlite3.Error`` never leaves this module: it becomes ``StoreError``. The ledger's SQL lives in
 ``ledger.py``; its rules (guarded holds, one transaction per money movement) are described there.
 
@@ -20,8 +21,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Iterable
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -32,6 +32,7 @@ import aiosqlite
 from . import ledger
 from .billing import Booking
 from .errors import StoreError
+from .group_commit import GroupCommit, SyncDb, drive
 from .records import KeyInfo, Principal, UsageRecord
 
 __all__ = ["Booking", "Store", "utc_iso", "utc_now"]
@@ -97,12 +98,17 @@ def utc_iso(moment: datetime) -> str:
 
 
 class Store:
-    """A narrow async interface over one SQLite database file."""
+    """A narrow async interface over one SQLite database file.
+
+    Every call is one transaction run through ``GroupCommit`` (group_commit.py): batched with
+    whatever else is in flight into one database-thread trip and one commit, answered only once
+    committed, and run in submission order (so a read sees every write submitted before it).
+    """
 
     def __init__(self, db: aiosqlite.Connection) -> None:
         self._db = db
-        self._lock = asyncio.Lock()  # one transaction at a time on this connection
         self._owner = ledger.Owner.current()
+        self._commits = GroupCommit(db)
 
     @classmethod
     async def open(cls, path: str | Path) -> Store:
@@ -122,7 +128,13 @@ class Store:
         return store
 
     async def close(self) -> None:
+        """Commit everything queued (settlements nobody waited for), then close."""
+        await self._commits.drain()
         await self._db.close()
+
+    async def flush(self) -> None:
+        """Wait until every operation submitted so far has been committed."""
+        await self._commits.drain()
 
     async def ping(self) -> bool:
         """True when the database answers a trivial query."""
@@ -152,66 +164,18 @@ class Store:
                     raise
             version = await self._user_version()
 
-    @asynccontextmanager
-    async def _write(self) -> AsyncIterator[aiosqlite.Connection]:
-        """One short write transaction; never held across a network await."""
-        async with self._transaction("BEGIN IMMEDIATE", "write") as db:
-            yield db
+    async def _write(self, txn: Callable[[aiosqlite.Connection], Coroutine[Any, Any, T]], *, durable: bool = True) -> T:
+        """Run ``txn`` (written against aiosqlite's ``execute``, as the ledger is) as one write
+        transaction on the database thread, committed with its batch; durable = fsynced (FULL)."""
+        return await self._commits.run(lambda conn: drive(txn(SyncDb(conn))), durable=durable)  # type: ignore[arg-type]
 
-    @asynccontextmanager
-    async def _transaction(self, begin: str, what: str) -> AsyncIterator[aiosqlite.Connection]:
-        async with self._lock:
-            try:
-                await self._db.execute(begin)
-                try:
-                    yield self._db
-                except BaseException:
-                    await self._db.execute("ROLLBACK")
-                    raise
-                await self._db.execute("COMMIT")
-            except sqlite3.Error as exc:
-                raise StoreError(f"database {what} failed: {exc}") from exc
+    async def _read(self, txn: Callable[[aiosqlite.Connection], Coroutine[Any, Any, T]]) -> T:
+        """Run ``txn`` as one read transaction (one consistent snapshot)."""
+        return await self._commits.run(lambda conn: drive(txn(SyncDb(conn))), durable=False, write=False)  # type: ignore[arg-type]
 
     async def _all(self, sql: str, args: Iterable[Any] = ()) -> list[Any]:
-        try:
-            async with self._lock:
-                return list(await self._db.execute_fetchall(sql, tuple(args)))  # one thread hop
-        except sqlite3.Error as exc:
-            raise StoreError(f"database read failed: {exc}") from exc
-
-    async def _one_hop(self, txn: Callable[[Any], Coroutine[Any, Any, T]], *, durable: bool = True) -> T:
-        """Run a whole write transaction in ONE trip to the database thread.
-
-        ``txn`` is written against aiosqlite's ``execute`` (as the ledger functions are); here it
-        gets a synchronous stand-in whose awaits complete at once, so the coroutine is driven to
-        its end on the database thread. Failure prevented: ~25 thread round trips (and event-loop
-        wake-ups) per request, which made the store most of the gateway's CPU time.
-        """
-
-        def run(conn: sqlite3.Connection) -> T:
-            if not durable:
-                conn.execute("PRAGMA synchronous=NORMAL")
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    result = _drive(txn(_SyncDb(conn)))
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
-                conn.execute("COMMIT")
-            finally:
-                if not durable:
-                    conn.execute("PRAGMA synchronous=FULL")
-            return result
-
-        async with self._lock:
-            try:
-                # aiosqlite's own queue to the thread that owns the connection (a private method, so
-                # tests/integration/test_ledger.py exercises this path under every race it tests).
-                result: T = await self._db._execute(run, self._db._conn)  # type: ignore[no-untyped-call]
-            except sqlite3.Error as exc:
-                raise StoreError(f"database write failed: {exc}") from exc
-            return result
+        params = tuple(args)
+        return await self._commits.run(lambda conn: conn.execute(sql, params).fetchall(), durable=False, write=False)
 
     # -- accounts and keys ----------------------------------------------------------------------
 
@@ -221,17 +185,19 @@ class Store:
 
     async def ensure_account(self, name: str) -> int:
         """The id of account ``name``, created if missing."""
-        async with self._write() as db:
-            return await _ensure_account(db, name)
+        return await self._write(lambda db: _ensure_account(db, name))
 
     async def add_key(self, account: str, key_id: str, prefix: str, key_hash: bytes, label: str) -> KeyInfo:
-        account_id = await self.ensure_account(account)
         created = utc_now()
-        async with self._write() as db:
+
+        async def txn(db: aiosqlite.Connection) -> None:
+            account_id = await _ensure_account(db, account)
             await db.execute(
                 "INSERT INTO api_keys(id, account_id, prefix, hash, label, created_at) VALUES (?,?,?,?,?,?)",
                 (key_id, account_id, prefix, key_hash, label, created),
             )
+
+        await self._write(txn)
         return KeyInfo(key_id, prefix, label, account, created, None)
 
     async def list_keys(self, account: str | None = None) -> list[KeyInfo]:
@@ -248,11 +214,14 @@ class Store:
 
     async def revoke_key(self, key_id: str) -> bool:
         """Revoke a key; False when no active key has that id."""
-        async with self._write() as db:
+
+        async def txn(db: aiosqlite.Connection) -> bool:
             cur = await db.execute(
                 "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (utc_now(), key_id)
             )
-            return cur.rowcount == 1
+            return bool(cur.rowcount == 1)
+
+        return await self._write(txn)
 
     async def authenticate(self, key_hash: bytes, aborts_since: str | None = None) -> Principal | None:
         """The principal for an active key with this hash, or None (unknown and revoked alike).
@@ -276,8 +245,7 @@ class Store:
     # -- usage ------------------------------------------------------------------------------------
 
     async def record_usage(self, rec: UsageRecord) -> None:
-        async with self._write() as db:
-            await _insert_usage(db, rec)
+        await self._write(lambda db: _insert_usage(db, rec))
 
     async def list_usage(self, account: str | None = None, limit: int = 50) -> list[UsageRecord]:
         cols = ",".join(_USAGE_FIELDS)
@@ -311,8 +279,21 @@ class Store:
         # Not fsynced on its own (durable=False): other processes see a hold as soon as it commits,
         # and after a crash every hold is released by the startup sweep anyway, so losing one
         # costs nothing; the settlement's FULL commit then flushes it together with the charge.
-        return await self._one_hop(
+        return await self._write(
             lambda db: ledger.hold(db, account_id, request_id, amount_microusd, owner, now), durable=False
+        )
+
+    def settle_soon(self, rec: UsageRecord, charge_microusd: int) -> asyncio.Future[int]:
+        """``settle``, queued without waiting: the request that ends need not wait for the fsync.
+
+        Its place in the queue is taken now, so any later read sees it; ``close`` commits it
+        before the database closes. A crash before its commit leaves the hold open, and the
+        startup sweep releases it: a request is then never charged, never charged twice.
+        """
+        now = utc_now()
+        return self._commits.post(
+            lambda conn: drive(_settle_txn(SyncDb(conn), rec, charge_microusd, now)),  # type: ignore[arg-type]
+            durable=True,
         )
 
     async def settle(self, rec: UsageRecord, charge_microusd: int) -> int:
@@ -324,35 +305,31 @@ class Store:
         ``billed`` follows it (and ``reason`` becomes ``no_hold`` if there was no hold at all).
         """
         now = utc_now()
-
-        async def txn(db: aiosqlite.Connection) -> int:
-            async with db.execute("SELECT cost_microusd FROM usage WHERE request_id = ?", (rec.request_id,)) as cur:
-                done = await cur.fetchone()
-            if done is not None:  # a replay; a hold left open by a bare record_usage is freed, never billed
-                await ledger.release(db, rec.request_id, now)
-                return int(done[0])
-            charged = await ledger.settle_hold(db, rec.request_id, charge_microusd, now)
-            await _insert_usage(db, _as_charged(rec, charge_microusd, charged))
-            return charged or 0
-
-        return await self._one_hop(txn)
+        return await self._write(lambda db: _settle_txn(db, rec, charge_microusd, now))
 
     async def release(self, request_id: str) -> int:
         """Release a request's open hold in full without recording usage; returns the amount."""
-        async with self._write() as db:
-            return await ledger.release(db, request_id, utc_now()) or 0
+        now = utc_now()
+
+        async def txn(db: aiosqlite.Connection) -> int:
+            return await ledger.release(db, request_id, now) or 0
+
+        return await self._write(txn)
 
     async def release_orphan_holds(self, stale_after_s: float | None = None) -> int:
         """Startup sweep: release (never bill) holds whose owner process or store is gone, and
         with ``stale_after_s`` any hold older than that. Returns how many were released."""
         stale = utc_iso(datetime.now(UTC) - timedelta(seconds=stale_after_s)) if stale_after_s is not None else None
-        async with self._transaction("BEGIN", "read") as db:
-            orphans = await ledger.orphan_holds(db, self._owner, stale)
-        released = 0
-        for request_id in orphans:  # one short transaction each; a concurrent sweep makes it a no-op
-            async with self._write() as db:
-                released += await ledger.release(db, request_id, utc_now()) is not None
-        return released
+        orphans = await self._read(lambda db: ledger.orphan_holds(db, self._owner, stale))
+        now = utc_now()
+
+        async def txn(db: aiosqlite.Connection) -> int:
+            released = 0
+            for request_id in orphans:  # a concurrent sweep already released some: no-ops then
+                released += await ledger.release(db, request_id, now) is not None
+            return released
+
+        return await self._write(txn) if orphans else 0
 
     # -- credit: operator and Stripe bookings ---------------------------------------------------
 
@@ -360,9 +337,13 @@ class Store:
         """Operator credit for ``account`` (created if missing); returns the new balance."""
         if amount_microusd <= 0:
             raise ValueError(f"a grant must be positive, got {amount_microusd} micro-USD")
-        async with self._write() as db:
+        now = utc_now()
+
+        async def txn(db: aiosqlite.Connection) -> int:
             account_id = await _ensure_account(db, account)
-            return await ledger.grant(db, account_id, amount_microusd, note, utc_now())
+            return await ledger.grant(db, account_id, amount_microusd, note, now)
+
+        return await self._write(txn)
 
     async def balance(self, account: str) -> tuple[int, int] | None:
         """(balance_microusd, held_microusd) of ``account``, or None when it does not exist."""
@@ -382,8 +363,9 @@ class Store:
         """Book a paid top-up exactly once per Stripe event and once per payment (one transaction)."""
         if amount_microusd < 0:
             raise ValueError(f"a top-up must be 0 or more, got {amount_microusd}")
-        async with self._write() as db:
-            return await ledger.credit_topup(
+        now = utc_now()
+        return await self._write(
+            lambda db: ledger.credit_topup(
                 db,
                 account_id,
                 amount_microusd,
@@ -391,22 +373,35 @@ class Store:
                 event_type=event_type,
                 payment_key=payment_key,
                 payment_ref=payment_ref,
-                now=utc_now(),
+                now=now,
             )
+        )
 
     async def book_refund(
         self, payment_ref: str, refunded_total_microusd: int, *, event_id: str, event_type: str
     ) -> Booking:
         """Book a refund of a credited payment as a negative entry (up to the refunded total)."""
-        async with self._write() as db:
-            return await ledger.book_refund(
-                db, payment_ref, refunded_total_microusd, event_id=event_id, event_type=event_type, now=utc_now()
+        now = utc_now()
+        return await self._write(
+            lambda db: ledger.book_refund(
+                db, payment_ref, refunded_total_microusd, event_id=event_id, event_type=event_type, now=now
             )
+        )
 
     async def ledger_check(self) -> list[str]:
         """The invariant, on one consistent snapshot: [] when the ledger and balances agree."""
-        async with self._transaction("BEGIN", "read") as db:
-            return await ledger.check(db)
+        return await self._read(ledger.check)
+
+
+async def _settle_txn(db: aiosqlite.Connection, rec: UsageRecord, charge: int, now: str) -> int:
+    async with db.execute("SELECT cost_microusd FROM usage WHERE request_id = ?", (rec.request_id,)) as cur:
+        done = await cur.fetchone()
+    if done is not None:  # a replay; a hold left open by a bare record_usage is freed, never billed
+        await ledger.release(db, rec.request_id, now)
+        return int(done[0])
+    charged = await ledger.settle_hold(db, rec.request_id, charge, now)
+    await _insert_usage(db, _as_charged(rec, charge, charged))
+    return charged or 0
 
 
 async def _ensure_account(db: aiosqlite.Connection, name: str) -> int:
@@ -438,62 +433,3 @@ def _usage_row(row: Any) -> UsageRecord:
     rec.stream = bool(rec.stream)
     rec.billed = bool(rec.billed)
     return rec
-
-
-class _SyncCursor:
-    """The part of aiosqlite's Cursor the ledger code uses, over a sqlite3 cursor."""
-
-    def __init__(self, cur: sqlite3.Cursor) -> None:
-        self._cur = cur
-        self.rowcount = cur.rowcount
-        self.lastrowid = cur.lastrowid
-
-    async def fetchone(self) -> Any:
-        return self._cur.fetchone()
-
-    async def fetchall(self) -> list[Any]:
-        return self._cur.fetchall()
-
-    async def __aenter__(self) -> _SyncCursor:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self._cur.close()
-
-
-class _SyncCall:
-    """``db.execute(...)``: both awaitable and an async context manager, completing at once."""
-
-    def __init__(self, cur: _SyncCursor) -> None:
-        self._cur = cur
-
-    def __await__(self) -> Generator[Any, None, _SyncCursor]:
-        yield from ()  # a generator that never suspends
-        return self._cur
-
-    async def __aenter__(self) -> _SyncCursor:
-        return self._cur
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self._cur.__aexit__()
-
-
-class _SyncDb:
-    """aiosqlite's ``execute`` over the plain connection, for code on the database thread."""
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self._conn = conn
-
-    def execute(self, sql: str, args: Iterable[Any] = ()) -> _SyncCall:
-        return _SyncCall(_SyncCursor(self._conn.execute(sql, tuple(args))))
-
-
-def _drive(coro: Coroutine[Any, Any, T]) -> T:
-    """Run a coroutine that never suspends to its end, synchronously."""
-    try:
-        coro.send(None)
-    except StopIteration as done:
-        result: T = done.value
-        return result
-    coro.close()
-    raise RuntimeError("a one-hop store transaction tried to wait on the event loop")

@@ -1,0 +1,236 @@
+"""Group commit: the store's transactions, batched into one database-thread trip and one commit.
+
+Theory of operation. SQLite allows one writer, and aiosqlite runs every call on one thread that
+owns the connection; each trip there costs a thread wake-up and an event-loop wake-up, and each
+``synchronous=FULL`` commit an fsync. So the store never talks to the thread per statement: it
+hands whole transactions (``Op``: a function of the plain ``sqlite3.Connection``) to
+``GroupCommit.run``, which queues them. One flusher task takes everything queued so far and runs
+it as ONE batch on the thread:
+
+    BEGIN IMMEDIATE                    (plain BEGIN when every op only reads)
+      SAVEPOINT op; op 1; RELEASE op   (an op that raises is rolled back alone: ROLLBACK TO op)
+      SAVEPOINT op; op 2; RELEASE op
+      ...
+    COMMIT                             (synchronous=FULL when any op is durable, NORMAL otherwise)
+
+and only after the COMMIT returns does any op's future get its result: nothing is acknowledged
+before it is durable (a batch whose commit fails fails every op in it, and none of them happened).
+While a batch runs, new ops queue for the next one, so under load the trips, wake-ups and fsyncs
+are shared by every request in flight; a lone op still goes at once (no waiting to fill a batch).
+
+Ops run in the order they were submitted, so a caller reads its own writes: a read submitted after
+a write (even one nobody awaited) sees it. Ops must be short and must not wait on the event loop:
+they are ordinary functions, or ledger coroutines driven to their end by ``drive`` over ``SyncDb``
+(aiosqlite's ``execute`` shape over the plain connection).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from collections.abc import Callable, Coroutine, Generator, Iterable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import aiosqlite
+
+from .errors import StoreError
+
+__all__ = ["GroupCommit", "Op", "SyncDb", "drive"]
+
+T = TypeVar("T")
+log = logging.getLogger("relayproxy.store")
+
+#: One transaction's work, run on the database thread inside the batch's transaction.
+Op = Callable[[sqlite3.Connection], T]
+
+
+@dataclass(slots=True)
+class _Queued(Generic[T]):
+    fn: Op[T]
+    durable: bool  # commit with synchronous=FULL
+    write: bool  # needs the write lock (BEGIN IMMEDIATE)
+    what: str  # for error messages: "write", "read"
+    future: asyncio.Future[T]
+
+
+class GroupCommit:
+    """Runs ops in batches on aiosqlite's database thread; see the module docstring."""
+
+    def __init__(self, db: aiosqlite.Connection) -> None:
+        self._db = db
+        self._queue: list[_Queued[Any]] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self.batches = 0  # batches committed (or failed): for tests and metrics
+        self.ops = 0
+
+    def submit(self, fn: Op[T], *, durable: bool, write: bool = True) -> asyncio.Future[T]:
+        """Queue ``fn`` for the next batch; the future settles once its batch has committed."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._queue.append(_Queued(fn, durable, write, "write" if write else "read", future))
+        if self._flusher is None:
+            self._flusher = loop.create_task(self._flush())
+        return future
+
+    async def run(self, fn: Op[T], *, durable: bool, write: bool = True) -> T:
+        """Submit ``fn`` and wait for its result (StoreError when the database failed)."""
+        return await self.submit(fn, durable=durable, write=write)
+
+    def post(self, fn: Op[T], *, durable: bool) -> asyncio.Future[T]:
+        """Submit a write nobody waits for (it runs all the same); a failure is logged."""
+        future = self.submit(fn, durable=durable)
+        future.add_done_callback(_log_failure)
+        return future
+
+    async def drain(self) -> None:
+        """Wait until everything queued so far has been committed (or has failed)."""
+        while self._flusher is not None:
+            await asyncio.shield(self._flusher)
+
+    async def _flush(self) -> None:
+        try:
+            while self._queue:
+                batch, self._queue = self._queue, []
+                # Shielded: once on the thread the batch runs to its end, and its futures must
+                # learn how it went even if this task is cancelled (the loop shutting down).
+                trip = self._db._execute(_run_batch, self._db._conn, batch)  # type: ignore[no-untyped-call]
+                try:
+                    results = await asyncio.shield(trip)
+                except sqlite3.Error as exc:
+                    results = [StoreError(f"database {q.what} failed: {exc}") for q in batch]
+                self.batches += 1
+                self.ops += len(batch)
+                for queued, result in zip(batch, results, strict=True):
+                    _settle(queued.future, result)
+        finally:
+            self._flusher = None
+
+
+def _settle(future: asyncio.Future[Any], result: Any) -> None:
+    if future.cancelled():  # its caller went away; the op ran (or failed) all the same
+        if isinstance(result, BaseException):
+            log.error("store operation failed after its caller left: %s", result)
+        return
+    if isinstance(result, BaseException):
+        future.set_exception(result)
+    else:
+        future.set_result(result)
+
+
+def _log_failure(future: asyncio.Future[Any]) -> None:
+    exc = None if future.cancelled() else future.exception()
+    if exc is not None:
+        log.error("store operation failed: %s", exc)
+
+
+def _run_batch(conn: sqlite3.Connection, batch: list[_Queued[Any]]) -> list[Any]:
+    """On the database thread: every op of the batch in one transaction, each in its own savepoint.
+
+    Returns one result per op: its value, or the exception it raised (sqlite3 errors as StoreError).
+    A failing COMMIT raises sqlite3.Error for the whole batch.
+    """
+    durable = any(q.durable for q in batch)
+    write = any(q.write for q in batch)
+    alone = len(batch) == 1
+    results: list[Any] = []
+    if not durable:
+        conn.execute("PRAGMA synchronous=NORMAL")
+    try:
+        conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+        try:
+            for q in batch:
+                if not alone:
+                    conn.execute("SAVEPOINT op")
+                try:
+                    results.append(q.fn(conn))
+                except Exception as exc:  # noqa: BLE001 - handed to that op's caller
+                    if alone:
+                        conn.execute("ROLLBACK")
+                        return [_as_store_error(exc, q.what)]
+                    conn.execute("ROLLBACK TO op")
+                    results.append(_as_store_error(exc, q.what))
+                if not alone:
+                    conn.execute("RELEASE op")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+    except sqlite3.Error:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    finally:
+        if not durable:
+            conn.execute("PRAGMA synchronous=FULL")
+    return results
+
+
+def _as_store_error(exc: Exception, what: str) -> Exception:
+    if isinstance(exc, sqlite3.Error):
+        return StoreError(f"database {what} failed: {exc}")
+    return exc
+
+
+# -- aiosqlite's execute shape over the plain connection, for ledger coroutines ---------------------
+
+
+class _SyncCursor:
+    """The part of aiosqlite's Cursor the ledger code uses, over a sqlite3 cursor."""
+
+    def __init__(self, cur: sqlite3.Cursor) -> None:
+        self._cur = cur
+        self.rowcount = cur.rowcount
+        self.lastrowid = cur.lastrowid
+
+    async def fetchone(self) -> Any:
+        return self._cur.fetchone()
+
+    async def fetchall(self) -> list[Any]:
+        return self._cur.fetchall()
+
+    async def __aenter__(self) -> _SyncCursor:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._cur.close()
+
+
+class _SyncCall:
+    """``db.execute(...)``: both awaitable and an async context manager, completing at once."""
+
+    def __init__(self, cur: _SyncCursor) -> None:
+        self._cur = cur
+
+    def __await__(self) -> Generator[Any, None, _SyncCursor]:
+        yield from ()  # a generator that never suspends
+        return self._cur
+
+    async def __aenter__(self) -> _SyncCursor:
+        return self._cur
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._cur.__aexit__()
+
+
+class SyncDb:
+    """aiosqlite's ``execute`` over the plain connection, for code on the database thread."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def execute(self, sql: str, args: Iterable[Any] = ()) -> _SyncCall:
+        return _SyncCall(_SyncCursor(self._conn.execute(sql, tuple(args))))
+
+
+def drive(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine that never suspends to its end, synchronously."""
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        result: T = done.value
+        return result
+    coro.close()
+    raise RuntimeError("a store transaction tried to wait on the event loop")

@@ -1,0 +1,153 @@
+"""Group commit (relayproxy/group_commit.py): batching, isolation of failures, order, durability."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import aiosqlite
+import pytest
+
+from relayproxy.errors import StoreError
+from relayproxy.group_commit import GroupCommit
+from relayproxy.records import UsageRecord
+from relayproxy.store import Store
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+async def db(tmp_path: Path) -> AsyncIterator[aiosqlite.Connection]:
+    conn = await aiosqlite.connect(str(tmp_path / "gc.db"), isolation_level=None)
+    for pragma in ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON"):
+        await conn.execute(f"PRAGMA {pragma}")
+    await conn.executescript(
+        "CREATE TABLE parent (id INTEGER PRIMARY KEY);"
+        "CREATE TABLE t (v INTEGER NOT NULL UNIQUE,"
+        " p INTEGER REFERENCES parent(id) DEFERRABLE INITIALLY DEFERRED);"
+    )
+    yield conn
+    await conn.close()
+
+
+def insert(v: int, p: int | None = None) -> Callable[[sqlite3.Connection], int]:
+    def op(conn: sqlite3.Connection) -> int:
+        conn.execute("INSERT INTO t(v, p) VALUES (?, ?)", (v, p))
+        return v
+
+    return op
+
+
+def values(conn: sqlite3.Connection) -> list[int]:
+    return [int(r[0]) for r in conn.execute("SELECT v FROM t ORDER BY v")]
+
+
+async def test_ops_in_flight_share_one_batch_and_all_commit(db: aiosqlite.Connection) -> None:
+    gc = GroupCommit(db)
+    results = await asyncio.gather(*(gc.run(insert(i), durable=True) for i in range(50)))
+    assert results == list(range(50))
+    assert gc.ops == 50
+    assert gc.batches < 50  # the first goes alone, the rest queue behind it: at most a few trips
+    assert await gc.run(values, durable=False, write=False) == list(range(50))
+
+
+async def test_a_failing_op_is_rolled_back_alone(db: aiosqlite.Connection) -> None:
+    gc = GroupCommit(db)
+
+    def half_then_fail(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO t(v) VALUES (100)")
+        raise ValueError("boom")
+
+    futures: list[asyncio.Future[int | None]] = [
+        gc.submit(insert(1), durable=True),
+        gc.submit(half_then_fail, durable=True),
+        gc.submit(insert(1), durable=True),  # UNIQUE violation: a sqlite3 error becomes StoreError
+        gc.submit(insert(2), durable=True),
+    ]
+    outcomes = await asyncio.gather(*futures, return_exceptions=True)
+    assert outcomes[0] == 1 and outcomes[3] == 2
+    assert isinstance(outcomes[1], ValueError)
+    assert isinstance(outcomes[2], StoreError)
+    assert gc.batches == 1
+    assert await gc.run(values, durable=False, write=False) == [1, 2]  # 100 was rolled back
+
+
+async def test_a_lone_failing_op_leaves_nothing_behind(db: aiosqlite.Connection) -> None:
+    gc = GroupCommit(db)
+
+    def fail(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO t(v) VALUES (7)")
+        raise ValueError("boom")
+
+    with pytest.raises(ValueError):
+        await gc.run(fail, durable=True)
+    assert await gc.run(values, durable=False, write=False) == []
+    assert not db.in_transaction
+
+
+async def test_a_failed_commit_fails_every_op_of_its_batch_and_keeps_none(db: aiosqlite.Connection) -> None:
+    """Nothing is acknowledged before its commit: a deferred constraint fails the COMMIT itself."""
+    gc = GroupCommit(db)
+    futures = [gc.submit(insert(1), durable=True), gc.submit(insert(2, p=999), durable=True)]
+    outcomes = await asyncio.gather(*futures, return_exceptions=True)
+    assert all(isinstance(o, StoreError) for o in outcomes), outcomes
+    assert "FOREIGN KEY" in str(outcomes[0])
+    assert await gc.run(values, durable=False, write=False) == []
+    assert await gc.run(insert(3), durable=True) == 3  # the queue goes on
+
+
+async def test_reads_see_every_write_submitted_before_them(db: aiosqlite.Connection) -> None:
+    gc = GroupCommit(db)
+    gc.post(insert(5), durable=True)  # nobody waits for it
+    assert await gc.run(values, durable=False, write=False) == [5]
+
+
+async def test_a_batch_is_fsynced_when_any_op_in_it_is_durable(db: aiosqlite.Connection) -> None:
+    gc = GroupCommit(db)
+
+    def level(conn: sqlite3.Connection) -> int:
+        return int(conn.execute("PRAGMA synchronous").fetchone()[0])
+
+    assert await gc.run(level, durable=False) == 1  # NORMAL: a hold, say
+    mixed = [gc.submit(level, durable=False), gc.submit(level, durable=True)]
+    assert await asyncio.gather(*mixed) == [2, 2]  # FULL for the whole batch
+    assert (await (await db.execute("PRAGMA synchronous")).fetchone()) == (2,)  # restored
+
+
+async def test_a_cancelled_caller_does_not_cancel_its_op(db: aiosqlite.Connection) -> None:
+    gc = GroupCommit(db)
+    first = gc.submit(insert(1), durable=True)
+    second = gc.submit(insert(2), durable=True)
+    second.cancel()
+    await first
+    await gc.drain()
+    assert await gc.run(values, durable=False, write=False) == [1, 2]
+
+
+async def test_store_close_commits_settlements_nobody_waited_for(tmp_path: Path) -> None:
+    path = tmp_path / "relay.db"
+    store = await Store.open(path)
+    account_id = await store.ensure_account("a")
+    await store.grant("a", 1_000_000)
+    ids = [f"req_{i}" for i in range(20)]
+    assert all(await asyncio.gather(*(store.hold(account_id, rid, 1_000) for rid in ids)))
+    for rid in ids:
+        rec = UsageRecord(rid, "2026-11-24T00:00:00.000Z", account="a", outcome="completed", http_status=200)
+        rec.cost_microusd, rec.billed, rec.reason = 400, True, "charged"
+        store.settle_soon(rec, 400)
+    await store.close()
+
+    again = await Store.open(path)
+    try:
+        assert await again.balance("a") == (1_000_000 - 20 * 400, 0)
+        assert [r.cost_microusd for r in await again.list_usage("a", limit=100)] == [400] * 20
+        assert await again.ledger_check() == []
+    finally:
+        await again.close()
