@@ -10,7 +10,8 @@ disconnects, possibly while cleanup is running: a queued write cannot be cancell
 from __future__ import annotations
 
 import logging
-import secrets
+import os
+import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -31,8 +32,15 @@ __all__ = ["Charge", "Exchange", "Recorder", "TrackedBody", "access", "new_reque
 access = logging.getLogger("relayproxy.access")
 
 
+# Request ids need to be unique, not secret: a PRNG seeded from the OS (96 random bits per id) costs
+# a fraction of a getrandom() system call per request. Reseeded in every forked child, so workers
+# forked from one parent never share a sequence.
+_ids = random.Random(os.urandom(32))
+os.register_at_fork(after_in_child=lambda: _ids.seed(os.urandom(32)))
+
+
 def new_request_id() -> str:
-    return "req_" + secrets.token_hex(12)
+    return f"req_{_ids.getrandbits(96):024x}"
 
 
 @dataclass(slots=True, frozen=True)

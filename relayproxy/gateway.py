@@ -35,7 +35,7 @@ from relayproxy.errors import (
 )
 from relayproxy.exchange import Exchange, Recorder, access, new_request_id
 from relayproxy.http_types import HttpRequest, HttpResponse, header, query_params
-from relayproxy.inference import Inference, Spawn
+from relayproxy.inference import Inference, Spawn, insufficient
 from relayproxy.keys import hash_key, looks_like_key
 from relayproxy.limits import Denied, KeyLimiter
 from relayproxy.metrics import CONTENT_TYPE, GatewayMetrics
@@ -142,26 +142,43 @@ class Gateway:
     # -- endpoints ------------------------------------------------------------------------------
 
     async def _infer(self, ex: Exchange, ep: Endpoint) -> HttpResponse:
+        """Key, abort cap, admission, then the request: the key lookup and the credit hold share
+        one database trip (``Store.admit``), so the request is planned first (no I/O) to know
+        what to hold, but a planning error is answered only once the key is known to be good."""
         ex.tracked = True
         ex.record.client_protocol = ep.protocol
+        key_hash = self._key_hash(ex)
+        planning_error: RelayError | None = None
+        try:
+            plans = self._inference.prepare(ex, ep)
+            amount: int | None = self._inference.hold_amount(plans)
+        except RelayError as err:
+            planning_error, amount = err, None
         cap = self._config.limits.free_aborts_per_hour
-        since = utc_iso(datetime.now(UTC) - timedelta(hours=1)) if cap > 0 else None
-        principal = await self._authenticate(ex, aborts_since=since)
+        since = utc_iso(datetime.now(UTC) - timedelta(hours=1))
+        admission = await self._store.admit(key_hash, ex.request_id, amount, aborts_since=since, abort_cap=cap)
+        principal = self._authenticated(ex, admission.principal)
+        # From here on every way out settles the request, which releases a hold taken above.
         if cap > 0 and principal.recent_aborts >= cap:
             raise RateLimited(
                 f"This key aborted {cap} or more streams in the last hour (aborted streams are not billed); "
                 "wait before sending more requests.",
                 retry_after_s=300,
             )
-        admission = self._limiter.try_acquire(principal.key_id, time.monotonic())
-        if isinstance(admission, Denied):
-            what = "concurrent requests" if admission.reason == "concurrency" else "requests per minute"
+        admitted = self._limiter.try_acquire(principal.key_id, time.monotonic())
+        if isinstance(admitted, Denied):
+            what = "concurrent requests" if admitted.reason == "concurrency" else "requests per minute"
             raise RateLimited(
-                f"Too many {what} for this key; retry after {admission.retry_after_s} s.",
-                retry_after_s=admission.retry_after_s,
+                f"Too many {what} for this key; retry after {admitted.retry_after_s} s.",
+                retry_after_s=admitted.retry_after_s,
             )
-        ex.release = partial(self._limiter.release, admission)
-        return await self._inference.run(ex, ep, principal)
+        ex.release = partial(self._limiter.release, admitted)
+        if planning_error is not None:
+            raise planning_error
+        assert amount is not None
+        if not admission.held:
+            raise insufficient(amount, principal.account)
+        return await self._inference.run(ex, plans, principal, held=amount)
 
     async def _count_tokens(self, ex: Exchange, ep: Endpoint) -> HttpResponse:
         await self._authenticate(ex)
@@ -213,10 +230,18 @@ class Gateway:
 
     # -- auth -----------------------------------------------------------------------------------
 
-    async def _authenticate(self, ex: Exchange, *, aborts_since: str | None = None) -> Principal:
+    async def _authenticate(self, ex: Exchange) -> Principal:
+        key_hash = self._key_hash(ex)
+        return self._authenticated(ex, await self._store.authenticate(key_hash))
+
+    def _key_hash(self, ex: Exchange) -> bytes:
+        """The hash of the caller's key (401 when there is none, or it cannot be one of ours)."""
         key = _caller_key(ex.req, ex.protocol)
-        valid = key is not None and looks_like_key(key)
-        principal = await self._store.authenticate(hash_key(key), aborts_since) if key and valid else None
+        if key is None or not looks_like_key(key):
+            raise Unauthorized()
+        return hash_key(key)
+
+    def _authenticated(self, ex: Exchange, principal: Principal | None) -> Principal:
         if principal is None:
             raise Unauthorized()
         ex.record.account, ex.record.key_id = principal.account, principal.key_id

@@ -37,7 +37,7 @@ from relayproxy.streaming import StreamBody
 from relayproxy.tokens import estimate_input_tokens
 from relayproxy.upstream import Pool, UpstreamResponse
 
-__all__ = ["Inference", "Spawn"]
+__all__ = ["Inference", "Spawn", "insufficient"]
 
 log = logging.getLogger("relayproxy.inference")
 
@@ -75,29 +75,30 @@ class Inference:
         self._recorder = recorder
         self._spawn = spawn
 
-    async def run(self, ex: Exchange, ep: Endpoint, principal: Principal) -> HttpResponse:
-        plans = plan(self._config, ex, ep, parse_json(ex.req.body))
-        await self._hold(ex, plans, principal)
-        if plans[0].req.stream:
-            return await self._stream(ex, plans)
-        return await self._unary(ex, plans)
+    def prepare(self, ex: Exchange, ep: Endpoint) -> list[Plan]:
+        """Decode, route and plan the request (no I/O; raises RelayErrors for bad requests)."""
+        return plan(self._config, ex, ep, parse_json(ex.req.body))
 
-    async def _hold(self, ex: Exchange, plans: list[Plan], principal: Principal) -> None:
-        """Reserve the request's maximum cost before any upstream call (402 when not covered):
-        the dearest of the models that may serve it (the requested one or a fallback)."""
+    def hold_amount(self, plans: list[Plan]) -> int:
+        """The request's maximum cost, to be held before any upstream call: the dearest of the
+        models that may serve it (the requested one or a fallback)."""
         # Generous on purpose: an unused hold is released, a short one undercharges. Doubled, plus
         # a floor for the prompt tokens providers add unseen (tool-use system prompts, templates).
-        p = plans[0]
-        estimate = 2 * estimate_input_tokens(p.req) + HOLD_INPUT_FLOOR_TOKENS
+        estimate = 2 * estimate_input_tokens(plans[0].req) + HOLD_INPUT_FLOOR_TOKENS
         discount = self._config.billing.discount
-        amount = max(hold_microusd(estimate, output_limit(c), c.route.model, discount) for c in plans)
-        if not await self._store.hold(principal.account_id, ex.request_id, amount):
-            raise InsufficientBalance(
-                f"Insufficient credit: this request needs up to ${amount / 1e6:.6f} held while it runs "
-                f"(unused credit is released when it ends). Top up, or ask the operator to run "
-                f"`relayproxy credits add --account {principal.account} --usd AMOUNT`."
-            )
+        return max(hold_microusd(estimate, output_limit(c), c.route.model, discount) for c in plans)
+
+    async def run(self, ex: Exchange, plans: list[Plan], principal: Principal, held: int | None = None) -> HttpResponse:
+        """Run a prepared request. ``held``: the amount the caller already holds for it (taken
+        with the key lookup, ``Store.admit``); None = take the hold here (402 when not covered)."""
+        amount = self.hold_amount(plans) if held is None else held
+        if held is None and not await self._store.hold(principal.account_id, ex.request_id, amount):
+            raise insufficient(amount, principal.account)
+        p = plans[0]
         ex.charge = Charge(p.route.model, output_limit(p), amount)
+        if p.req.stream:
+            return await self._stream(ex, plans)
+        return await self._unary(ex, plans)
 
     def end_streams(self) -> None:
         for body in list(self._streams):
@@ -228,6 +229,15 @@ class Inference:
             task.cancel()
             raise
         return unwrap(task.result()) if task.done() else task
+
+
+def insufficient(amount: int, account: str) -> InsufficientBalance:
+    """The 402 for a hold the account's available credit does not cover."""
+    return InsufficientBalance(
+        f"Insufficient credit: this request needs up to ${amount / 1e6:.6f} held while it runs "
+        f"(unused credit is released when it ends). Top up, or ask the operator to run "
+        f"`relayproxy credits add --account {account} --usd AMOUNT`."
+    )
 
 
 def _loads(raw: bytes) -> Any:

@@ -22,7 +22,7 @@ import asyncio
 import hmac
 import sqlite3
 from collections.abc import Callable, Coroutine, Iterable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -35,7 +35,7 @@ from .errors import StoreError
 from .group_commit import GroupCommit, SyncDb, drive
 from .records import KeyInfo, Principal, UsageRecord
 
-__all__ = ["Booking", "Store", "utc_iso", "utc_now"]
+__all__ = ["Admission", "Booking", "Store", "utc_iso", "utc_now"]
 
 T = TypeVar("T")
 
@@ -229,18 +229,29 @@ class Store:
         With ``aborts_since`` (utc_iso), the same query also counts the key's ``client_disconnected``
         requests since then (``Principal.recent_aborts``): one database trip instead of two.
         """
-        rows = await self._all(
-            "SELECT k.hash, k.revoked_at, a.id, a.name, k.id, (SELECT COUNT(*) FROM usage u"
-            " WHERE u.key_id = k.id AND u.created_at >= ? AND u.outcome = 'client_disconnected')"
-            " FROM api_keys k JOIN accounts a ON a.id = k.account_id WHERE k.hash = ?",
-            (aborts_since or "9999", key_hash),
+        return await self._commits.run(
+            lambda conn: _principal(conn, key_hash, aborts_since), durable=False, write=False
         )
-        if not rows:
-            return None
-        stored, revoked, account_id, account, key_id, aborts = rows[0]
-        if revoked is not None or not hmac.compare_digest(bytes(stored), key_hash):
-            return None
-        return Principal(int(account_id), str(account), str(key_id), int(aborts))
+
+    async def admit(
+        self, key_hash: bytes, request_id: str, hold_microusd: int | None, *, aborts_since: str, abort_cap: int
+    ) -> Admission:
+        """An inference request's whole way in, in one database trip: ``authenticate`` (with the
+        abort count), then, when the key is valid, under the abort cap and ``hold_microusd`` is
+        given, ``hold``. Revocation stays instant: the key is read in the same transaction."""
+        if hold_microusd is not None and hold_microusd < 0:
+            raise ValueError(f"hold amount must be 0 or more, got {hold_microusd}")
+        now, owner = utc_now(), self._owner
+
+        def txn(conn: sqlite3.Connection) -> Admission:
+            principal = _principal(conn, key_hash, aborts_since if abort_cap > 0 else None)
+            if principal is None or hold_microusd is None or 0 < abort_cap <= principal.recent_aborts:
+                return Admission(principal, None)
+            held = drive(ledger.hold(SyncDb(conn), principal.account_id, request_id, hold_microusd, owner, now))  # type: ignore[arg-type]
+            return Admission(principal, held)
+
+        # Not fsynced on its own, like ``hold``: the settlement's FULL commit flushes it.
+        return await self._commits.run(txn, durable=False)
 
     # -- usage ------------------------------------------------------------------------------------
 
@@ -391,6 +402,30 @@ class Store:
     async def ledger_check(self) -> list[str]:
         """The invariant, on one consistent snapshot: [] when the ledger and balances agree."""
         return await self._read(ledger.check)
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """What ``Store.admit`` found: the key's principal (None: unknown or revoked) and whether
+    the credit hold was taken (None: not attempted)."""
+
+    principal: Principal | None
+    held: bool | None
+
+
+def _principal(conn: sqlite3.Connection, key_hash: bytes, aborts_since: str | None) -> Principal | None:
+    row = conn.execute(
+        "SELECT k.hash, k.revoked_at, a.id, a.name, k.id, (SELECT COUNT(*) FROM usage u"
+        " WHERE u.key_id = k.id AND u.created_at >= ? AND u.outcome = 'client_disconnected')"
+        " FROM api_keys k JOIN accounts a ON a.id = k.account_id WHERE k.hash = ?",
+        (aborts_since or "9999", key_hash),
+    ).fetchone()
+    if row is None:
+        return None
+    stored, revoked, account_id, account, key_id, aborts = row
+    if revoked is not None or not hmac.compare_digest(bytes(stored), key_hash):
+        return None
+    return Principal(int(account_id), str(account), str(key_id), int(aborts))
 
 
 async def _settle_txn(db: aiosqlite.Connection, rec: UsageRecord, charge: int, now: str) -> int:

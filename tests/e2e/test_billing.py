@@ -5,6 +5,7 @@ each protocol before any upstream call; the price list; a Stripe top-up is credi
 
 from __future__ import annotations
 
+import http.client as httplib
 import json
 import urllib.request
 from typing import Any
@@ -105,6 +106,25 @@ def test_insufficient_credit_is_402_in_each_protocol_without_an_upstream_call(ga
         gd.close()
     assert len(gateway.upstream.requests) == seen, "no upstream call for a request that is not covered"
     assert gateway.balance("poor") == (100, 0)
+
+
+def test_the_key_is_judged_before_the_body_and_a_bad_body_holds_nothing(gateway: Gateway) -> None:
+    """The key lookup and the credit hold share one database trip, so the request is planned first;
+    a bad key must still win over a bad body (401, not 400), and a rejected body holds nothing."""
+    conn = httplib.HTTPConnection(gateway.base_url.removeprefix("http://"), timeout=10)
+    try:
+        bad_key = "rp_" + "A" * 32
+        conn.request("POST", "/v1/chat/completions", b"{not json", {"authorization": f"Bearer {bad_key}"})
+        resp = conn.getresponse()
+        assert resp.status == 401 and json.loads(resp.read())["error"]["code"] == "invalid_api_key"
+    finally:
+        conn.close()
+    before = gateway.balance()
+    for body in (b"{not json", b'{"model": "no-such-model", "messages": [{"role": "user", "content": "hi"}]}'):
+        status, headers, raw = http(gateway, "POST", "/v1/chat/completions", body)
+        assert status in (400, 404), raw
+        assert gateway.usage(headers["x-request-id"])["outcome"] == "rejected"
+    assert gateway.balance() == before
 
 
 def test_price_list_json_and_html(gateway: Gateway) -> None:

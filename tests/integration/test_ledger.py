@@ -175,6 +175,53 @@ async def test_recent_aborts_counts_client_disconnects_of_the_key(store: Store) 
     assert await store.recent_aborts("k1", "9999-01-01T00:00:00.000Z") == 0
 
 
+async def keyed(store: Store, name: str = "alice", secret: bytes = b"k" * 32) -> bytes:
+    """A funded account with one key; returns the key's hash."""
+    await funded(store, name=name)
+    await store.add_key(name, f"key_{name}", "rp_x", secret, "")
+    return secret
+
+
+@pytest.mark.anyio
+async def test_admit_looks_up_the_key_and_holds_in_one_step(store: Store) -> None:
+    key = await keyed(store)
+    since = utc_iso(datetime.now(UTC))
+    admitted = await store.admit(key, "r1", 250_000, aborts_since=since, abort_cap=5)
+    assert admitted.held is True
+    assert admitted.principal is not None and admitted.principal.key_id == "key_alice"
+    assert await store.balance("alice") == (1_000_000, 250_000)
+    refused = await store.admit(key, "r2", 900_000, aborts_since=since, abort_cap=5)
+    assert refused.held is False and refused.principal is not None  # 402, not 401
+    assert await store.balance("alice") == (1_000_000, 250_000)
+    assert (await store.admit(key, "r3", None, aborts_since=since, abort_cap=5)).held is None  # auth only
+    await store.settle(record("r1", 0), 0)
+
+
+@pytest.mark.anyio
+async def test_admit_refuses_unknown_and_revoked_keys_without_holding(store: Store) -> None:
+    key = await keyed(store)
+    since = utc_iso(datetime.now(UTC))
+    assert (await store.admit(b"x" * 32, "r1", 1, aborts_since=since, abort_cap=0)).principal is None
+    assert await store.revoke_key("key_alice")
+    revoked = await store.admit(key, "r2", 1, aborts_since=since, abort_cap=0)
+    assert revoked.principal is None and revoked.held is None
+    assert await store.balance("alice") == (1_000_000, 0)
+
+
+@pytest.mark.anyio
+async def test_admit_over_the_abort_cap_holds_nothing(store: Store) -> None:
+    key = await keyed(store)
+    since = utc_iso(datetime.now(UTC))
+    for i in range(2):
+        await store.settle(record(f"a{i}", 0, "client_disconnected", key_id="key_alice"), 0)
+    capped = await store.admit(key, "r1", 1_000, aborts_since=since, abort_cap=2)
+    assert capped.principal is not None and capped.principal.recent_aborts == 2 and capped.held is None
+    uncapped = await store.admit(key, "r2", 1_000, aborts_since=since, abort_cap=0)  # 0 = no cap
+    assert uncapped.held is True and uncapped.principal is not None and uncapped.principal.recent_aborts == 0
+    await store.settle(record("r2", 0), 0)
+    assert await store.balance("alice") == (1_000_000, 0)
+
+
 @pytest.mark.anyio
 async def test_ledger_is_append_only(store: Store, tmp_path: Path) -> None:
     await funded(store)
