@@ -41,11 +41,15 @@ def version(exe: str) -> str:
     return out.stdout.strip().rpartition(" ")[2] or "?"
 
 
-def record_command(exe: str, pid: int, seconds: int, raw: Path, rate: int = 250) -> list[str]:
-    """Sample every thread of ``pid`` without pausing it (--nonblocking), as collapsed stacks."""
+def record_command(exe: str, pid: int, seconds: int, raw: Path, rate: int = 250, *, gil: bool = False) -> list[str]:
+    """Sample every thread of ``pid`` without pausing it (--nonblocking), as collapsed stacks.
+
+    ``gil``: only samples of the thread holding the GIL, i.e. Python code running on the CPU
+    (a thread waiting in fsync or epoll_wait is otherwise sampled as if it were working).
+    """
     return [
         exe, "record", "--pid", str(pid), "--rate", str(rate), "--duration", str(seconds),
-        "--format", "raw", "--threads", "--nonblocking", "--output", str(raw),
+        "--format", "raw", "--threads", "--nonblocking", "--output", str(raw), *(["--gil"] if gil else []),
     ]  # fmt: skip
 
 

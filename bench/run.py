@@ -36,6 +36,7 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 RESULTS = BENCH / "results"
 WORK = RESULTS / "run"
+GIL_ONLY = False  # --profile-gil
 PY = sys.executable
 UPSTREAM_KEY = "sk-bench-upstream-0001"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -678,7 +679,7 @@ def run_profile(s: System, load: Load, name: str) -> dict[str, Any]:
     t = s.targets[sc.gateway]
     load.run(sc.mode, t, sc.concurrency, load.warmup)
     duration = max(round(load.duration), 3)
-    cmd = profiling.record_command(py_spy, s.gateway.pid, duration + 1, raw)
+    cmd = profiling.record_command(py_spy, s.gateway.pid, duration + 1, raw, gil=GIL_ONLY)
     spy = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     time.sleep(0.5)
     with measure(s.gateway.pid, s.fake.pid) as m:
@@ -715,6 +716,7 @@ def main() -> int:  # noqa: PLR0915 - a linear script
     p.add_argument("--open-streams", type=int, default=1000)
     p.add_argument("--profile", action="store_true", help="also profile the gateway with py-spy")
     p.add_argument("--profile-only", action="store_true", help="only the profile (no table)")
+    p.add_argument("--profile-gil", action="store_true", help="profile only the thread holding the GIL (CPU view)")
     p.add_argument("--profile-scenario", default="unary c=32", help="the scenario to profile (a table row name)")
     p.add_argument(
         "--only",
@@ -727,6 +729,8 @@ def main() -> int:  # noqa: PLR0915 - a linear script
     args = p.parse_args()
 
     started = time.monotonic()
+    global GIL_ONLY  # a flag for run_profile, set once
+    GIL_ONLY = args.profile_gil
     info = machine()  # before any load of ours: its loadavg tells whether something else is running
     if info["loadavg_at_start"][0] > 0.5:
         say(f"bench: warning: load average {info['loadavg_at_start'][0]} before start; other work may skew results")

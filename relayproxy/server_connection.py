@@ -120,8 +120,7 @@ class ClientConnection(asyncio.Protocol):
     # -- asyncio.Protocol callbacks ------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's is one, though not by subclass
         if not self._server._adopt(self):
             self._state = ConnState.CLOSED
             transport.abort()
