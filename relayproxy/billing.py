@@ -2,10 +2,12 @@
 
 Theory of operation. List prices are USD per 1M tokens and arrive from the config as floats; they
 are read back through ``Fraction(str(price))`` so 1.25 is exactly 5/4 and never 1.2499999...
-Every amount is then computed exactly with Fractions and rounded once, at the end, to whole
-micro-USD: a charge rounds DOWN (the customer never pays a fraction of a micro-dollar they did not
-use), a hold rounds UP (a hold must cover the worst case). Because a price per 1M tokens in USD is
-numerically the price per token in micro-USD, ``tokens * price * (1 - discount)`` is micro-USD.
+Every amount is then computed exactly and rounded once, at the end, to whole micro-USD: a charge
+rounds DOWN (the customer never pays a fraction of a micro-dollar they did not use), a hold rounds
+UP (a hold must cover the worst case). Because a price per 1M tokens in USD is numerically the
+price per token in micro-USD, ``tokens * price * (1 - discount)`` is micro-USD. Per request, the
+exact customer prices are integer numerators over one common denominator, made once per model
+and discount (``_rates``), so a charge or a hold is integer arithmetic and one floor division.
 
 Upstream usage is untrusted input: ``clamp_usage`` bounds it before pricing, so a buggy or hostile
 upstream can never produce a negative cost (a credit) or an absurd charge.
@@ -19,7 +21,7 @@ from dataclasses import dataclass, replace
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from fractions import Fraction
-from typing import Any
+from typing import Any, TypeAlias
 
 from .config import Config, ModelConfig
 from .ir import Usage
@@ -78,18 +80,45 @@ def customer_prices(model: ModelConfig, discount: Fraction) -> Prices:
     return Prices(input=lp.input * factor, cached_input=lp.cached_input * factor, output=lp.output * factor)
 
 
+_Rates: TypeAlias = tuple[int, int, int, int]  # input, cached input, output numerators; denominator > 0
+
+# id(model) -> (model, discount, rates). An entry holds its model, so no other object can have that
+# id while it is cached; the discount is checked on every hit. Bounded: configs are few and long-lived.
+_RATES: dict[int, tuple[ModelConfig, Fraction, _Rates]] = {}
+_RATES_MAX = 1024
+
+
+def _rates(model: ModelConfig, discount: Fraction) -> _Rates:
+    """``customer_prices(model, discount)`` as integer numerators over their least common denominator."""
+    hit = _RATES.get(id(model))
+    if hit is not None and hit[0] is model and (hit[1] is discount or hit[1] == discount):
+        return hit[2]
+    p = customer_prices(model, discount)
+    den = math.lcm(p.input.denominator, p.cached_input.denominator, p.output.denominator)
+    rates = (
+        p.input.numerator * (den // p.input.denominator),
+        p.cached_input.numerator * (den // p.cached_input.denominator),
+        p.output.numerator * (den // p.output.denominator),
+        den,
+    )
+    if len(_RATES) >= _RATES_MAX:
+        _RATES.clear()
+    _RATES[id(model)] = (model, discount, rates)
+    return rates
+
+
 def cost_microusd(usage: Usage, model: ModelConfig, discount: Fraction) -> int:
     """The INTERFACE.md cost of ``usage``, rounded down to whole micro-USD; never negative.
 
     Counts are taken defensively (negative -> 0, cached capped at input) even though callers are
     expected to pass the output of ``clamp_usage``.
     """
-    p = customer_prices(model, discount)
+    p_input, p_cached, p_output, den = _rates(model, discount)
     inp = max(usage.input_tokens, 0)
     cached = min(max(usage.cached_input_tokens, 0), inp)
     out = max(usage.output_tokens, 0)
-    exact = (inp - cached) * p.input + cached * p.cached_input + out * p.output
-    return max(math.floor(exact), 0)
+    # The exact cost is this numerator over den (> 0): floor division is math.floor of the Fraction.
+    return max(((inp - cached) * p_input + cached * p_cached + out * p_output) // den, 0)
 
 
 def hold_microusd(
@@ -97,10 +126,10 @@ def hold_microusd(
 ) -> int:
     """The credit to reserve before calling upstream, rounded UP: every input token at the
     dearer of the input prices, plus the output limit (the model's default when the request has none)."""
-    p = customer_prices(model, discount)
+    p_input, p_cached, p_output, den = _rates(model, discount)
     out = model.max_output_tokens if max_output_tokens is None else max_output_tokens
-    exact = max(input_tokens_estimate, 0) * max(p.input, p.cached_input) + max(out, 0) * p.output
-    return math.ceil(exact)
+    exact = max(input_tokens_estimate, 0) * max(p_input, p_cached) + max(out, 0) * p_output
+    return -(-exact // den)  # the ceiling of exact / den, as math.ceil of the Fraction
 
 
 def clamp_usage(usage: Usage, max_output_tokens: int | None) -> tuple[Usage, list[str]]:

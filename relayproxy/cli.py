@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -13,7 +12,7 @@ from typing import Any
 import orjson
 
 from . import __version__
-from .accesslog import install_redaction
+from .accesslog import configure_logging
 from .app import create_key, run_gateway
 from .billing import format_usd, parse_usd, price_list
 from .config import Config, ConfigError, load_config, parse_listen
@@ -80,8 +79,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _serve(config: Config, args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
-    install_redaction()  # keys, secrets and bearer tokens never reach a log line
+    # Redacted (keys, secrets and bearer tokens never reach a log line), one write per loop iteration.
+    configure_logging(sys.stderr, "%(asctime)s %(levelname)s %(message)s")
     host, port = parse_listen(args.listen, "--listen") if args.listen else (config.server.host, config.server.port)
     workers = args.workers if args.workers is not None else config.server.workers
     if workers < 1:

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import io
 import logging
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from relayproxy import accesslog
 from relayproxy.accesslog import (
     REDACTED,
     RedactingFilter,
@@ -333,3 +338,269 @@ def test_install_redaction_defaults_to_root_logger() -> None:
             last_resort.setFormatter(saved[1])
     assert CANARY_KEY not in stream.getvalue()
     assert stream.getvalue() == f"Authorization: {REDACTED}\n"
+
+
+# -- the fast paths: one marker scan per access line, none again in the filter and formatter ------
+
+MARKER_PIECES = [
+    "authorization",
+    "AUTHORIZATION",
+    "api-key",
+    "Api_Key",
+    "key=",
+    "KEY=",
+    "token=",
+    "Bearer",
+    "rp_",
+    "RP_",
+    "sk-",
+    "Sk_",
+    "rk_",
+    "whsec_",
+    "AIza",
+    "aiza",
+]
+# Long s, Kelvin sign, dotted capital I, dotless i: case-insensitive regex matches them as s, k, i.
+ODD_TEXT = st.text(alphabet="akeyrsptobwhizAKEYRSPTOBWHIZ-_= ?&:\n\"'\u017f\u212a\u0130\u0131\u00e9\udcff", max_size=12)
+MARKERISH = st.lists(st.one_of(st.sampled_from(MARKER_PIECES), ODD_TEXT), max_size=6).map("".join)
+
+
+@given(text=st.one_of(MARKERISH, st.text(max_size=40)))
+def test_marker_check_is_the_regex(text: str) -> None:
+    """The substring check is exactly the case-insensitive regex, Unicode case folding included."""
+    assert accesslog._may_hold_secret(text) == (accesslog._MARKERS.search(text) is not None)
+
+
+@pytest.mark.parametrize(
+    "text", ["\u017fk-x", "author\u0130zation: x", "author\u0131zation: x", "\u212aey=1", "x-api-\u212aey: v", "AIZA"]
+)
+def test_marker_check_folds_case_as_the_regex_does(text: str) -> None:
+    """Non-ASCII letters the regex folds onto a marker's (long s, Kelvin sign, dotted and dotless i)."""
+    assert accesslog._MARKERS.search(text) is not None
+    assert accesslog._may_hold_secret(text)
+
+
+def reference_line(rec: UsageRecord | None, path: str, method: str, client: str | None, protocol: str | None) -> str:
+    """access_line as it was: every text field redacted on its own, lone surrogates escaped."""
+
+    def text(value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = redact(value)
+        return value if value.isascii() else value.encode("utf-8", "backslashreplace").decode("utf-8")
+
+    line: dict[str, object] = {
+        "ts": text(rec.created_at if rec is not None else "2025-01-02T03:04:06.000Z"),
+        "request_id": text("req_1"),
+        "method": text(method),
+        "path": text(path.partition("?")[0].partition("#")[0]),
+        "status": 200,
+        "duration_ms": 42,
+        "client": text(client),
+        "client_protocol": text((rec.client_protocol if rec is not None else None) or protocol),
+    }
+    if rec is not None:
+        line.update(
+            {
+                "account": text(rec.account),
+                "key_id": text(rec.key_id),
+                "model": text(rec.model),
+                "provider": text(rec.provider),
+                "upstream_protocol": text(rec.upstream_protocol),
+                "stream": rec.stream,
+                "outcome": text(str(rec.outcome)),
+                "billed": rec.billed,
+                "reason": text(rec.reason),
+                "input_tokens": rec.input_tokens,
+                "cached_input_tokens": rec.cached_input_tokens,
+                "output_tokens": rec.output_tokens,
+                "reasoning_tokens": rec.reasoning_tokens,
+                "cost_microusd": rec.cost_microusd,
+            }
+        )
+    return orjson.dumps(line).decode("utf-8")
+
+
+FIELD = st.one_of(
+    st.sampled_from(["gpt-4o", "acme", "", "key_0123456789ab", "openai", *SECRETS.values()]),
+    MARKERISH,
+    st.text(max_size=20),
+)
+
+
+@given(
+    with_record=st.booleans(),
+    account=st.one_of(st.none(), FIELD),
+    model=st.one_of(st.none(), FIELD),
+    reason=FIELD,
+    path=st.one_of(FIELD, FIELD.map(lambda v: "/v1/" + v + "?key=" + CANARY_KEY)),
+    method=FIELD,
+    client=st.one_of(st.none(), FIELD),
+    protocol=st.one_of(st.none(), FIELD),
+)
+def test_access_line_is_what_field_by_field_redaction_gives(
+    with_record: bool,
+    account: str | None,
+    model: str | None,
+    reason: str,
+    path: str,
+    method: str,
+    client: str | None,
+    protocol: str | None,
+) -> None:
+    """One scan of all the values, then the line as it is, gives exactly the field-by-field result."""
+    rec: UsageRecord | None = None
+    if with_record:
+        rec = full_record()
+        rec.account, rec.model, rec.reason, rec.client_protocol = account, model, reason, protocol
+    got = access_line(
+        rec,
+        ts="2025-01-02T03:04:06.000Z",
+        method=method,
+        path=path,
+        status=200,
+        duration_ms=42,
+        client=client,
+        request_id="req_1",
+        protocol=protocol,
+    )
+    assert got == reference_line(rec, path, method, client, protocol)
+
+
+def test_access_line_keys_hold_no_marker() -> None:
+    """The one-scan shortcut scans values only: the constant keys must not hide a marker either."""
+    keys = "\n".join(line_for(full_record()))
+    assert accesslog._MARKERS.search(keys) is None
+
+
+@pytest.fixture
+def redact_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every text the filter and formatter pass to ``redact``."""
+    calls: list[str] = []
+    real = accesslog.redact
+
+    def counting(text: str) -> str:
+        calls.append(text)
+        return real(text)
+
+    monkeypatch.setattr(accesslog, "redact", counting)
+    return calls
+
+
+def a_line() -> str:
+    return access_line(
+        full_record(), ts="t", method="POST", path="/v1/x", status=200, duration_ms=1, client=None, request_id="req_1"
+    )
+
+
+def filtered_and_formatted(msg: str, *args: object) -> str:
+    """What a handler with the filter and the gateway's formatter makes of ``info(msg, *args)``."""
+    record = logging.LogRecord("relayproxy.access", logging.INFO, __file__, 1, msg, args, None)
+    assert RedactingFilter().filter(record)
+    return RedactingFormatter("%(levelname)s %(message)s").format(record)
+
+
+def test_access_line_is_not_redacted_again(redact_calls: list[str]) -> None:
+    line = a_line()
+    assert filtered_and_formatted("%s", line) == f"INFO {line}"
+    assert redact_calls == []
+    record = logging.LogRecord("relayproxy.access", logging.INFO, __file__, 1, "%s", (line,), None)
+    assert RedactingFormatter("%(asctime)s %(name)s %(message)s").format(record).endswith(line)  # formatter alone
+    assert redact_calls == []
+
+
+def test_only_the_access_line_object_itself_skips_redaction(redact_calls: list[str]) -> None:
+    """Not an equal copy, not another message, not more args: those all go through redaction."""
+    line = a_line()
+    copy = line[:1] + line[1:]
+    assert copy == line and copy is not line
+    assert filtered_and_formatted("%s", copy) == f"INFO {line}"
+    assert len(redact_calls) == 2  # the filter, then the formatter
+    for msg, args in (("%s", (CANARY_KEY,)), ("%s %s", (line, CANARY_KEY)), (line + CANARY_KEY, ()), ("%r", (line,))):
+        out = filtered_and_formatted(msg, *args)
+        assert CANARY_KEY not in out
+        assert REDACTED in out or msg == "%r"
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(RedactingFormatter("%(levelname)s %(message)s"))
+    handler.addFilter(RedactingFilter())
+    access = logging.getLogger("relayproxy.access")  # the access logger's name opens no hole either
+    level = access.level
+    access.addHandler(handler)
+    access.setLevel(logging.INFO)
+    try:
+        access.info("%s", f"Bearer {CANARY_KEY}")
+    finally:
+        access.removeHandler(handler)
+        access.setLevel(level)
+    assert stream.getvalue() == f"INFO Bearer {REDACTED}\n"
+
+
+def test_access_line_with_a_traceback_or_stack_is_redacted(captured: Captured) -> None:
+    logger, stream = captured
+    line = a_line()
+    try:
+        raise ValueError(f"bad key {CANARY_KEY}")
+    except ValueError:
+        logger.exception("%s", line)
+    logger.info("%s", line, stack_info=True)
+    assert CANARY_KEY not in stream.getvalue()
+    assert "ValueError: bad key [REDACTED]" in stream.getvalue()
+
+
+def test_access_line_with_a_traceback_through_a_wrapped_formatter_is_redacted() -> None:
+    """Without the filter, a wrapped plain formatter caches the traceback unredacted: still scanned."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(RedactingFormatter(inner=logging.Formatter("%(message)s")))
+    logger = logging.getLogger("test.accesslog.wrapped-traceback")
+    logger.propagate = False
+    logger.addHandler(handler)
+    line = a_line()
+    try:
+        try:
+            raise ValueError(f"bad key {CANARY_KEY}")
+        except ValueError:
+            logger.exception("%s", line)
+        logger.error("%s", line, stack_info=True)
+    finally:
+        logger.removeHandler(handler)
+    assert CANARY_KEY not in stream.getvalue()
+    assert line in stream.getvalue()
+
+
+@pytest.mark.parametrize(
+    "formatter",
+    [
+        RedactingFormatter("%(message)s %(user)s"),  # a field from extra=
+        RedactingFormatter(inner=logging.Formatter("%(message)s %(user)s")),
+        RedactingFormatter(inner=type("Custom", (logging.Formatter,), {})("%(message)s")),  # any other class
+        RedactingFormatter("{message} {user}", style="{"),
+    ],
+)
+def test_access_line_through_any_other_format_is_redacted(formatter: RedactingFormatter) -> None:
+    """Only a plain %-format of logging's own fields skips the scan: anything else might add text."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(formatter)
+    logger = logging.getLogger(f"test.accesslog.formats.{id(stream)}")
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    line = a_line()
+    try:
+        logger.info("%s", line, extra={"user": f"Bearer {CANARY_KEY}"})
+    finally:
+        logger.removeHandler(handler)
+    assert CANARY_KEY not in stream.getvalue()
+    assert line in stream.getvalue()
+
+
+@pytest.mark.parametrize("datefmt", [None, "%H:%M:%S", "%Y"])
+@pytest.mark.parametrize("converter", [time.localtime, time.gmtime])
+def test_cached_timestamps_are_logging_s_own(datefmt: str | None, converter: Any) -> None:
+    ours, theirs = RedactingFormatter(datefmt=datefmt), logging.Formatter(datefmt=datefmt)
+    ours.converter = theirs.converter = converter
+    for created in (1_700_000_000.0, 1_700_000_000.999, 1_700_000_001.5, 1_700_000_000.25, 86_399.9, 1e9 + 0.001):
+        record = logging.makeLogRecord({"created": created, "msecs": (created - int(created)) * 1000})
+        assert ours.formatTime(record, datefmt) == theirs.formatTime(record, datefmt)

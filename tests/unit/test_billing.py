@@ -7,6 +7,7 @@ Cost (INTERFACE.md), before rounding down to whole micro-USD:
 from __future__ import annotations
 
 import ast
+import math
 from decimal import Decimal
 from fractions import Fraction
 from pathlib import Path
@@ -133,6 +134,90 @@ def test_hold_defaults_to_the_model_output_cap_and_prices_input_at_the_dearer_ra
 def test_cost_within_the_limits_never_exceeds_the_hold(inp, cached, limit, out_frac) -> None:
     usage = Usage(inp, min(cached, inp), int(limit * out_frac), 0)
     assert cost_microusd(usage, GPT, D) <= hold_microusd(inp, limit, GPT, D)
+
+
+# -- integer rates: bit-identical to the Fraction formula ---------------------------------------------
+
+
+def fraction_cost(usage: Usage, m: ModelConfig, discount: Fraction) -> int:
+    """cost_microusd as it was computed with Fractions, kept as the reference."""
+    p = customer_prices(m, discount)
+    inp = max(usage.input_tokens, 0)
+    cached = min(max(usage.cached_input_tokens, 0), inp)
+    out = max(usage.output_tokens, 0)
+    return max(math.floor((inp - cached) * p.input + cached * p.cached_input + out * p.output), 0)
+
+
+def fraction_hold(estimate: int, limit: int | None, m: ModelConfig, discount: Fraction) -> int:
+    """hold_microusd as it was computed with Fractions, kept as the reference."""
+    p = customer_prices(m, discount)
+    out = m.max_output_tokens if limit is None else limit
+    return math.ceil(max(estimate, 0) * max(p.input, p.cached_input) + max(out, 0) * p.output)
+
+
+PRICES = st.one_of(
+    st.decimals(0, 1000, places=6).map(float),
+    st.sampled_from([0.0, 0.07, 0.1, 0.125, 0.3, 1.1, 1.25, 2.2, 10.0, 1e-06, 0.000123, 75.0, 1 / 3]),
+)
+COUNTS = st.integers(-(10**3), 10**12)
+
+
+@given(
+    usage=st.builds(Usage, COUNTS, COUNTS, COUNTS, st.just(0)),
+    prices=st.tuples(PRICES, PRICES, PRICES),
+    max_output=st.integers(1, 10**6),
+    estimate=COUNTS,
+    limit=st.one_of(st.none(), COUNTS),
+    discount=st.one_of(st.fractions(0, Fraction(999, 1000)), st.sampled_from([D, Fraction(35, 100), Fraction(1, 3)])),
+)
+def test_integer_rates_match_the_fraction_formula(
+    usage: Usage,
+    prices: tuple[float, float, float],
+    max_output: int,
+    estimate: int,
+    limit: int | None,
+    discount: Fraction,
+) -> None:
+    m = ModelConfig("m", "p", "m", prices[0], prices[1], prices[2], max_output)
+    assert cost_microusd(usage, m, discount) == fraction_cost(usage, m, discount)
+    assert hold_microusd(estimate, limit, m, discount) == fraction_hold(estimate, limit, m, discount)
+
+
+@pytest.mark.parametrize(
+    ("usage", "estimate", "limit"),
+    [
+        (Usage(0, 0, 0, 0), 0, 0),
+        (Usage(1, 0, 0, 0), 1, 0),
+        (Usage(700, 0, 0, 0), 700, 1),
+        (Usage(1000, 800, 500, 0), 1000, None),
+        (Usage(10**8, 10**8 - 1, 10**8, 0), 10**8, 10**8),
+        (Usage(-5, -1, -7, 0), -5, -7),
+    ],
+)
+@pytest.mark.parametrize("m", [GPT, model(0.07, 0.3), model(0.1, 1.0, cached=0.5), model(1 / 3, 2 / 3, cached=0.0)])
+@pytest.mark.parametrize("discount", [D, Fraction(35, 100), Fraction(0), Fraction(7, 9)])
+def test_integer_rates_match_the_fraction_formula_on_a_table(
+    usage: Usage, estimate: int, limit: int | None, m: ModelConfig, discount: Fraction
+) -> None:
+    assert cost_microusd(usage, m, discount) == fraction_cost(usage, m, discount)
+    assert hold_microusd(estimate, limit, m, discount) == fraction_hold(estimate, limit, m, discount)
+
+
+def test_rates_follow_the_discount_and_the_model_object() -> None:
+    """The per-model cache never serves one discount's or one model's rates for another."""
+    usage = Usage(1000, 0, 1000, 0)
+    assert cost_microusd(usage, GPT, D) == 7875  # 875 + 7000
+    assert cost_microusd(usage, GPT, Fraction(1, 2)) == 5625  # 625 + 5000
+    assert cost_microusd(usage, GPT, Fraction(3, 10)) == 7875  # an equal discount, another object
+    twin = ModelConfig("gpt-5.5", "openai", "gpt-5.5", 2.5, 20.0, 0.25, 32768)
+    assert cost_microusd(usage, twin, D) == 15750
+    assert cost_microusd(usage, GPT, D) == 7875
+
+
+def test_rate_cache_is_bounded() -> None:
+    for i in range(billing._RATES_MAX + 10):
+        cost_microusd(Usage(1, 0, 0, 0), model(1.0 + i, 1.0), D)
+    assert len(billing._RATES) <= billing._RATES_MAX
 
 
 # -- clamping untrusted usage -------------------------------------------------------------------------
