@@ -1,7 +1,8 @@
-"""One HTTP/1.1 client connection to an upstream origin: asyncio streams + h11, TLS via ssl.SSLContext.
+"""One HTTP/1.1 client connection to an upstream origin: an asyncio protocol + h11, TLS via ssl.SSLContext.
 
-This module is the edge of the upstream leg: every OSError, ssl.SSLError, TimeoutError and h11 error
-raised here is translated once, by ``map_exceptions``, into the Upstream* errors of ``relayproxy.errors``.
+This module is the edge of the upstream leg: every OSError, ssl.SSLError, TimeoutError, h11 error
+and body framing error raised here is translated once, by ``map_exceptions`` (``_reraise`` in the
+body loop), into the Upstream* errors of ``relayproxy.errors``.
 It knows HTTP and nothing about LLMs, and it never logs.
 """
 
@@ -12,16 +13,17 @@ import contextlib
 import enum
 import ssl
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Iterator
-from typing import NamedTuple, SupportsIndex, cast
+from typing import NamedTuple, NoReturn
 
 import h11
 
-from relayproxy.errors import UpstreamConnectError, UpstreamProtocolError, UpstreamTimeout
+from relayproxy.errors import UpstreamConnectError, UpstreamError, UpstreamProtocolError, UpstreamTimeout
 from relayproxy.http_types import Headers
+from relayproxy.upstream.body import BodyError, BodyReader, Framing
+from relayproxy.upstream.protocol import ConnectionProtocol
 
 __all__ = ["ConnState", "Origin", "UpstreamConnection", "UpstreamResponse", "map_exceptions"]
 
-_READ_SIZE = 65536
 # Up to this size head and body are joined and sent with one write (one syscall, one TCP segment
 # train); above it the copy costs more than a second write does.
 _COALESCE_MAX_BYTES = 256 * 1024
@@ -64,71 +66,106 @@ def _first_clause(exc: BaseException) -> str:
     return str(exc).split(":", 1)[0]
 
 
+# What the socket, TLS, h11 and the body reader raise; translated once, by ``_reraise``.
+_FOREIGN = (TimeoutError, OSError, h11.ProtocolError, BodyError)
+
+
+def _reraise(exc: BaseException, label: str, phase: str, timeout_s: float | None = None) -> NoReturn:
+    """Raise the Upstream* error for a foreign exception raised while ``phase``."""
+    err: UpstreamError
+    if isinstance(exc, TimeoutError):  # before OSError: TimeoutError is one
+        limit = f" (limit {timeout_s:g} s)" if timeout_s is not None else ""
+        err = UpstreamTimeout(f"upstream {label}: timed out {phase}{limit}")
+    elif isinstance(exc, h11.LocalProtocolError):
+        # ``from None``: h11's message quotes the bad header value, which may be an API key.
+        msg = f"upstream {label}: the request is not valid HTTP/1.1 while {phase} (header values not shown)"
+        raise UpstreamProtocolError(msg) from None
+    elif isinstance(exc, h11.RemoteProtocolError | BodyError):
+        err = UpstreamProtocolError(f"upstream {label}: invalid HTTP/1.1 response while {phase}: {_first_clause(exc)}")
+    else:  # ssl.SSLError, ConnectionError, socket.gaierror are OSErrors
+        msg = f"upstream {label}: {phase} failed: {type(exc).__name__}: {exc}"
+        err = UpstreamConnectError(msg, before_send=phase == "connecting")
+    raise err from exc
+
+
 @contextlib.contextmanager
 def map_exceptions(label: str, phase: str, timeout_s: float | None = None) -> Iterator[None]:
     """Translate foreign exceptions raised while ``phase`` into Upstream* errors naming the origin."""
     try:
         yield
-    except TimeoutError as exc:  # before OSError: TimeoutError is one
-        limit = f" (limit {timeout_s:g} s)" if timeout_s is not None else ""
-        raise UpstreamTimeout(f"upstream {label}: timed out {phase}{limit}") from exc
-    except h11.RemoteProtocolError as exc:
-        msg = f"upstream {label}: invalid HTTP/1.1 response while {phase}: {_first_clause(exc)}"
-        raise UpstreamProtocolError(msg) from exc
-    except h11.LocalProtocolError:
-        # ``from None``: h11's message quotes the bad header value, which may be an API key.
-        msg = f"upstream {label}: the request is not valid HTTP/1.1 while {phase} (header values not shown)"
-        raise UpstreamProtocolError(msg) from None
-    except OSError as exc:  # ssl.SSLError, ConnectionError, socket.gaierror are OSErrors
-        msg = f"upstream {label}: {phase} failed: {type(exc).__name__}: {exc}"
-        raise UpstreamConnectError(msg, before_send=phase == "connecting") from exc
+    except _FOREIGN as exc:
+        _reraise(exc, label, phase, timeout_s)
 
 
-class _CountingReader(asyncio.StreamReader):
-    """A StreamReader that counts bytes received, so an idle check can see unread bytes."""
+def _framing(method: str, head: h11.Response) -> tuple[Framing, int]:
+    """How the response body is delimited (RFC 9112 §6.3, as h11 decides it; h11 has already
+    rejected any Transfer-Encoding but ``chunked`` and conflicting Content-Lengths)."""
+    status = head.status_code
+    if status in (204, 304) or method == "HEAD" or (method == "CONNECT" and 200 <= status < 300):
+        return Framing.LENGTH, 0
+    length = None
+    for name, value in head.headers:
+        if name == b"transfer-encoding":  # it beats Content-Length
+            return Framing.CHUNKED, 0
+        if name == b"content-length":
+            length = int(value)
+    return (Framing.UNTIL_EOF, 0) if length is None else (Framing.LENGTH, length)
 
-    def __init__(self) -> None:
-        super().__init__(limit=_READ_SIZE)
-        self.bytes_received = 0
 
-    def feed_data(self, data: Iterable[SupportsIndex]) -> None:
-        self.bytes_received += len(cast(bytes, data))
-        super().feed_data(data)
+def _says_close(headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    """A ``Connection: close`` among ``headers`` (names in any case)."""
+    return any(
+        name.lower() == b"connection" and b"close" in (token.strip().lower() for token in value.split(b","))
+        for name, value in headers
+    )
 
 
 class UpstreamConnection:
-    """One keep-alive HTTP/1.1 connection; the pool drives its lifecycle."""
+    """One keep-alive HTTP/1.1 connection; the pool drives its lifecycle.
 
-    def __init__(self, origin: Origin, reader: _CountingReader, writer: asyncio.StreamWriter) -> None:
+    h11 writes the request and parses the response head; the body is cut by a `BodyReader`
+    (see relayproxy.upstream.body), so each cycle starts with a fresh h11 connection.
+
+    Every wait for bytes (head or body) is one future from the protocol, and its deadline is one
+    timer per connection that is pushed forward lazily: a wait whose deadline is later than the
+    armed timer keeps it, and the timer, when it fires early, re-arms itself for the current
+    deadline. A stream reading a chunk every few milliseconds with a 15 s heartbeat so allocates a
+    timer about once per heartbeat interval instead of once per chunk.
+    """
+
+    def __init__(self, origin: Origin, protocol: ConnectionProtocol) -> None:
         self.origin = origin
         self.state = ConnState.NEW
         self.idle_since_s = 0.0  # monotonic time it was parked; set by start_idle
         self.cycles = 0  # completed request/response cycles: > 0 means this is a reused connection
-        self._reader = reader
-        self._writer = writer
+        self._sock = protocol
+        self._transport = protocol.transport
         self._h11 = h11.Connection(h11.CLIENT)
-        self._bytes_read = 0
-        self._idle_since: float | None = None  # when the body last went quiet (heartbeats)
+        self._method = ""
+        self._keep_alive = True  # neither our request nor the response head says otherwise
+        self._body: BodyReader | None = None  # once the response head arrived
         self._loop = asyncio.get_running_loop()
         self._response_started = False
-        self._high_water = writer.transport.get_write_buffer_limits()[1]
+        self._idle_since: float | None = None  # when the body last went quiet
+        self._beat_at = 0.0  # when the next heartbeat is due, while quiet
+        self._timer: asyncio.TimerHandle | None = None
+        self._wake_at = 0.0  # the current wait's deadline (the timer may be armed earlier)
+        self._high_water = self._transport.get_write_buffer_limits()[1]
 
     @classmethod
     async def open(cls, origin: Origin, ssl_context: ssl.SSLContext | None, timeout_s: float) -> UpstreamConnection:
         """Connect (and handshake TLS when ``ssl_context`` is given) within ``timeout_s``."""
         loop = asyncio.get_running_loop()
-        reader = _CountingReader()
-        protocol = asyncio.StreamReaderProtocol(reader)
         with map_exceptions(origin.label, "connecting", timeout_s):
             async with asyncio.timeout(timeout_s):
-                transport, _ = await loop.create_connection(
-                    lambda: protocol,
+                _, protocol = await loop.create_connection(
+                    lambda: ConnectionProtocol(loop),
                     origin.host,
                     origin.port,
                     ssl=ssl_context,
                     server_hostname=origin.host if ssl_context is not None else None,
                 )
-        return cls(origin, reader, asyncio.StreamWriter(transport, protocol, reader, loop))
+        return cls(origin, protocol)
 
     @property
     def label(self) -> str:
@@ -136,26 +173,21 @@ class UpstreamConnection:
 
     def is_dead(self) -> bool:
         """True if an idle connection cannot carry a request: peer closed, reset, or sent unasked bytes."""
-        return (
-            self._writer.transport.is_closing()
-            or self._reader.at_eof()
-            or self._reader.exception() is not None
-            # Bytes on an idle connection (a 408, junk) would be read as the next response.
-            or self._reader.bytes_received != self._bytes_read
-        )
+        # Bytes on an idle connection (a 408, junk) would be read as the next response.
+        return self._transport.is_closing() or self._sock.at_eof or self._sock.buffered > 0
 
     async def send_request(self, method: str, target: str, headers: Headers, body: bytes, deadline_s: float) -> bool:
         """Write the whole request; False if the connection proved broken before any byte left."""
         assert self.state in (ConnState.NEW, ConnState.IDLE), self.state
         self.state = ConnState.ACTIVE
         self._response_started = False
-        transport = self._writer.transport
+        transport = self._transport
         with map_exceptions(self.label, "sending the request"):
             pieces = self._render(method, target, headers, body)
             if transport.is_closing():
                 return False
             for sent_before, piece in enumerate(pieces):
-                self._writer.write(piece)
+                transport.write(piece)
                 # A plain-TCP transport marks itself closing when the immediate send() fails.
                 if transport.is_closing():
                     if sent_before == 0:
@@ -164,7 +196,7 @@ class UpstreamConnection:
             if transport.get_write_buffer_size() > self._high_water:
                 # A large body: wait for the kernel to take it, or memory grows without bound.
                 async with asyncio.timeout_at(deadline_s):
-                    await self._writer.drain()
+                    await self._sock.drain()
         return True
 
     def _render(self, method: str, target: str, headers: Headers, body: bytes) -> list[bytes]:
@@ -174,6 +206,7 @@ class UpstreamConnection:
         if body or method in _BODY_METHODS:
             all_headers.append((b"content-length", b"%d" % len(body)))
         head = self._h11.send(h11.Request(method=method, target=target, headers=all_headers))
+        self._method, self._keep_alive = method, not _says_close(all_headers)
         if body:
             # passthrough: h11 checks the length and advances its state without joining (copying) it.
             self._h11.send_with_data_passthrough(h11.Data(data=body))
@@ -186,94 +219,129 @@ class UpstreamConnection:
     async def receive_head(self, deadline_s: float, timeout_s: float) -> h11.Response:
         """Wait for the status line and headers (skipping 1xx) until ``deadline_s`` (loop time)."""
         with map_exceptions(self.label, "waiting for the response head", timeout_s):
-            async with asyncio.timeout_at(deadline_s):
-                while True:
-                    event = self._h11.next_event()
-                    if event is h11.NEED_DATA:
-                        await self._read_head_data()
-                    elif isinstance(event, h11.Response):
-                        return event
-                    elif not isinstance(event, h11.InformationalResponse):
-                        raise UpstreamProtocolError(
-                            f"upstream {self.label}: unexpected {type(event).__name__} before the response"
-                        )
+            while True:
+                event = self._h11.next_event()
+                if event is h11.NEED_DATA:
+                    await self._read_head_data(deadline_s)
+                elif isinstance(event, h11.Response):
+                    self._start_body(event)
+                    return event
+                elif not isinstance(event, h11.InformationalResponse):
+                    raise UpstreamProtocolError(
+                        f"upstream {self.label}: unexpected {type(event).__name__} before the response"
+                    )
 
-    async def _read_head_data(self) -> None:
-        data = await self._reader.read(_READ_SIZE)
+    async def _read_head_data(self, deadline_s: float) -> None:
+        while (data := self._sock.take()) is None:
+            if self._loop.time() >= deadline_s:
+                raise TimeoutError
+            await self._wait_until(deadline_s)
         if not data and not self._response_started:
             # The classic keep-alive race or a server that drops requests: nothing came back.
             raise UpstreamConnectError(f"upstream {self.label}: connection closed before any response byte")
         self._response_started = True
-        self._bytes_read += len(data)
         self._h11.receive_data(data)
 
-    async def receive_body_chunk(self, timeout_s: float, heartbeat_s: float | None = None) -> bytes | None:
-        """The next body chunk as h11 parsed it, or None at the end of the body.
+    def _start_body(self, head: h11.Response) -> None:
+        """The body reader takes over from h11, with whatever h11 read past the head."""
+        framing, length = _framing(self._method, head)
+        self._keep_alive = self._keep_alive and head.http_version >= b"1.1" and not _says_close(head.headers)
+        body = self._body = BodyReader(framing, length)
+        unread, closed = self._h11.trailing_data
+        if unread:
+            body.receive(unread)
+        if closed:
+            body.receive(b"")
 
-        With ``heartbeat_s``, ``b""`` is returned each time that long passes with no bytes, so the
-        caller can keep its own client alive; ``timeout_s`` then still counts from the last bytes.
-        Cancelling ``StreamReader.read`` loses no data, so a heartbeat never disturbs the stream.
-        """
-        with map_exceptions(self.label, "reading the response body", timeout_s):
-            event = self._h11.next_event()
-            while event is h11.NEED_DATA:
-                data = await self._read_or_heartbeat(timeout_s, heartbeat_s)
-                if data is None:
-                    return b""
-                self._h11.receive_data(data)  # b"": EOF; h11 ends or rejects the body
-                event = self._h11.next_event()
-        if isinstance(event, h11.Data):
-            return event.data
-        if isinstance(event, h11.EndOfMessage):
-            return None
-        raise UpstreamProtocolError(f"upstream {self.label}: unexpected {type(event).__name__} in the body")
-
-    async def _read_or_heartbeat(self, timeout_s: float, heartbeat_s: float | None) -> bytes | None:
-        """Bytes from the socket, or None when a heartbeat interval passed first."""
-        now = self._loop.time()
-        if self._idle_since is None:
-            self._idle_since = now
-        remaining = self._idle_since + timeout_s - now
-        wait = remaining if heartbeat_s is None else min(heartbeat_s, remaining)
-        try:
-            async with asyncio.timeout(max(wait, 0)):
-                data = await self._reader.read(_READ_SIZE)
-        except TimeoutError:
-            if wait < remaining:
+    def read_body(self) -> bytes | None:
+        """The next piece of the body from what has arrived; None if there is none yet or the body
+        is complete (``body_complete``). Raises BodyError, or the OSError the connection died of."""
+        body = self._body
+        assert body is not None, "read_body before the response head"
+        data = body.read()
+        while data is None and not body.done:
+            more = self._sock.take()
+            if more is None:
                 return None
-            raise
-        self._idle_since = None
-        self._bytes_read += len(data)
+            self._idle_since = None  # bytes came: the quiet period (if any) is over
+            body.receive(more)
+            data = body.read()
         return data
+
+    def body_waiter(self, timeout_s: float, heartbeat_s: float | None) -> asyncio.Future[None] | None:
+        """What to await for more body bytes, or None when a heartbeat is due.
+
+        ``timeout_s`` counts from when the body went quiet, heartbeats every ``heartbeat_s`` of it;
+        TimeoutError when the timeout has passed.
+        """
+        now = self._loop.time()
+        beat = heartbeat_s if heartbeat_s is not None else float("inf")
+        if self._idle_since is None:
+            self._idle_since, self._beat_at = now, now + beat
+        elif now >= self._idle_since + timeout_s:
+            raise TimeoutError
+        elif now >= self._beat_at:
+            self._beat_at = now + beat
+            return None
+        return self._wait_until(min(self._idle_since + timeout_s, self._beat_at))
+
+    def _wait_until(self, wake_at: float) -> asyncio.Future[None]:
+        """A future resolved by the next bytes, or by the timer at ``wake_at`` (loop time)."""
+        self._wake_at = wake_at
+        timer = self._timer
+        if timer is None or timer.when() > wake_at:
+            if timer is not None:
+                timer.cancel()
+            self._timer = self._loop.call_at(wake_at, self._on_timer)
+        return self._sock.wait()
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if not self._sock.waiting:
+            return  # the next wait arms a timer again
+        if self._loop.time() >= self._wake_at:
+            self._sock.wake()
+        else:  # the deadline moved on since the timer was armed
+            self._timer = self._loop.call_at(self._wake_at, self._on_timer)
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     @property
     def body_complete(self) -> bool:
         """True once the whole response body was received."""
-        return self._h11.their_state in (h11.DONE, h11.MUST_CLOSE)
+        return self._body is not None and self._body.done
 
     def finish_body_nowait(self) -> bool:
         """Consume the end of the body if it is already buffered (204, Content-Length: 0, last chunk)."""
-        if self._h11.their_state is not h11.SEND_BODY:
-            return self.body_complete
-        try:
-            event = self._h11.next_event()
-        except h11.RemoteProtocolError:
+        if self._body is None:
             return False
-        return isinstance(event, h11.EndOfMessage)
+        try:
+            return self.read_body() is None and self._body.done
+        except (BodyError, OSError):
+            return False
 
     def start_idle(self, now_s: float) -> bool:
-        """Start the next h11 cycle and mark IDLE if keep-alive allows it; False if it must close."""
-        conn = self._h11
+        """Ready the connection for its next cycle and mark IDLE if keep-alive allows it; False if it must close."""
+        self._stop_timer()
+        body = self._body
         reusable = (
             self.state is ConnState.ACTIVE
-            and conn.our_state is h11.DONE
-            and conn.their_state is h11.DONE  # MUST_CLOSE: `Connection: close` or read-until-EOF body
-            and not conn.trailing_data[0]  # bytes after the response: the stream is out of sync
+            and self._h11.our_state is h11.DONE
+            and body is not None
+            and body.done
+            and body.framing is not Framing.UNTIL_EOF
+            and self._keep_alive  # neither side said `Connection: close`, and not HTTP/1.0
+            and not body.leftover  # bytes after the response: the stream is out of sync
             and not self.is_dead()
         )
         if not reusable:
             return False
-        conn.start_next_cycle()
+        self._h11 = h11.Connection(h11.CLIENT)
+        self._body = None
+        self._idle_since = None
         self.state = ConnState.IDLE
         self.idle_since_s = now_s
         self.cycles += 1
@@ -283,15 +351,15 @@ class UpstreamConnection:
         """Abort the transport now (idempotent, no await, so safe on cancellation)."""
         # abort(), not close(): HTTP/1.1 framing is explicit, so a TLS close_notify adds nothing,
         # and close() would let a silent TLS peer hold the socket for the 30 s shutdown timeout.
+        self._stop_timer()
         if self.state is not ConnState.CLOSED:
             self.state = ConnState.CLOSED
-            self._writer.transport.abort()
+            self._transport.abort()
 
     async def aclose(self) -> None:
         """Close and wait until the transport has released its socket."""
         self.close_nowait()
-        with contextlib.suppress(OSError):  # the error that killed the connection, already reported
-            await self._writer.wait_closed()
+        await self._sock.closed
 
 
 class UpstreamResponse:
@@ -316,17 +384,34 @@ class UpstreamResponse:
     async def aiter_body(self, heartbeat_s: float | None = None) -> AsyncGenerator[bytes, None]:
         """Raw body chunks as they arrive; at the end the connection goes back to the pool.
 
-        Chunks are the h11 ``Data`` payloads (bytes-like; h11 gives ``bytearray``), never
-        re-buffered. Any error or cancellation closes the connection instead of pooling it.
-        The body can be iterated once. With ``heartbeat_s``, an empty chunk is yielded after each
-        such pause with no bytes (the read timeout still counts from the last bytes).
+        Chunks are ``bytes`` as the body reader cut them (a chunk's data, or what one read
+        brought of any other body), never re-buffered. Any error or cancellation closes the
+        connection instead of pooling it. The body can be iterated once. With ``heartbeat_s``,
+        an empty chunk is yielded after each such pause with no bytes (the read timeout still
+        counts from the last bytes).
         """
         conn = self._conn
         if conn is None or self._body_taken:
             raise RuntimeError("the response body was already read or the response closed")
         self._body_taken = True
+        timeout_s = self._read_timeout_s
         try:
-            while (chunk := await conn.receive_body_chunk(self._read_timeout_s, heartbeat_s)) is not None:
+            while True:
+                # The loop asks the connection directly (no coroutine per chunk): bytes already
+                # here come back at once, else it awaits one future until bytes or a deadline.
+                try:
+                    chunk = conn.read_body()
+                    while chunk is None and not conn.body_complete:
+                        waiter = conn.body_waiter(timeout_s, heartbeat_s)
+                        if waiter is None:
+                            chunk = b""  # a heartbeat
+                            break
+                        await waiter
+                        chunk = conn.read_body()
+                except _FOREIGN as exc:
+                    _reraise(exc, self._label, "reading the response body", timeout_s)
+                if chunk is None:
+                    break
                 yield chunk
                 if self._conn is not conn:  # aclose() gave the connection away while we were suspended
                     raise RuntimeError("the response was closed while its body was being read")

@@ -270,6 +270,61 @@ async def test_connection_close_response_is_not_reused() -> None:
         assert pool.connections_opened == 2
 
 
+@pytest.mark.parametrize(
+    ("method", "headers", "response", "pooled"),
+    [
+        ("GET", [(b"Connection", b"keep-alive, Close")], OK, False),  # we asked the upstream to close
+        ("GET", [], b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\nhello", False),
+        ("GET", [], b"HTTP/1.1 200 OK\r\nConnection: x, close\r\nContent-Length: 5\r\n\r\nhello", False),
+        ("GET", [], OK + b"junk", False),  # bytes after the response: out of sync
+        ("HEAD", [], b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", True),  # no body after a HEAD
+        ("GET", [], b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n", True),
+    ],
+    ids=["request-close", "http-1.0", "response-close", "trailing-junk", "head", "304"],
+)
+async def test_keep_alive_follows_both_heads_and_the_body_framing(
+    method: str, headers: list[tuple[bytes, bytes]], response: bytes, pooled: bool
+) -> None:
+    async with fake_server(serve(response)) as srv, Pool() as pool:
+        response_ = await pool.request(method, srv.url(), headers, b"", **FAST)
+        assert await response_.aread() == (b"hello" if method == "GET" and response_.status == 200 else b"")
+        await asyncio.sleep(0.01)  # let bytes sent after the response arrive
+        assert pool.idle_count() == int(pooled)
+
+
+async def test_large_bodies_arrive_whole() -> None:
+    """Reads much larger than the receive buffer, in chunks of every size, and a long Content-Length body."""
+    data = bytes(range(256)) * 4096  # 1 MiB
+    sizes = [1, 2, 100, 65535, 65536, 65537, 300_000]
+    chunks, at = [], 0
+    for size in sizes * 4:
+        chunks.append(data[at : at + size])
+        at += size
+        if at >= len(data):
+            break
+    chunks.append(data[at:])
+    chunked = b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in chunks if c) + b"0\r\n\r\n"
+    responses = [
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked,
+        b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(data), data),
+    ]
+    async with fake_server(serve(*responses)) as srv, Pool() as pool:
+        for _ in responses:
+            assert await (await get(pool, srv)).aread(max_bytes=len(data)) == data
+        assert pool.connections_opened == 1
+
+
+async def test_a_slow_reader_pauses_the_socket_and_loses_nothing() -> None:
+    data = bytes(range(256)) * 8192  # 2 MiB, far beyond what the client buffers before pausing
+    response = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(data), data)
+    async with fake_server(serve(response)) as srv, Pool() as pool:
+        response_ = await get(pool, srv)
+        await asyncio.sleep(0.2)  # the server writes all it can meanwhile
+        conn = response_._conn
+        assert conn is not None and conn._sock.buffered <= 256 * 1024  # reading paused
+        assert await response_.aread(max_bytes=len(data)) == data
+
+
 async def test_unread_body_closes_instead_of_pooling() -> None:
     async with fake_server(serve(OK)) as srv, Pool() as pool:
         response = await get(pool, srv)
@@ -370,7 +425,7 @@ async def test_failed_write_on_reused_connection_is_retried_once(monkeypatch: py
     async with fake_server(script) as srv, Pool() as pool:
         await fetch(pool, srv)
         (idle,) = pool._idle[split_url(srv.url())[0]]
-        idle._writer.transport.pause_reading()  # type: ignore[attr-defined]  # so the RST stays unseen
+        idle._transport.pause_reading()  # so the RST stays unseen
         srv.signal.set()
         await asyncio.sleep(0.05)
         monkeypatch.setattr(UpstreamConnection, "is_dead", lambda self: False)

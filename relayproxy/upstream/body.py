@@ -1,0 +1,178 @@
+"""Sans-IO HTTP/1.1 response body framing: Content-Length, chunked, or until the peer closes.
+
+h11 parses the response head; the body is cut here. A stream's body is the per-chunk hot path
+of the gateway, and h11 spends about 9 µs on each chunk (an event object, a state-machine step, a
+bytearray copy, and a second ``next_event`` call to learn that it needs more bytes); this reader
+spends about 1 µs and hands out ``bytes`` slices, which the SSE framer searches without copying.
+It accepts what h11 accepts (RFC 9112 §6 and §7.1: chunk-size lines ended by CRLF, extensions
+ignored, the CRLF after each chunk's data checked) except that the trailer section is skipped
+without checking its fields, which nothing here uses; and it holds no more than ``_MAX_LINE``
+bytes of a line it has not finished, as h11's ``max_incomplete_event_size`` does.
+
+Bytes go in with ``receive`` (``b""`` means the peer closed); ``read`` returns the next piece of
+body data, or None when it needs more bytes or the body is over (``done``). Whatever follows the
+body stays in ``leftover``: on a keep-alive connection that means the stream is out of sync.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import Enum
+
+__all__ = ["BodyError", "BodyReader", "Framing"]
+
+# A chunk-size line without its CRLF: h11's chunk_header (1-20 hex digits, `;` extensions, OWS).
+_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,20})(?:;[^\n]*)?[ \t]*")
+_BLANK_LINE = re.compile(rb"\n\r?\n")  # the end of a trailer section (h11 accepts bare LF there)
+_MAX_LINE = 16 * 1024  # a chunk-size line or a trailer section still incomplete after this: not HTTP
+
+
+class BodyError(Exception):
+    """The peer broke the body's framing (the message never quotes the peer's bytes)."""
+
+
+class Framing(Enum):
+    LENGTH = "content-length"
+    CHUNKED = "chunked"
+    UNTIL_EOF = "until-eof"  # HTTP/1.0 style: the connection cannot be reused
+
+
+class _State(Enum):
+    DATA = 0  # inside chunk data or a Content-Length body: _left bytes to go
+    SIZE = 1  # expecting a chunk-size line
+    FOOTER = 2  # expecting the CRLF after chunk data
+    TRAILER = 3  # after the last chunk: skipping the trailer section up to its blank line
+    UNTIL_EOF = 4
+    DONE = 5
+
+
+class BodyReader:
+    """One response body; see the module docstring."""
+
+    __slots__ = ("_buf", "_chunked", "_eof", "_left", "_pos", "_scan", "_state", "framing")
+
+    def __init__(self, framing: Framing, length: int = 0) -> None:
+        self.framing = framing
+        self._buf = b""
+        self._pos = 0  # where unread bytes start in _buf
+        self._scan = 0  # how far past _pos a line end was already looked for
+        self._eof = False
+        self._chunked = framing is Framing.CHUNKED
+        self._left = length  # bytes of the current chunk (or of the whole body) still to come
+        if framing is Framing.CHUNKED:
+            self._state = _State.SIZE
+        elif framing is Framing.UNTIL_EOF:
+            self._state = _State.UNTIL_EOF
+        else:
+            self._state = _State.DATA if length > 0 else _State.DONE
+
+    @property
+    def done(self) -> bool:
+        """True once the whole body was read."""
+        return self._state is _State.DONE
+
+    @property
+    def leftover(self) -> bytes:
+        """Bytes received after the end of the body (or not yet read)."""
+        return self._buf[self._pos :]
+
+    def receive(self, data: bytes) -> None:
+        """Add bytes from the peer; ``b""`` means it closed the connection."""
+        if not data:
+            self._eof = True
+        elif self._pos >= len(self._buf):
+            self._buf, self._pos = data, 0
+        else:
+            self._buf, self._pos = self._buf[self._pos :] + data, 0
+
+    def read(self) -> bytes | None:
+        """The next piece of body data; None when more bytes are needed, or at the end (`done`)."""
+        while True:
+            state = self._state
+            if state is _State.DATA:
+                return self._data()
+            if state is _State.SIZE:
+                if not self._size_line():
+                    return None
+            elif state is _State.FOOTER:
+                if not self._footer():
+                    return None
+            elif state is _State.TRAILER:
+                if not self._trailer():
+                    return None
+            elif state is _State.UNTIL_EOF:
+                data = self._take(len(self._buf) - self._pos)
+                if data or not self._eof:
+                    return data or None
+                self._state = _State.DONE
+            else:
+                return None
+
+    def _data(self) -> bytes | None:
+        data = self._take(self._left)
+        if not data:
+            if self._eof:
+                kind = "chunked" if self._chunked else "Content-Length"
+                raise BodyError(f"peer closed connection without sending complete message body ({kind})")
+            return None
+        self._left -= len(data)
+        if not self._left:
+            self._state = _State.FOOTER if self._chunked else _State.DONE
+        return data
+
+    def _take(self, most: int) -> bytes:
+        buf, pos = self._buf, self._pos
+        end = min(len(buf), pos + most)
+        self._pos = end
+        if pos == 0 and end == len(buf):
+            return buf  # the whole buffer, as received: no copy
+        return buf[pos:end]
+
+    def _size_line(self) -> bool:
+        buf, pos = self._buf, self._pos
+        end = buf.find(b"\r\n", pos + self._scan)
+        if end < 0:
+            self._incomplete("chunk-size line")
+            return False
+        found = _CHUNK_SIZE.fullmatch(buf, pos, end)
+        if found is None:
+            raise BodyError("illegal chunk header")
+        self._pos, self._scan = end + 2, 0
+        self._left = int(found[1], 16)
+        self._state = _State.DATA if self._left else _State.TRAILER
+        return True
+
+    def _footer(self) -> bool:
+        buf, pos = self._buf, self._pos
+        if len(buf) - pos < 2:
+            if buf[pos:] not in (b"", b"\r"):
+                raise BodyError("malformed chunk footer")
+            self._incomplete("chunk footer")
+            return False
+        if buf[pos : pos + 2] != b"\r\n":
+            raise BodyError("malformed chunk footer")
+        self._pos = pos + 2
+        self._state = _State.SIZE
+        return True
+
+    def _trailer(self) -> bool:
+        buf, pos = self._buf, self._pos
+        if buf.startswith(b"\r\n", pos) or buf.startswith(b"\n", pos):  # no trailer fields (the usual case)
+            self._pos = pos + (2 if buf[pos] == 0x0D else 1)
+        else:
+            found = _BLANK_LINE.search(buf, pos + self._scan)
+            if found is None:
+                self._incomplete("trailer section")
+                return False
+            self._pos, self._scan = found.end(), 0
+        self._state = _State.DONE
+        return True
+
+    def _incomplete(self, what: str) -> None:
+        """More bytes are needed to finish a line: fail at EOF or past the size cap."""
+        pending = len(self._buf) - self._pos
+        if self._eof:
+            raise BodyError(f"peer closed connection without sending complete message body (in a {what})")
+        if pending > _MAX_LINE:
+            raise BodyError(f"{what} over {_MAX_LINE} bytes")
+        self._scan = max(0, pending - 2)  # a CRLF or LF CR LF may straddle the next feed
