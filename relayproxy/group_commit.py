@@ -7,16 +7,17 @@ hands whole transactions (``Op``: a function of the plain ``sqlite3.Connection``
 ``GroupCommit.run``, which queues them. One flusher task takes everything queued so far and runs
 it as ONE batch on the thread:
 
-    BEGIN IMMEDIATE                    (plain BEGIN when every op only reads)
-      SAVEPOINT op; op 1; RELEASE op   (an op that raises is rolled back alone: ROLLBACK TO op)
-      SAVEPOINT op; op 2; RELEASE op
-      ...
-    COMMIT                             (synchronous=FULL when any op is durable, NORMAL otherwise)
+    BEGIN IMMEDIATE          (plain BEGIN when every op only reads)
+      op 1; op 2; ...        (if one raises: ROLLBACK, and again with each op in a SAVEPOINT,
+                              so that only the failing op is rolled back: ROLLBACK TO op)
+    COMMIT                   (synchronous=FULL when any op is durable, NORMAL otherwise)
 
 and only after the COMMIT returns does any op's future get its result: nothing is acknowledged
 before it is durable (a batch whose commit fails fails every op in it, and none of them happened).
 While a batch runs, new ops queue for the next one, so under load the trips, wake-ups and fsyncs
-are shared by every request in flight; a lone op still goes at once (no waiting to fill a batch).
+are shared by every request in flight. An op someone waits for goes at once (no waiting to fill a
+batch); writes nobody waits for (settlements) linger up to ``LINGER_S`` for company, and go with
+the next waited-for op, so a lone client's settlement shares its next request's trip.
 
 Ops run in the order they were submitted, so a caller reads its own writes: a read submitted after
 a write (even one nobody awaited) sees it. Ops must be short and must not wait on the event loop:
@@ -42,6 +43,11 @@ __all__ = ["GroupCommit", "Op", "SyncDb", "drive"]
 T = TypeVar("T")
 log = logging.getLogger("relayproxy.store")
 
+#: How long a write nobody waits for (a settlement) may wait for others to share its commit, and
+#: how many such writes make a batch go at once.
+LINGER_S = 0.002
+MAX_LINGER_OPS = 256
+
 #: One transaction's work, run on the database thread inside the batch's transaction.
 Op = Callable[[sqlite3.Connection], T]
 
@@ -58,18 +64,27 @@ class _Queued(Generic[T]):
 class GroupCommit:
     """Runs ops in batches on aiosqlite's database thread; see the module docstring."""
 
-    def __init__(self, db: aiosqlite.Connection) -> None:
+    def __init__(self, db: aiosqlite.Connection, *, linger_s: float = LINGER_S) -> None:
         self._db = db
+        self._linger_s = linger_s
         self._queue: list[_Queued[Any]] = []
+        self._waited = 0  # queued ops someone is waiting for: while there are none, the batch may linger
+        self._wake: asyncio.Future[None] | None = None  # set while lingering
         self._flusher: asyncio.Task[None] | None = None
+        self._draining = False
         self.batches = 0  # batches committed (or failed): for tests and metrics
         self.ops = 0
 
-    def submit(self, fn: Op[T], *, durable: bool, write: bool = True) -> asyncio.Future[T]:
+    def submit(self, fn: Op[T], *, durable: bool, write: bool = True, waited: bool = True) -> asyncio.Future[T]:
         """Queue ``fn`` for the next batch; the future settles once its batch has committed."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         self._queue.append(_Queued(fn, durable, write, "write" if write else "read", future))
+        if waited:
+            self._waited += 1
+            self._hurry()
+        elif len(self._queue) >= MAX_LINGER_OPS:
+            self._hurry()
         if self._flusher is None:
             self._flusher = loop.create_task(self._flush())
         return future
@@ -79,25 +94,42 @@ class GroupCommit:
         return await self.submit(fn, durable=durable, write=write)
 
     def post(self, fn: Op[T], *, durable: bool) -> asyncio.Future[T]:
-        """Submit a write nobody waits for (it runs all the same); a failure is logged."""
-        future = self.submit(fn, durable=durable)
+        """Submit a write nobody waits for (it runs all the same; a failure is logged). It may
+        linger up to ``linger_s`` for company, and goes at once with the next op someone waits for."""
+        future = self.submit(fn, durable=durable, waited=False)
         future.add_done_callback(_log_failure)
         return future
 
     async def drain(self) -> None:
-        """Wait until everything queued so far has been committed (or has failed)."""
-        while self._flusher is not None:
-            await asyncio.shield(self._flusher)
+        """Commit everything queued so far, without lingering, and wait for it."""
+        self._draining = True
+        try:
+            while self._flusher is not None:
+                self._hurry()
+                await asyncio.shield(self._flusher)
+        finally:
+            self._draining = False
+
+    def _hurry(self) -> None:
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
 
     async def _flush(self) -> None:
+        loop = asyncio.get_running_loop()
         try:
             while self._queue:
-                batch, self._queue = self._queue, []
+                if not self._waited and not self._draining and self._linger_s > 0:
+                    await self._linger(loop)
+                batch, self._queue, self._waited = self._queue, [], 0
                 # Shielded: once on the thread the batch runs to its end, and its futures must
                 # learn how it went even if this task is cancelled (the loop shutting down).
                 trip = self._db._execute(_run_batch, self._db._conn, batch)  # type: ignore[no-untyped-call]
                 try:
-                    results = await asyncio.shield(trip)
+                    try:
+                        results = await asyncio.shield(trip)
+                    except asyncio.CancelledError:  # the loop shutting down: see the queue through
+                        self._draining = True
+                        results = await trip
                 except sqlite3.Error as exc:
                     results = [StoreError(f"database {q.what} failed: {exc}") for q in batch]
                 self.batches += 1
@@ -106,6 +138,23 @@ class GroupCommit:
                     _settle(queued.future, result)
         finally:
             self._flusher = None
+
+    async def _linger(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Only writes nobody waits for are queued: give others up to linger_s to join them."""
+        wake = self._wake = loop.create_future()
+        timer = loop.call_later(self._linger_s, _wake_up, wake)
+        try:
+            await asyncio.shield(wake)  # a cancelled flusher still flushes (the loop shutting down)
+        except asyncio.CancelledError:
+            self._draining = True
+        finally:
+            timer.cancel()
+            self._wake = None
+
+
+def _wake_up(wake: asyncio.Future[None]) -> None:
+    if not wake.done():
+        wake.set_result(None)
 
 
 def _settle(future: asyncio.Future[Any], result: Any) -> None:
@@ -126,45 +175,52 @@ def _log_failure(future: asyncio.Future[Any]) -> None:
 
 
 def _run_batch(conn: sqlite3.Connection, batch: list[_Queued[Any]]) -> list[Any]:
-    """On the database thread: every op of the batch in one transaction, each in its own savepoint.
+    """On the database thread: every op of the batch in one transaction.
 
-    Returns one result per op: its value, or the exception it raised (sqlite3 errors as StoreError).
-    A failing COMMIT raises sqlite3.Error for the whole batch.
+    Returns one result per op: its value, or the exception it raised (sqlite3 errors as StoreError),
+    in which case nothing that op wrote is kept. Optimistic: the ops first run back to back; only
+    if one of them raises is the transaction rolled back and run again with each op in its own
+    savepoint, so that the others still commit (failures are rare; savepoints cost two statements
+    per op). A failing COMMIT raises sqlite3.Error for the whole batch.
     """
     durable = any(q.durable for q in batch)
     write = any(q.write for q in batch)
-    alone = len(batch) == 1
-    results: list[Any] = []
     if not durable:
         conn.execute("PRAGMA synchronous=NORMAL")
     try:
-        conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-        try:
-            for q in batch:
-                if not alone:
-                    conn.execute("SAVEPOINT op")
-                try:
-                    results.append(q.fn(conn))
-                except Exception as exc:  # noqa: BLE001 - handed to that op's caller
-                    if alone:
-                        conn.execute("ROLLBACK")
-                        return [_as_store_error(exc, q.what)]
-                    conn.execute("ROLLBACK TO op")
-                    results.append(_as_store_error(exc, q.what))
-                if not alone:
-                    conn.execute("RELEASE op")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
-    except sqlite3.Error:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
+        results = _attempt(conn, batch, "BEGIN IMMEDIATE" if write else "BEGIN", savepoints=False)
+        if results is None:
+            results = _attempt(conn, batch, "BEGIN IMMEDIATE" if write else "BEGIN", savepoints=True)
+        assert results is not None
+        return results
     finally:
         if not durable:
             conn.execute("PRAGMA synchronous=FULL")
+
+
+def _attempt(conn: sqlite3.Connection, batch: list[_Queued[Any]], begin: str, *, savepoints: bool) -> list[Any] | None:
+    """One transaction over the batch; None (rolled back) when an op raised without savepoints."""
+    results: list[Any] = []
+    conn.execute(begin)
+    try:
+        for q in batch:
+            if savepoints:
+                conn.execute("SAVEPOINT op")
+            try:
+                results.append(q.fn(conn))
+            except Exception as exc:  # noqa: BLE001 - handed to that op's caller
+                if not savepoints:
+                    conn.execute("ROLLBACK")
+                    return None if len(batch) > 1 else [_as_store_error(exc, q.what)]
+                conn.execute("ROLLBACK TO op")
+                results.append(_as_store_error(exc, q.what))
+            if savepoints:
+                conn.execute("RELEASE op")
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
     return results
 
 

@@ -123,7 +123,7 @@ class ClientConnection(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, transport)  # uvloop's is one, though not by subclass
         if not self._server._adopt(self):
             self._state = ConnState.CLOSED
-            transport.abort()
+            self._transport.abort()
             return
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple):

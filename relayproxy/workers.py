@@ -41,7 +41,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .accesslog import install_redaction
+from .accesslog import configure_logging
 from .app import CLEANUP_GRACE_S, CONTROL_DRAIN, CONTROL_STOP, prepare_service, run_gateway
 from .config import Config, ConfigError, parse_config
 
@@ -339,10 +339,7 @@ def _snapshot(config: Config) -> tuple[Config, bytes]:
 def worker_main(argv: Sequence[str]) -> int:
     """A worker: ``FD INDEX CONFIG_PATH``; the config text comes first on stdin (see the module docstring)."""
     fd, index, config_path = int(argv[0]), int(argv[1]), Path(argv[2])
-    logging.basicConfig(
-        level=logging.INFO, stream=sys.stderr, format=LOG_FORMAT.format(who=f"worker {index} pid {os.getpid()}")
-    )
-    install_redaction()
+    configure_logging(sys.stderr, LOG_FORMAT.format(who=f"worker {index} pid {os.getpid()}"))
     try:
         text = _read_exactly(0, _HEADER.unpack(_read_exactly(0, _HEADER.size))[0])
         config = parse_config(tomllib.loads(text.decode("utf-8")), config_path)

@@ -151,3 +151,26 @@ async def test_store_close_commits_settlements_nobody_waited_for(tmp_path: Path)
         assert await again.ledger_check() == []
     finally:
         await again.close()
+
+
+async def test_writes_nobody_waits_for_linger_and_ride_with_the_next_awaited_op(db: aiosqlite.Connection) -> None:
+    gc = GroupCommit(db, linger_s=60.0)  # longer than the test: only the awaited op can send them
+    for i in range(3):
+        gc.post(insert(i), durable=True)
+    await asyncio.sleep(0.05)
+    assert gc.batches == 0  # still lingering
+    assert await gc.run(values, durable=False, write=False) == [0, 1, 2]
+    assert (gc.batches, gc.ops) == (1, 4)
+
+
+async def test_drain_does_not_linger(db: aiosqlite.Connection) -> None:
+    gc = GroupCommit(db, linger_s=60.0)
+    gc.post(insert(1), durable=True)
+    await asyncio.wait_for(gc.drain(), timeout=5)
+    assert (gc.batches, gc.ops) == (1, 1)
+
+
+async def test_a_lone_write_nobody_waits_for_goes_after_the_linger(db: aiosqlite.Connection) -> None:
+    gc = GroupCommit(db, linger_s=0.01)
+    done = gc.post(insert(1), durable=True)
+    assert await asyncio.wait_for(done, timeout=5) == 1
