@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import sqlite3
+import time
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -88,8 +89,18 @@ _USAGE_FIELDS = tuple(f for f in UsageRecord.__dataclass_fields__)
 
 
 def utc_now() -> str:
-    """ISO-8601 UTC with milliseconds, e.g. 2026-11-23T10:00:00.123Z."""
-    return utc_iso(datetime.now(UTC))
+    """ISO-8601 UTC with milliseconds, e.g. 2026-11-23T10:00:00.123Z (the same as
+    ``utc_iso(datetime.now(UTC))``; the text up to the second is formatted once per second)."""
+    global _second, _second_text  # a one-entry cache, per process
+    now_ms = time.time_ns() // 1_000_000
+    second, ms = divmod(now_ms, 1000)
+    if second != _second:
+        _second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _second = second
+    return f"{_second_text}.{ms:03d}Z"
+
+
+_second, _second_text = -1, ""
 
 
 def utc_iso(moment: datetime) -> str:

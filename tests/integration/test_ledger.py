@@ -690,3 +690,14 @@ def test_store_errors_stay_store_errors(tmp_path: Path) -> None:
     bogus.write_bytes(b"this is not an SQLite database, just some bytes" * 100)
     with pytest.raises(StoreError, match=r"not-a\.db"):
         asyncio.run(Store.open(bogus))
+
+
+def test_utc_now_matches_the_store_timestamp_format() -> None:
+    """The per-second cache gives the same text as formatting the moment in full."""
+    for _ in range(3):
+        before = utc_iso(datetime.now(UTC))
+        now = utc_now()
+        after = utc_iso(datetime.now(UTC))
+        assert before <= now <= after
+        assert len(now) == len("2026-11-23T10:00:00.123Z") and now.endswith("Z") and now[19] == "."
+        time.sleep(0.6)  # crosses a second boundary at least once
