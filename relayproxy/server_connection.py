@@ -10,13 +10,13 @@ import asyncio
 import enum
 import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from http import HTTPStatus
 from typing import TYPE_CHECKING, cast
 
 import h11
 
-from .http_types import HttpRequest, HttpResponse
+from .http_types import HttpRequest, HttpResponse, header
 from .server_limits import HeadScanner, RequestRejected, body_allowed, check_request, split_target
 
 if TYPE_CHECKING:
@@ -50,6 +50,11 @@ class ConnState(enum.Enum):
 
 class _ClientGone(Exception):
     """The client cannot be written to any more (closed, reset, or stalled past the limit)."""
+
+
+def _frame_chunk(data: bytes) -> bytes:
+    """One chunk of a chunked body, as h11's ChunkedWriter frames it."""
+    return b"%x\r\n%b\r\n" % (len(data), data)
 
 
 def _describe(exc: h11.RemoteProtocolError) -> str:
@@ -348,17 +353,24 @@ class ClientConnection(asyncio.Protocol):
             reason = _REASONS.get(response.status, b"")
             self._write(self._h11_bytes(h11.Response(status_code=response.status, headers=headers, reason=reason)))
             if body_allowed(req.method, response.status):
-                await self._write_stream(body)
+                # h11 frames a body without Content-Length as chunks for an HTTP/1.1 client and
+                # as raw bytes up to the close for an HTTP/1.0 one (and adds the headers that
+                # say so); the Data events themselves change no state in it, so the chunks are
+                # framed here, without an event object and a state-machine pass per chunk.
+                own = header(response.headers, b"content-length") is None
+                await self._write_stream(
+                    body, frame=_frame_chunk if own and self._h11.their_http_version == b"1.1" else None
+                )
             self._write(self._h11_bytes(h11.EndOfMessage()))
         finally:
             await _aclose(body)  # GeneratorExit in the handler's generator if we stopped early
 
-    async def _write_stream(self, body: AsyncIterator[bytes]) -> None:
+    async def _write_stream(self, body: AsyncIterator[bytes], *, frame: Callable[[bytes], bytes] | None) -> None:
         # The iterator is resumed only after its previous chunk was handed to the transport and
         # the transport's buffer is below its high-water mark: a slow client slows the producer.
         async for chunk in body:
             if chunk:
-                self._write(self._h11_bytes(h11.Data(data=chunk)))
+                self._write(frame(chunk) if frame is not None else self._h11_bytes(h11.Data(data=chunk)))
                 if self._write_paused:
                     await self._wait_writable()
 
