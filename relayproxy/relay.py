@@ -1,14 +1,16 @@
 """Sans-IO stream relays between an upstream SSE byte stream and the client.
 
-Both relays take upstream body chunks and return what the client should receive, and tell the
-gateway what happened: ``done`` (the upstream's terminal signal was seen), ``usage`` (the last
-normalised snapshot), ``failed`` (the upstream reported an error in-band).
+Both relays take upstream body chunks and return what the client should receive (one bytes-like
+object, empty when there is nothing to send), and tell the gateway what happened: ``done`` (the
+upstream's terminal signal was seen), ``usage`` (the last normalised snapshot), ``failed`` (the
+upstream reported an error in-band).
 
 Passthrough (same protocol): the client receives the upstream's own bytes. Each chunk goes
 through an SSEFramer only so that a codec tap can read usage and the terminator. When a chunk
 starts and ends on event boundaries and the tap keeps every event in it (the common case), the
 chunk object itself is returned: no copy, no re-serialisation. Otherwise the kept events' raw
-byte spans are returned (memoryview slices of the chunk where an event lies inside one chunk).
+byte spans are returned, joined (an event that lay inside the chunk is a memoryview slice of it,
+so only the join copies).
 
 Translate (different protocols, or a different framing): framer -> the upstream codec's
 StreamDecoder -> IR events -> the client codec's StreamEncoder -> bytes. After an in-band
@@ -26,8 +28,6 @@ from relayproxy.sse import SSEFramer
 
 __all__ = ["Passthrough", "Relay", "Translate"]
 
-Chunk = bytes | bytearray | memoryview
-
 
 class Passthrough:
     """Zero-copy same-protocol relay: ``feed(chunk)`` returns what the client should receive."""
@@ -37,18 +37,19 @@ class Passthrough:
         self._tap = tap
         self.relayed_bytes = 0  # upstream bytes seen (the output budget's measure)
 
-    def feed(self, chunk: Chunk) -> list[Chunk]:
+    def feed(self, chunk: bytes) -> bytes:
         self.relayed_bytes += len(chunk)
-        aligned = not self._framer.has_partial
-        events = self._framer.feed(chunk)
-        kept = [ev for ev in events if self._tap.feed(ev)]
-        if aligned and len(kept) == len(events) and not self._framer.has_partial:
-            return [chunk]
-        return [ev.raw for ev in kept]
+        framer, tap = self._framer, self._tap
+        aligned = not framer.has_partial
+        events = framer.feed(chunk)
+        kept = [ev for ev in events if tap.feed(ev)]
+        if aligned and len(kept) == len(events) and not framer.has_partial:
+            return chunk
+        return b"".join([ev.raw for ev in kept])
 
-    def close(self) -> list[Chunk]:
-        """End of the upstream body: events completed only by EOF (no final blank line)."""
-        return [ev.raw for ev in self._framer.close() if self._tap.feed(ev)]
+    def close(self) -> bytes:
+        """End of the upstream body: an event completed only by EOF (no final blank line)."""
+        return b"".join([ev.raw for ev in self._framer.close() if self._tap.feed(ev)])
 
     @property
     def done(self) -> bool:
@@ -82,24 +83,29 @@ class Translate:
         self.failed: ir.StreamFailed | None = None
         self.relayed_bytes = 0  # generated content bytes (text, thinking, tool arguments)
 
-    def feed(self, chunk: Chunk) -> list[Chunk]:
-        out: list[Chunk] = []
+    def feed(self, chunk: bytes) -> bytes:
+        out: list[bytes] = []
         for ev in self._framer.feed(chunk):
             self._emit(self._decoder.feed(ev), out)
-        return out
+        return out[0] if len(out) == 1 else b"".join(out)
 
-    def close(self) -> list[Chunk]:
-        out: list[Chunk] = []
+    def close(self) -> bytes:
+        out: list[bytes] = []
         for ev in self._framer.close():
             self._emit(self._decoder.feed(ev), out)
         self._emit(self._decoder.close(), out)
-        return out
+        return b"".join(out)
 
-    def _emit(self, events: list[ir.StreamEvent], out: list[Chunk]) -> None:
+    def _emit(self, events: list[ir.StreamEvent], out: list[bytes]) -> None:
+        encode = self._encoder.encode
         for ev in events:
             if self.done or self.failed is not None:
                 return  # nothing may follow the terminator or an error event
-            if isinstance(ev, ir.UsageUpdate):
+            if isinstance(ev, _TEXTS):  # the bulk of a stream first
+                self.relayed_bytes += len(ev.text)
+            elif isinstance(ev, ir.ToolCallDelta):
+                self.relayed_bytes += len(ev.arguments)
+            elif isinstance(ev, ir.UsageUpdate):
                 self.usage = ev.usage
             elif isinstance(ev, ir.StreamFailed):
                 self.failed = ev
@@ -107,13 +113,10 @@ class Translate:
                 return
             elif isinstance(ev, ir.MessageStop):
                 self.done = True
-            elif isinstance(ev, ir.TextDelta | ir.ThinkingDelta):
-                self.relayed_bytes += len(ev.text)
-            elif isinstance(ev, ir.ToolCallDelta):
-                self.relayed_bytes += len(ev.arguments)
-            data = self._encoder.encode(ev)
+            data = encode(ev)
             if data:
                 out.append(data)
 
 
+_TEXTS = (ir.TextDelta, ir.ThinkingDelta)  # a tuple: `A | B` would build a union object per call
 Relay = Passthrough | Translate

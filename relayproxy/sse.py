@@ -44,13 +44,17 @@ _NOT_EOL = re.compile(rb"[^\r\n]")
 _LINE_BREAK = re.compile(rb"\r\n|\r|\n")
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class SSEEvent:
     """One dispatched event; `raw` is exactly its bytes, first line through terminating blank line.
 
     When the event lay wholly inside one fed chunk, `raw` is a memoryview slice of that chunk: it
     keeps the chunk alive, and a fed bytearray must not be mutated or resized while it is in use.
     An event that spanned feeds gets `raw` as bytes, joined from just the pieces it needs.
+
+    A value: nothing changes an event once made. It is not ``frozen`` only because a frozen
+    dataclass's ``__init__`` (an ``object.__setattr__`` per field) costs three times as much, once
+    per event of every stream.
     """
 
     event: str | None
@@ -140,22 +144,45 @@ class SSEFramer:
 
     def _frame(self, data: bytes, view: memoryview, pos: int, events: list[SSEEvent]) -> None:
         """Dispatch every complete block in data[pos:]; keep the unfinished rest as pending."""
-        scanner, size, limit = _Scanner(data, pos), len(data), self._max_event_bytes
+        size, limit = len(data), self._max_event_bytes
+        if data.find(b"\r", pos) < 0:
+            # LF only (the usual case): a block ends at LF LF, and the common block shapes are
+            # parsed in place (`_parse_lf_block`), with no slice of the block.
+            while pos < size:
+                if data[pos] == _LF:  # blank lines between blocks: they dispatch nothing
+                    pos = _skip_blank_lines(data, pos)
+                    continue
+                end = data.find(b"\n\n", pos) + 2
+                if end < 2:
+                    self._hold(view, pos)
+                    return
+                if end - pos > limit:
+                    self._check_size(end - pos)
+                raw = view if pos == 0 and end == size else view[pos:end]
+                if (event := _parse_lf_block(data, pos, end, raw)) is not None:
+                    events.append(event)
+                pos = end
+            return
+        scanner = _Scanner(data, pos)
         while pos < size:
-            if data[pos] in _EOL:  # blank lines between blocks: they dispatch nothing
+            if data[pos] in _EOL:
                 pos = _skip_blank_lines(data, pos)
                 continue
             end = scanner.block_end(pos)
             if end < 0:
-                self._pending += view[pos:]
-                self._scan = max(0, len(self._pending) - 2)
-                self._check_size(len(self._pending))
+                self._hold(view, pos)
                 return
             if end - pos > limit:
                 self._check_size(end - pos)
             if (event := _parse_block(data[pos:end], view[pos:end])) is not None:
                 events.append(event)
             pos = end
+
+    def _hold(self, view: memoryview, pos: int) -> None:
+        """Keep the unfinished event that starts at `pos` for the next feed."""
+        self._pending += view[pos:]
+        self._scan = max(0, len(self._pending) - 2)
+        self._check_size(len(self._pending))
 
     def _finish_pending(self, data: bytes, view: memoryview, events: list[SSEEvent]) -> int:
         """Complete the pending event from the head of `view`: where the rest starts, or -1."""
@@ -198,6 +225,24 @@ def _skip_blank_lines(data: bytes, pos: int) -> int:
     """Where the next block starts: blank lines between blocks belong to no event."""
     found = _NOT_EOL.search(data, pos)
     return len(data) if found is None else found.start()
+
+
+def _parse_lf_block(data: bytes, pos: int, end: int, raw: bytes | memoryview) -> SSEEvent | None:
+    """`_parse_block` of data[pos:end], a block with LF line ends only: the two commonest shapes,
+    one ``data`` line (OpenAI, Gemini) or an ``event`` line then a ``data`` line (Anthropic), are
+    read in place, copying only the field values; any other block goes to `_parse_block`."""
+    last = end - 2  # the LF ending the block's last line
+    if data.startswith(b"data:", pos):
+        if data.find(b"\n", pos + 5, last) < 0:
+            start = pos + 6 if data.startswith(b" ", pos + 5) else pos + 5
+            return SSEEvent(None, data[start:last], raw)
+    elif data.startswith(b"event:", pos):
+        eol = data.find(b"\n", pos + 6, last)
+        if eol >= 0 and data.startswith(b"data:", eol + 1) and data.find(b"\n", eol + 6, last) < 0:
+            name = pos + 7 if data.startswith(b" ", pos + 6) else pos + 6
+            start = eol + 7 if data.startswith(b" ", eol + 6) else eol + 6
+            return SSEEvent(data[name:eol].decode("utf-8", "replace"), data[start:last], raw)
+    return _parse_block(data[pos:end], raw)
 
 
 def _parse_block(block: bytes, raw: bytes | memoryview) -> SSEEvent | None:

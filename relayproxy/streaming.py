@@ -23,7 +23,7 @@ from relayproxy.records import Outcome
 from relayproxy.relay import Passthrough, Relay, Translate
 from relayproxy.upstream import UpstreamResponse
 
-__all__ = ["OutputBudget", "OverHold", "StreamBody", "join_pieces", "make_relay"]
+__all__ = ["OutputBudget", "OverHold", "StreamBody", "make_relay"]
 
 
 def make_relay(p: Plan, encoder: StreamEncoder) -> Relay:
@@ -120,16 +120,16 @@ class StreamBody:
         relay, budget = self._relay, self._budget
         try:
             async for chunk in self._resp.aiter_body(heartbeat_s=self._ping_s):
-                pieces = relay.feed(chunk) if chunk else [self._encoder.ping()]
+                out = relay.feed(chunk) if chunk else self._encoder.ping()
                 budget.check(relay)  # before the bytes go out: an over-limit stream is cut
-                if pieces:
-                    yield join_pieces(pieces)
+                if out:
+                    yield out  # passthrough: usually the upstream's own chunk object
                 if relay.done or relay.failed is not None:
                     break
             else:
                 tail = relay.close()
                 if tail:
-                    yield join_pieces(tail)
+                    yield tail
         except FramingError as exc:
             raise UpstreamProtocolError(f"The upstream stream could not be framed: {exc}") from None
         async for end in self._end():
@@ -210,11 +210,3 @@ class OverHold(UpstreamProtocolError):
     """The upstream ignored the output limit the credit hold was sized for."""
 
     kind = "over_hold"
-
-
-def join_pieces(pieces: list[Any]) -> bytes:
-    """One body chunk; a single piece (usually the upstream's own chunk object) is not copied."""
-    if len(pieces) == 1 and not isinstance(pieces[0], memoryview):
-        first: bytes = pieces[0]
-        return first
-    return b"".join(pieces)

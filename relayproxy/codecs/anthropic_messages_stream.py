@@ -40,7 +40,7 @@ import orjson
 
 from relayproxy import ir
 from relayproxy.errors import RelayError, UpstreamStatusError
-from relayproxy.sse import SSEEvent, encode_event
+from relayproxy.sse import SSEEvent
 
 __all__ = [
     "ERROR_TYPES",
@@ -320,18 +320,21 @@ class AnthropicStreamDecoder:
     def feed(self, ev: SSEEvent) -> list[ir.StreamEvent]:
         if self._ended:
             return []
-        data = ev.data.strip()
-        if not data or data == b"[DONE]":  # compatible providers sometimes end OpenAI-style
-            return []
+        data = ev.data  # orjson skips surrounding whitespace itself: no stripped copy
+        if not data or data.isspace() or (data[0] != 0x7B and data.strip() == b"[DONE]"):
+            return []  # compatible providers sometimes end OpenAI-style
         try:
             payload = orjson.loads(data)
         except orjson.JSONDecodeError:
             payload = None
-        if not isinstance(payload, dict):
+        if type(payload) is not dict:
             self._ended = True
-            return self._prefix([ir.StreamFailed(502, f"upstream sent a malformed stream event: {data[:80]!r}")])
-        kind = payload.get("type") if isinstance(payload.get("type"), str) else ev.event
-        handler = _DECODERS.get(kind) if isinstance(kind, str) else None
+            shown = data.strip()[:80]
+            return self._prefix([ir.StreamFailed(502, f"upstream sent a malformed stream event: {shown!r}")])
+        kind = payload.get("type")
+        if not isinstance(kind, str):
+            kind = ev.event or ""
+        handler = _DECODERS.get(kind)
         return [] if handler is None else self._prefix(handler(self, payload))
 
     def close(self) -> list[ir.StreamEvent]:
@@ -442,6 +445,9 @@ class _Block(Enum):
     TOOL = "tool_use"
 
 
+_TEXT = _Block.TEXT  # the per-chunk check, without an Enum member lookup
+
+
 @dataclass(slots=True)
 class _Call:
     """One tool call of the message, as the encoder tracks it."""
@@ -454,7 +460,9 @@ class _Call:
 
 
 def _event(name: str, payload: dict[str, Any]) -> bytes:
-    return encode_event(orjson.dumps(payload), name)
+    """`encode_event` of the payload's JSON, which orjson writes on one line (JSON escapes line
+    breaks in strings), so the data needs no splitting."""
+    return b"".join((b"event: ", name.encode(), b"\ndata: ", orjson.dumps(payload), b"\n\n"))
 
 
 def _error_event(etype: str, message: str) -> bytes:
@@ -543,7 +551,7 @@ class AnthropicStreamEncoder:
     def _on_text(self, ev: ir.TextDelta) -> list[bytes]:
         if not ev.text:
             return []
-        out = self._switch(_Block.TEXT, {"type": "text", "text": ""})
+        out = [] if self._open is _TEXT else self._switch(_TEXT, {"type": "text", "text": ""})
         out.append(self._delta({"type": "text_delta", "text": ev.text}))
         return out
 

@@ -207,6 +207,9 @@ class _Phase(Enum):
     FAILED = "failed"  # an error chunk became StreamFailed: anything after it is ignored
 
 
+_OPEN = _Phase.OPEN  # looked up once per chunk: an Enum member lookup is not free
+
+
 class ChatStreamDecoder:
     """OpenAI-protocol upstream SSE events -> IR stream events (see the module docstring)."""
 
@@ -218,19 +221,23 @@ class ChatStreamDecoder:
         self._call_ids: list[str] = []  # by ordinal; the last one is the current call
 
     def feed(self, ev: SSEEvent) -> list[ir.StreamEvent]:
-        if self._phase is not _Phase.OPEN or not ev.data.strip():
+        data = ev.data
+        if self._phase is not _OPEN or not data or data.isspace():
             return []
-        if ev.data.startswith(DONE):
+        if data.startswith(DONE):
             return self._done()
         try:
-            chunk = orjson.loads(ev.data)
+            chunk = orjson.loads(data)
         except orjson.JSONDecodeError:
             return self._fail(502, "The upstream sent a stream event that is not JSON.", None)
-        if not isinstance(chunk, dict):
+        if type(chunk) is not dict:
             return self._fail(502, "The upstream sent a stream event that is not a JSON object.", None)
-        failure = _chunk_error(chunk)
-        if failure is not None:
-            return self._fail(*failure)
+        if "error" in chunk or "base_resp" in chunk:
+            failure = _chunk_error(chunk)
+            if failure is not None:
+                return self._fail(*failure)
+        if self._started:
+            return self._read(chunk)
         return self._start(chunk) + self._read(chunk)
 
     def close(self) -> list[ir.StreamEvent]:
@@ -260,21 +267,27 @@ class ChatStreamDecoder:
 
     def _read(self, chunk: dict[str, Any]) -> list[ir.StreamEvent]:
         events: list[ir.StreamEvent] = []
-        usage = decode_usage(chunk.get("usage"))
+        usage = chunk.get("usage")
+        usage = None if usage is None else decode_usage(usage)
         choices = chunk.get("choices")
-        choice = choices[0] if isinstance(choices, list) and choices else None
-        if isinstance(choice, dict):
+        choice = choices[0] if type(choices) is list and choices else None
+        if type(choice) is dict:
             delta = choice.get("delta")
-            if isinstance(delta, dict):
+            if type(delta) is dict:
                 events += self._delta(delta)
-            self._finish = decode_finish(choice.get("finish_reason")) or self._finish
-            usage = usage or decode_usage(choice.get("usage"))  # Moonshot: usage inside choices[0]
+            reason = choice.get("finish_reason")
+            if reason is not None:
+                self._finish = decode_finish(reason) or self._finish
+            if usage is None and "usage" in choice:  # Moonshot: usage inside choices[0]
+                usage = decode_usage(choice["usage"])
         if usage is not None:
             events.append(ir.UsageUpdate(usage))
         return events
 
     def _delta(self, delta: dict[str, Any]) -> list[ir.StreamEvent]:
-        events: list[ir.StreamEvent] = [ir.ThinkingDelta(t) for t in reasoning_texts(delta)]
+        events: list[ir.StreamEvent] = []
+        if "reasoning_content" in delta or "reasoning" in delta or "reasoning_details" in delta:
+            events += [ir.ThinkingDelta(t) for t in reasoning_texts(delta)]
         for key in ("content", "refusal"):  # a refusal is what the model said: text for every client
             text = delta.get(key)
             if isinstance(text, str) and text:
@@ -360,6 +373,8 @@ class ChatStreamEncoder:
         if isinstance(ev, ir.MessageStart):
             self._usage = ev.usage or self._usage
             return self._open(ev.id)
+        if type(ev) is ir.TextDelta and self._id:  # the bulk of a stream, without the match below
+            return self._delta({"content": ev.text}) if ev.text else b""
         return self._open("") + self._body(ev)
 
     def error(self, err: RelayError) -> bytes:
@@ -420,7 +435,7 @@ class ChatStreamEncoder:
         }
         if self._include_usage:
             chunk["usage"] = usage  # null on every chunk but the last, as OpenAI does
-        return b"data: " + orjson.dumps(chunk) + b"\n\n"
+        return b"data: %b\n\n" % orjson.dumps(chunk)
 
 
 def _tool_head(ev: ir.ToolCallStart) -> dict[str, Any]:
@@ -449,34 +464,39 @@ class StreamTap:
         self.error: dict[str, Any] | None = None  # an in-band error from upstream
 
     def feed(self, ev: SSEEvent) -> bool:
-        if ev.data.startswith(DONE):
+        data = ev.data
+        if data.startswith(DONE):
             self.done = True
             return True
-        if self.done or not ev.data:
+        if self.done or not data:
             return True
         try:
-            chunk = orjson.loads(ev.data)
+            chunk = orjson.loads(data)
         except orjson.JSONDecodeError:
             return True
-        if not isinstance(chunk, dict):
+        if type(chunk) is not dict:
             return True
+        # Most chunks are a content delta with ``"usage": null`` and ``"finish_reason": null``:
+        # each check below is one dict lookup before any of the slower readers run.
         if chunk.get("error"):
             err = chunk["error"]
             self.error = err if isinstance(err, dict) else {"message": str(err)}
             return True
-        if (found := minimax_error(chunk)) is not None:
+        if "base_resp" in chunk and (found := minimax_error(chunk)) is not None:
             self.error = {"message": found[1], "code": found[0]}
             return True
         return self._read_chunk(chunk)
 
     def _read_chunk(self, chunk: dict[str, Any]) -> bool:
         choices = chunk.get("choices")
-        usage = decode_usage(chunk.get("usage"))
-        if isinstance(choices, list) and choices and isinstance(choices[0], dict):
-            reason = choices[0].get("finish_reason")
-            if isinstance(reason, str):
+        usage = chunk.get("usage")
+        usage = None if usage is None else decode_usage(usage)
+        if type(choices) is list and choices and type(first := choices[0]) is dict:
+            reason = first.get("finish_reason")
+            if reason is not None and isinstance(reason, str):
                 self.finish_reason = reason
-            usage = usage or decode_usage(choices[0].get("usage"))  # Moonshot: usage inside choices[0]
+            if usage is None and "usage" in first:  # Moonshot: usage inside choices[0]
+                usage = decode_usage(first["usage"])
         if usage is not None:
             self.usage = usage  # cumulative wherever it appears: the last one wins
             if choices == [] and not self.client_wants_usage:

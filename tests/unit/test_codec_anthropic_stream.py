@@ -479,8 +479,7 @@ def test_translate_relay_carries_an_anthropic_error_to_an_anthropic_client() -> 
     """Decoder + relay + encoder: the recorded error stream raises the SDK's error, partial text first."""
     relay = Translate(am.stream_decoder(), am.stream_encoder(REQ, "client-model"))
     data = (FIXTURES / "error.sse").read_bytes()
-    out = b"".join(bytes(c) for i in range(0, len(data), 5) for c in relay.feed(data[i : i + 5]))
-    out += b"".join(bytes(c) for c in relay.close())
+    out = b"".join(relay.feed(data[i : i + 5]) for i in range(0, len(data), 5)) + relay.close()
     with pytest.raises(anthropic.APIStatusError) as info:
         list(sdk_client(out).messages.create(**ASK, stream=True))
     assert info.value.type == "overloaded_error" and info.value.status_code == 200
