@@ -37,22 +37,24 @@ class Framing(Enum):
     UNTIL_EOF = "until-eof"  # HTTP/1.0 style: the connection cannot be reused
 
 
-class _State(Enum):
-    DATA = 0  # inside chunk data or a Content-Length body: _left bytes to go
-    SIZE = 1  # expecting a chunk-size line
-    FOOTER = 2  # expecting the CRLF after chunk data
-    TRAILER = 3  # after the last chunk: skipping the trailer section up to its blank line
-    UNTIL_EOF = 4
-    DONE = 5
+# Reader states (plain ints: this is the per-chunk path, and an Enum member lookup costs more
+# than the rest of a state step).
+_DATA = 0  # inside chunk data or a Content-Length body: _left bytes to go
+_SIZE = 1  # expecting a chunk-size line
+_FOOTER = 2  # expecting the CRLF after chunk data
+_TRAILER = 3  # after the last chunk: skipping the trailer section up to its blank line
+_UNTIL_EOF = 4
+_DONE = 5
 
 
 class BodyReader:
     """One response body; see the module docstring."""
 
-    __slots__ = ("_buf", "_chunked", "_eof", "_left", "_pos", "_scan", "_state", "framing")
+    __slots__ = ("_buf", "_chunked", "_eof", "_left", "_pos", "_scan", "_state", "done", "framing")
 
     def __init__(self, framing: Framing, length: int = 0) -> None:
         self.framing = framing
+        self.done = False  # the whole body was read
         self._buf = b""
         self._pos = 0  # where unread bytes start in _buf
         self._scan = 0  # how far past _pos a line end was already looked for
@@ -60,16 +62,13 @@ class BodyReader:
         self._chunked = framing is Framing.CHUNKED
         self._left = length  # bytes of the current chunk (or of the whole body) still to come
         if framing is Framing.CHUNKED:
-            self._state = _State.SIZE
+            self._state = _SIZE
         elif framing is Framing.UNTIL_EOF:
-            self._state = _State.UNTIL_EOF
+            self._state = _UNTIL_EOF
+        elif length > 0:
+            self._state = _DATA
         else:
-            self._state = _State.DATA if length > 0 else _State.DONE
-
-    @property
-    def done(self) -> bool:
-        """True once the whole body was read."""
-        return self._state is _State.DONE
+            self._end()
 
     @property
     def leftover(self) -> bytes:
@@ -89,71 +88,67 @@ class BodyReader:
         """The next piece of body data; None when more bytes are needed, or at the end (`done`)."""
         while True:
             state = self._state
-            if state is _State.DATA:
+            if state == _DATA:
                 return self._data()
-            if state is _State.SIZE:
-                if not self._size_line():
-                    return None
-            elif state is _State.FOOTER:
-                if not self._footer():
-                    return None
-            elif state is _State.TRAILER:
-                if not self._trailer():
-                    return None
-            elif state is _State.UNTIL_EOF:
-                data = self._take(len(self._buf) - self._pos)
-                if data or not self._eof:
-                    return data or None
-                self._state = _State.DONE
-            else:
+            if state == _UNTIL_EOF:
+                return self._until_eof()
+            if not self._step(state):
                 return None
 
     def _data(self) -> bytes | None:
-        data = self._take(self._left)
-        if not data:
+        buf, pos = self._buf, self._pos
+        end = min(len(buf), pos + self._left)
+        if end == pos:
             if self._eof:
                 kind = "chunked" if self._chunked else "Content-Length"
                 raise BodyError(f"peer closed connection without sending complete message body ({kind})")
             return None
-        self._left -= len(data)
-        if not self._left:
-            self._state = _State.FOOTER if self._chunked else _State.DONE
-        return data
-
-    def _take(self, most: int) -> bytes:
-        buf, pos = self._buf, self._pos
-        end = min(len(buf), pos + most)
         self._pos = end
-        if pos == 0 and end == len(buf):
-            return buf  # the whole buffer, as received: no copy
-        return buf[pos:end]
+        self._left -= end - pos
+        if not self._left:
+            if self._chunked:
+                self._state = _FOOTER
+            else:
+                self._end()
+        return buf if pos == 0 and end == len(buf) else buf[pos:end]  # all of it: no copy
 
-    def _size_line(self) -> bool:
+    def _until_eof(self) -> bytes | None:
         buf, pos = self._buf, self._pos
-        end = buf.find(b"\r\n", pos + self._scan)
-        if end < 0:
-            self._incomplete("chunk-size line")
-            return False
-        found = _CHUNK_SIZE.fullmatch(buf, pos, end)
-        if found is None:
-            raise BodyError("illegal chunk header")
-        self._pos, self._scan = end + 2, 0
-        self._left = int(found[1], 16)
-        self._state = _State.DATA if self._left else _State.TRAILER
-        return True
+        self._pos = len(buf)
+        if pos < len(buf):
+            return buf if pos == 0 else buf[pos:]
+        if self._eof:
+            self._end()
+        return None
 
-    def _footer(self) -> bool:
+    def _step(self, state: int) -> bool:
+        """Read one piece of chunked framing; False if more bytes are needed (or the body is done)."""
         buf, pos = self._buf, self._pos
-        if len(buf) - pos < 2:
+        if state == _FOOTER:
+            if buf.startswith(b"\r\n", pos):
+                self._pos, self._state = pos + 2, _SIZE
+                return True
             if buf[pos:] not in (b"", b"\r"):
                 raise BodyError("malformed chunk footer")
             self._incomplete("chunk footer")
             return False
-        if buf[pos : pos + 2] != b"\r\n":
-            raise BodyError("malformed chunk footer")
-        self._pos = pos + 2
-        self._state = _State.SIZE
-        return True
+        if state == _SIZE:
+            end = buf.find(b"\r\n", pos + self._scan)
+            if end < 0:
+                if pos < len(buf) or self._eof:
+                    self._incomplete("chunk-size line")
+                return False
+            found = _CHUNK_SIZE.fullmatch(buf, pos, end)
+            if found is None:
+                raise BodyError("illegal chunk header")
+            self._pos, self._scan = end + 2, 0
+            self._left = int(found[1], 16)
+            self._state = _DATA if self._left else _TRAILER
+            return True
+        return state == _TRAILER and self._trailer()
+
+    def _end(self) -> None:
+        self._state, self.done = _DONE, True
 
     def _trailer(self) -> bool:
         buf, pos = self._buf, self._pos
@@ -165,7 +160,7 @@ class BodyReader:
                 self._incomplete("trailer section")
                 return False
             self._pos, self._scan = found.end(), 0
-        self._state = _State.DONE
+        self._end()
         return True
 
     def _incomplete(self, what: str) -> None:

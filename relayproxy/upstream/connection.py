@@ -254,12 +254,15 @@ class UpstreamConnection:
             body.receive(b"")
 
     def read_body(self) -> bytes | None:
-        """The next piece of the body from what has arrived; None if there is none yet or the body
-        is complete (``body_complete``). Raises BodyError, or the OSError the connection died of."""
+        """The next piece of the body from what has arrived: data, ``b""`` once the body is
+        complete, or None if nothing is here yet. Raises BodyError, or the OSError the
+        connection died of."""
         body = self._body
         assert body is not None, "read_body before the response head"
         data = body.read()
-        while data is None and not body.done:
+        while data is None:
+            if body.done:
+                return b""
             more = self._sock.take()
             if more is None:
                 return None
@@ -319,7 +322,7 @@ class UpstreamConnection:
         if self._body is None:
             return False
         try:
-            return self.read_body() is None and self._body.done
+            return self.read_body() == b""
         except (BodyError, OSError):
             return False
 
@@ -401,18 +404,17 @@ class UpstreamResponse:
                 # here come back at once, else it awaits one future until bytes or a deadline.
                 try:
                     chunk = conn.read_body()
-                    while chunk is None and not conn.body_complete:
+                    while chunk is None:
                         waiter = conn.body_waiter(timeout_s, heartbeat_s)
                         if waiter is None:
-                            chunk = b""  # a heartbeat
-                            break
+                            break  # a heartbeat is due
                         await waiter
                         chunk = conn.read_body()
                 except _FOREIGN as exc:
                     _reraise(exc, self._label, "reading the response body", timeout_s)
-                if chunk is None:
+                if chunk == b"":
                     break
-                yield chunk
+                yield chunk or b""  # None: the heartbeat
                 if self._conn is not conn:  # aclose() gave the connection away while we were suspended
                     raise RuntimeError("the response was closed while its body was being read")
         except BaseException:  # includes CancelledError and GeneratorExit (consumer stopped early)
