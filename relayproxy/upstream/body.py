@@ -1,7 +1,7 @@
 """Sans-IO HTTP/1.1 response body framing: Content-Length, chunked, or until the peer closes.
 
-h11 parses the response head; the body is cut here. A stream's body is the per-chunk hot path
-of the gateway, and h11 spends about 9 µs on each chunk (an event object, a state-machine step, a
+`relayproxy.upstream.head` parses the response head; the body is cut here. A stream's body is
+the per-chunk hot path of the gateway, and h11 spends about 9 µs on each chunk (an event object, a state-machine step, a
 bytearray copy, and a second ``next_event`` call to learn that it needs more bytes); this reader
 spends about 1 µs and hands out ``bytes`` slices, which the SSE framer searches without copying.
 It accepts what h11 accepts (RFC 9112 §6 and §7.1: chunk-size lines ended by CRLF, extensions

@@ -1,8 +1,9 @@
-"""One HTTP/1.1 client connection to an upstream origin: an asyncio protocol + h11, TLS via ssl.SSLContext.
+"""One HTTP/1.1 client connection to an upstream origin: an asyncio protocol, TLS via ssl.SSLContext.
 
-This module is the edge of the upstream leg: every OSError, ssl.SSLError, TimeoutError, h11 error
-and body framing error raised here is translated once, by ``map_exceptions`` (``_reraise`` in the
-body loop), into the Upstream* errors of ``relayproxy.errors``.
+The HTTP/1.1 itself is sans-IO: `relayproxy.upstream.head` renders the request and parses response
+heads, `relayproxy.upstream.body` cuts the body. This module is the edge of the upstream leg:
+every OSError, ssl.SSLError, TimeoutError and HTTP error raised here is translated once, by
+``map_exceptions`` (``_reraise`` in the body loop), into the Upstream* errors of ``relayproxy.errors``.
 It knows HTTP and nothing about LLMs, and it never logs.
 """
 
@@ -15,11 +16,10 @@ import ssl
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Iterator
 from typing import NamedTuple, NoReturn
 
-import h11
-
 from relayproxy.errors import UpstreamConnectError, UpstreamError, UpstreamProtocolError, UpstreamTimeout
 from relayproxy.http_types import Headers
 from relayproxy.upstream.body import BodyError, BodyReader, Framing
+from relayproxy.upstream.head import HeadError, RequestError, ResponseHead, parse_response_head, render_request
 from relayproxy.upstream.protocol import ConnectionProtocol
 
 __all__ = ["ConnState", "Origin", "UpstreamConnection", "UpstreamResponse", "map_exceptions"]
@@ -61,13 +61,8 @@ class ConnState(enum.Enum):
     CLOSED = "closed"
 
 
-def _first_clause(exc: BaseException) -> str:
-    # h11 messages may quote the offending header line after a colon; headers can carry secrets.
-    return str(exc).split(":", 1)[0]
-
-
-# What the socket, TLS, h11 and the body reader raise; translated once, by ``_reraise``.
-_FOREIGN = (TimeoutError, OSError, h11.ProtocolError, BodyError)
+# What the socket, TLS and the HTTP/1.1 readers and writer raise; translated once, by ``_reraise``.
+_FOREIGN = (TimeoutError, OSError, RequestError, HeadError, BodyError)
 
 
 def _reraise(exc: BaseException, label: str, phase: str, timeout_s: float | None = None) -> NoReturn:
@@ -76,12 +71,12 @@ def _reraise(exc: BaseException, label: str, phase: str, timeout_s: float | None
     if isinstance(exc, TimeoutError):  # before OSError: TimeoutError is one
         limit = f" (limit {timeout_s:g} s)" if timeout_s is not None else ""
         err = UpstreamTimeout(f"upstream {label}: timed out {phase}{limit}")
-    elif isinstance(exc, h11.LocalProtocolError):
-        # ``from None``: h11's message quotes the bad header value, which may be an API key.
+    elif isinstance(exc, RequestError):
+        # ``from None``: no chained exception may carry a header value (it may be an API key).
         msg = f"upstream {label}: the request is not valid HTTP/1.1 while {phase} (header values not shown)"
         raise UpstreamProtocolError(msg) from None
-    elif isinstance(exc, h11.RemoteProtocolError | BodyError):
-        err = UpstreamProtocolError(f"upstream {label}: invalid HTTP/1.1 response while {phase}: {_first_clause(exc)}")
+    elif isinstance(exc, HeadError | BodyError):  # their messages never quote the peer's bytes
+        err = UpstreamProtocolError(f"upstream {label}: invalid HTTP/1.1 response while {phase}: {exc}")
     else:  # ssl.SSLError, ConnectionError, socket.gaierror are OSErrors
         msg = f"upstream {label}: {phase} failed: {type(exc).__name__}: {exc}"
         err = UpstreamConnectError(msg, before_send=phase == "connecting")
@@ -97,9 +92,9 @@ def map_exceptions(label: str, phase: str, timeout_s: float | None = None) -> It
         _reraise(exc, label, phase, timeout_s)
 
 
-def _framing(method: str, head: h11.Response) -> tuple[Framing, int]:
-    """How the response body is delimited (RFC 9112 §6.3, as h11 decides it; h11 has already
-    rejected any Transfer-Encoding but ``chunked`` and conflicting Content-Lengths)."""
+def _framing(method: str, head: ResponseHead) -> tuple[Framing, int]:
+    """How the response body is delimited (RFC 9112 §6.3, as h11 decides it; the head parser has
+    already rejected any Transfer-Encoding but ``chunked`` and conflicting Content-Lengths)."""
     status = head.status_code
     if status in (204, 304) or method == "HEAD" or (method == "CONNECT" and 200 <= status < 300):
         return Framing.LENGTH, 0
@@ -123,8 +118,8 @@ def _says_close(headers: Iterable[tuple[bytes, bytes]]) -> bool:
 class UpstreamConnection:
     """One keep-alive HTTP/1.1 connection; the pool drives its lifecycle.
 
-    h11 writes the request and parses the response head; the body is cut by a `BodyReader`
-    (see relayproxy.upstream.body), so each cycle starts with a fresh h11 connection.
+    Each cycle writes one whole request (`render_request`), parses response heads until the final
+    one (`parse_response_head`), then cuts the body with a `BodyReader`.
 
     Every wait for bytes (head or body) is one future from the protocol, and its deadline is one
     timer per connection that is pushed forward lazily: a wait whose deadline is later than the
@@ -140,12 +135,10 @@ class UpstreamConnection:
         self.cycles = 0  # completed request/response cycles: > 0 means this is a reused connection
         self._sock = protocol
         self._transport = protocol.transport
-        self._h11 = h11.Connection(h11.CLIENT)
         self._method = ""
         self._keep_alive = True  # neither our request nor the response head says otherwise
         self._body: BodyReader | None = None  # once the response head arrived
         self._loop = asyncio.get_running_loop()
-        self._response_started = False
         self._idle_since: float | None = None  # when the body last went quiet
         self._beat_at = 0.0  # when the next heartbeat is due, while quiet
         self._timer: asyncio.TimerHandle | None = None
@@ -180,7 +173,6 @@ class UpstreamConnection:
         """Write the whole request; False if the connection proved broken before any byte left."""
         assert self.state in (ConnState.NEW, ConnState.IDLE), self.state
         self.state = ConnState.ACTIVE
-        self._response_started = False
         transport = self._transport
         with map_exceptions(self.label, "sending the request"):
             pieces = self._render(method, target, headers, body)
@@ -205,53 +197,49 @@ class UpstreamConnection:
         all_headers.extend(h for h in headers if h[0].lower() not in _OWNED_HEADERS)
         if body or method in _BODY_METHODS:
             all_headers.append((b"content-length", b"%d" % len(body)))
-        head = self._h11.send(h11.Request(method=method, target=target, headers=all_headers))
+        head = render_request(method, target, all_headers)
         self._method, self._keep_alive = method, not _says_close(all_headers)
-        if body:
-            # passthrough: h11 checks the length and advances its state without joining (copying) it.
-            self._h11.send_with_data_passthrough(h11.Data(data=body))
-        self._h11.send(h11.EndOfMessage())
-        assert head is not None
         if not body:
             return [head]
         return [head + body] if len(body) <= _COALESCE_MAX_BYTES else [head, body]
 
-    async def receive_head(self, deadline_s: float, timeout_s: float) -> h11.Response:
+    async def receive_head(self, deadline_s: float, timeout_s: float) -> ResponseHead:
         """Wait for the status line and headers (skipping 1xx) until ``deadline_s`` (loop time)."""
         with map_exceptions(self.label, "waiting for the response head", timeout_s):
+            buf, pos, searched = b"", 0, 0
             while True:
-                event = self._h11.next_event()
-                if event is h11.NEED_DATA:
-                    await self._read_head_data(deadline_s)
-                elif isinstance(event, h11.Response):
-                    self._start_body(event)
-                    return event
-                elif not isinstance(event, h11.InformationalResponse):
-                    raise UpstreamProtocolError(
-                        f"upstream {self.label}: unexpected {type(event).__name__} before the response"
-                    )
+                parsed = parse_response_head(buf, pos, searched)
+                if parsed is None:
+                    searched = max(0, len(buf) - pos - 2)  # a blank line may straddle the next read
+                    buf, pos = buf[pos:] + await self._read_head_data(deadline_s, started=pos > 0 or bool(buf)), 0
+                    continue
+                head, pos = parsed
+                searched = 0
+                if head.status_code >= 200:
+                    self._start_body(head, buf[pos:])
+                    return head
+                if head.status_code == 101:  # we never ask to switch protocols
+                    raise HeadError("unexpected 101 Switching Protocols")
 
-    async def _read_head_data(self, deadline_s: float) -> None:
+    async def _read_head_data(self, deadline_s: float, *, started: bool) -> bytes:
         while (data := self._sock.take()) is None:
             if self._loop.time() >= deadline_s:
                 raise TimeoutError
             await self._wait_until(deadline_s)
-        if not data and not self._response_started:
-            # The classic keep-alive race or a server that drops requests: nothing came back.
-            raise UpstreamConnectError(f"upstream {self.label}: connection closed before any response byte")
-        self._response_started = True
-        self._h11.receive_data(data)
+        if not data:
+            if not started:
+                # The classic keep-alive race or a server that drops requests: nothing came back.
+                raise UpstreamConnectError(f"upstream {self.label}: connection closed before any response byte")
+            raise HeadError("peer closed connection without sending a complete response head")
+        return data
 
-    def _start_body(self, head: h11.Response) -> None:
-        """The body reader takes over from h11, with whatever h11 read past the head."""
+    def _start_body(self, head: ResponseHead, unread: bytes) -> None:
+        """The body reader takes over, with whatever arrived after the head."""
         framing, length = _framing(self._method, head)
         self._keep_alive = self._keep_alive and head.http_version >= b"1.1" and not _says_close(head.headers)
-        body = self._body = BodyReader(framing, length)
-        unread, closed = self._h11.trailing_data
+        self._body = BodyReader(framing, length)
         if unread:
-            body.receive(unread)
-        if closed:
-            body.receive(b"")
+            self._body.receive(unread)
 
     def read_body(self) -> bytes | None:
         """The next piece of the body from what has arrived: data, ``b""`` once the body is
@@ -332,7 +320,6 @@ class UpstreamConnection:
         body = self._body
         reusable = (
             self.state is ConnState.ACTIVE
-            and self._h11.our_state is h11.DONE
             and body is not None
             and body.done
             and body.framing is not Framing.UNTIL_EOF
@@ -342,7 +329,6 @@ class UpstreamConnection:
         )
         if not reusable:
             return False
-        self._h11 = h11.Connection(h11.CLIENT)
         self._body = None
         self._idle_since = None
         self.state = ConnState.IDLE
@@ -370,13 +356,13 @@ class UpstreamResponse:
 
     def __init__(
         self,
-        head: h11.Response,
+        head: ResponseHead,
         conn: UpstreamConnection,
         read_timeout_s: float,
         release: Callable[[UpstreamConnection], Awaitable[None]],
     ) -> None:
         self.status: int = head.status_code
-        self.headers: Headers = list(head.headers)  # h11 lower-cases the names
+        self.headers: Headers = head.headers  # names lower-cased
         self.reason: bytes = head.reason
         self._conn: UpstreamConnection | None = conn
         self._label = conn.label
