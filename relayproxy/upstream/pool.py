@@ -14,7 +14,8 @@ from urllib.parse import urlsplit
 
 from relayproxy.errors import UpstreamConnectError
 from relayproxy.http_types import Headers
-from relayproxy.upstream.connection import Origin, UpstreamConnection, UpstreamResponse
+from relayproxy.upstream.connection import Origin, UpstreamConnection
+from relayproxy.upstream.response import UpstreamResponse
 
 __all__ = ["Pool", "split_url"]
 
