@@ -245,13 +245,16 @@ class System:
     key: str
     credits: str
     log: Path
+    floor: subprocess.Popen[bytes] | None = None  # bench/floor.py: the bare forwarder, on the gateway's core
+    floor_port: int = 0
     targets: dict[str, Target] = field(default_factory=dict)
 
     def stop(self) -> None:
-        for proc in (self.gateway, self.fake):
+        procs = [p for p in (self.gateway, self.fake, self.floor) if p is not None]
+        for proc in procs:
             if proc.poll() is None:
                 proc.terminate()
-        for proc in (self.gateway, self.fake):
+        for proc in procs:
             try:
                 proc.wait(15)
             except subprocess.TimeoutExpired:
@@ -274,6 +277,21 @@ def start_fake() -> tuple[subprocess.Popen[bytes], int]:
     if not line.startswith("PORT "):
         proc.kill()
         raise SystemExit(f"bench: the fake upstream did not start: {line!r}")
+    return proc, int(line.split()[1])
+
+
+def start_floor(fake_port: int, pin: Pinning) -> tuple[subprocess.Popen[bytes], int]:
+    proc = subprocess.Popen(
+        [PY, str(BENCH / "floor.py"), "--upstream-port", str(fake_port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        preexec_fn=pin.gateway_preexec(),  # the gateway's core: the same machine share as the gateway
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline().decode()
+    if not line.startswith("listening "):
+        proc.kill()
+        raise SystemExit(f"bench: the floor forwarder did not start: {line!r}")
     return proc, int(line.split()[1])
 
 
@@ -320,6 +338,7 @@ def start_system(pin: Pinning) -> System:
                 proc.wait()
         raise
     system = System(fake, gateway, fake_port, port, key, credits, log)
+    system.floor, system.floor_port = start_floor(fake_port, pin)
     write_targets(system)
     return system
 
@@ -338,6 +357,7 @@ def wait_port(log: Path, proc: subprocess.Popen[bytes]) -> int:
 
 def write_targets(s: System) -> None:
     fake, gw = f"http://127.0.0.1:{s.fake_port}", f"http://127.0.0.1:{s.gateway_port}"
+    floor = f"http://127.0.0.1:{s.floor_port}"
     bodies = {
         "direct-unary": body("oa", stream=False),
         "direct-oa-stream": body("oa", stream=True),
@@ -359,6 +379,9 @@ def write_targets(s: System) -> None:
         "direct-an-stream": Target(f"{fake}/v1/messages", WORK / "direct-an-stream.json", fake_auth, "message_stop"),
         "gw-an-stream": Target(f"{gw}/v1/chat/completions", WORK / "gw-an-stream.json", bearer, "[DONE]"),
         "gw-hold": Target(f"{gw}/v1/chat/completions", WORK / "gw-hold.json", bearer),
+        "floor-unary": Target(f"{floor}/v1/chat/completions", WORK / "direct-unary.json", fake_auth),
+        "floor-oa-stream": Target(f"{floor}/v1/chat/completions", WORK / "direct-oa-stream.json", fake_auth, "[DONE]"),
+        "floor-an-stream": Target(f"{floor}/v1/messages", WORK / "direct-an-stream.json", fake_auth, "message_stop"),
     }
 
 
@@ -448,6 +471,10 @@ class Scenario:
     gateway: str
     result: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def floor(self) -> str:
+        return self.direct.replace("direct-", "floor-")
+
 
 def scenarios() -> list[Scenario]:
     out = [Scenario(f"unary c={c}", "unary", c, "direct-unary", "gw-unary") for c in (1, 32, 128)]
@@ -491,10 +518,24 @@ def run_scenario(s: System, load: Load, sc: Scenario) -> None:
         "fake_upstream_core_busy": round(m["fake_cpu_s"] / m["wall_s"], 3),
         "rss_mb": round(rss_mb(s.gateway.pid), 1),
     }
+    if s.floor is not None:  # the same load through the bare forwarder, on the same core
+        floor_t = s.targets[sc.floor]
+        load.run(sc.mode, floor_t, sc.concurrency, load.warmup)
+        with measure(s.floor.pid, s.fake.pid) as fm:
+            floor = load.run(sc.mode, floor_t, sc.concurrency)
+        sc.result["floor"] = floor
+        sc.result["floor_cpu_ms_per_op"] = round(fm["cpu_s"] * 1000 / max(floor["completed"], 1), 4)
+        sc.result["floor_added_ms"] = {
+            "latency_p50": delta(direct["latency_ms"], floor["latency_ms"], "p50"),
+            "ttfb_p50": delta(direct["ttfb_ms"], floor["ttfb_ms"], "p50"),
+        }
     errs = sum(gw["errors"].values()) + sum(direct["errors"].values())
+    floor_cpu = sc.result.get("floor_cpu_ms_per_op")
     say(
         f"  {sc.name:<26} gateway {gw['rate']:>9.1f}/s  direct {direct['rate']:>9.1f}/s  "
-        f"cpu/op {sc.result['gateway_cpu_ms_per_op']:.3f} ms" + (f"  ERRORS {errs}" if errs else "")
+        f"cpu/op {sc.result['gateway_cpu_ms_per_op']:.3f} ms"
+        + (f"  (floor {floor_cpu:.3f} ms)" if floor_cpu is not None else "")
+        + (f"  ERRORS {errs}" if errs else "")
     )
 
 
@@ -637,7 +678,8 @@ def verdicts(checks: list[tuple[str, Check]]) -> str:
 def render_table(results: list[dict[str, Any]], memory: dict[str, Any], checks: dict[str, list[Any]]) -> str:
     head = (
         f"{'scenario':<26}{'req/s':>9}{'direct/s':>10}{'p50':>8}{'p99':>8}{'+p50':>8}{'+p99':>8}"
-        f"{'TTFB50':>8}{'+TTFB50':>9}{'+TTFB99':>9}{'CPU/op':>8}{'core%':>6}{'RSS MB':>7}{'err':>5}  budget"
+        f"{'TTFB50':>8}{'+TTFB50':>9}{'+TTFB99':>9}{'CPU/op':>8}{'floor/s':>9}{'floorCPU':>9}{'core%':>6}"
+        f"{'RSS MB':>7}{'err':>5}  budget"
     )
     lines = [head, "-" * (len(head) + 30)]
     for r in results:
@@ -649,10 +691,11 @@ def render_table(results: list[dict[str, Any]], memory: dict[str, Any], checks: 
             f"{fmt(gw['latency_ms'].get('p50'), 8, 2)}{fmt(gw['latency_ms'].get('p99'), 8, 2)}"
             f"{fmt(a['latency_p50'], 8)}{fmt(a['latency_p99'], 8)}"
             f"{fmt(gw['ttfb_ms'].get('p50'), 8)}{fmt(a['ttfb_p50'], 9)}{fmt(a['ttfb_p99'], 9)}"
-            f"{fmt(r['gateway_cpu_ms_per_op'], 8)}{busy:>6.0f}{r['rss_mb']:>7.1f}{errs:>5}"
+            f"{fmt(r['gateway_cpu_ms_per_op'], 8)}{fmt(r.get('floor', {}).get('rate'), 9, 1)}"
+            f"{fmt(r.get('floor_cpu_ms_per_op'), 9)}{busy:>6.0f}{r['rss_mb']:>7.1f}{errs:>5}"
             f"  {verdicts(checks.get(r['scenario'], []))}"
         )
-    pad = " " * (9 + 10 + 8 * 4 + 8 + 9 + 9 + 8 + 6)
+    pad = " " * (9 + 10 + 8 * 4 + 8 + 9 + 9 + 8 + 9 + 9 + 6)
     lines.append(
         f"{'idle (after warm-up)':<26}{pad}{fmt(memory.get('rss_idle_mb'), 7, 1)}{0:>5}  {verdicts(checks['idle'])}"
     )
