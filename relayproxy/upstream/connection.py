@@ -109,10 +109,10 @@ def _framing(method: str, head: ResponseHead) -> tuple[Framing, int]:
 
 def _says_close(headers: Iterable[tuple[bytes, bytes]]) -> bool:
     """A ``Connection: close`` among ``headers`` (names in any case)."""
-    return any(
-        name.lower() == b"connection" and b"close" in (token.strip().lower() for token in value.split(b","))
-        for name, value in headers
-    )
+    for name, value in headers:
+        if name.lower() == b"connection" and b"close" in [t.strip() for t in value.lower().split(b",")]:
+            return True
+    return False
 
 
 class UpstreamConnection:

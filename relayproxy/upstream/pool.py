@@ -110,7 +110,8 @@ class Pool:
         """A live idle connection to ``origin`` if there is one, else a new one."""
         chosen, to_close = self._assign_connection(origin, time.monotonic())
         try:
-            await _close_all(to_close)
+            if to_close:
+                await _close_all(to_close)
             return chosen if chosen is not None else await self._open(origin, connect_timeout_s)
         except BaseException:
             if chosen is not None:
