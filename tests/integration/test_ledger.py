@@ -287,9 +287,18 @@ def spawn(script: str, *args: object) -> subprocess.Popen[str]:
 
 
 def reap(proc: subprocess.Popen[str]) -> str:
-    """SIGKILL the process (if still running) and return what it wrote before dying."""
+    """SIGKILL the process (if still running) and return what it wrote before dying.
+
+    Read through the same buffered reader that read its "ready" line: that readline may have
+    buffered the lines after it, which communicate() (reading the raw pipe) would lose.
+    """
     proc.kill()
-    out, _ = proc.communicate(timeout=30)
+    assert proc.stdout is not None
+    out = "" if proc.stdout.closed else proc.stdout.read()  # closed: communicate() had it all
+    for pipe in (proc.stdin, proc.stdout):
+        if pipe is not None:
+            pipe.close()
+    proc.wait(timeout=30)
     return out
 
 
