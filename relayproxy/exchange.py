@@ -121,24 +121,14 @@ class Recorder:
             kind = "dropped" if rec.outcome == Outcome.UPSTREAM_DROPPED.value else "status"
             m.upstream_errors.inc(rec.provider or "unknown", kind)
 
-    async def finish(
-        self, ex: Exchange, outcome: Outcome, status: int, reason: str, usage: Usage | None = None
-    ) -> None:
+    def finish(self, ex: Exchange, outcome: Outcome, status: int, reason: str, usage: Usage | None = None) -> None:
         """Settle a request that is not charged: its hold is released."""
-        self.end(ex, outcome, status, reason, usage)
-
-    async def complete(self, ex: Exchange, usage: Usage | None) -> None:
-        """The response's terminal bytes reached the client's socket: charge what was used."""
-        self.charge(ex, usage)
-
-    def end(self, ex: Exchange, outcome: Outcome, status: int, reason: str, usage: Usage | None = None) -> None:
-        """``finish`` for callers that cannot wait (a server callback): the same, synchronously."""
         self._settle(ex, outcome, status, reason, usage, 0)
 
-    def charge(self, ex: Exchange, usage: Usage | None) -> None:
-        """``complete``, synchronously."""
+    def complete(self, ex: Exchange, usage: Usage | None) -> None:
+        """The response's terminal bytes reached the client's socket: charge what was used."""
         if usage is None or ex.charge is None:
-            self.end(ex, Outcome.COMPLETED, 200, "usage_unknown" if usage is None else "no_hold", usage)
+            self.finish(ex, Outcome.COMPLETED, 200, "usage_unknown" if usage is None else "no_hold", usage)
             return
         billable, flags = clamp_usage(usage, ex.charge.max_output_tokens)
         # Never more than the hold (settle enforces it too): record, ledger and metrics agree.
@@ -168,7 +158,7 @@ class Recorder:
 
     def abandoned(self, ex: Exchange, status: int = 200) -> Callable[[], Awaitable[None]]:
         async def abandon() -> None:
-            self.end(ex, Outcome.CLIENT_DISCONNECTED, status, "client_disconnected")
+            self.finish(ex, Outcome.CLIENT_DISCONNECTED, status, "client_disconnected")
 
         return abandon
 
@@ -177,9 +167,9 @@ class Recorder:
 
         def done(delivered: bool) -> None:
             if delivered:
-                self.charge(ex, usage)
+                self.complete(ex, usage)
             else:
-                self.end(ex, Outcome.CLIENT_DISCONNECTED, 200, "client_disconnected")
+                self.finish(ex, Outcome.CLIENT_DISCONNECTED, 200, "client_disconnected")
 
         return done
 

@@ -72,7 +72,7 @@ class Gateway:
         self._store = store
         self.metrics = GatewayMetrics()
         self._recorder = Recorder(store, config.billing.discount, self.metrics, frozenset(config.models))
-        self._inference = Inference(config, store, pool, self._recorder, self.metrics, spawn)
+        self._inference = Inference(config, pool, self._recorder, self.metrics, spawn)
         self._payments = Payments(config.billing, store)
         self._prices = price_list(config)
         self._limiter = KeyLimiter(config.limits.per_key_concurrency, config.limits.per_key_rpm)
@@ -102,13 +102,13 @@ class Gateway:
                 self._log_untracked(ex, response.status)
             return response
         except RelayError as err:
-            return await self._fail(ex, err)
+            return self._fail(ex, err)
         except asyncio.CancelledError:
-            await self._recorder.finish(ex, Outcome.CLIENT_DISCONNECTED, 499, "client_disconnected")
+            self._recorder.finish(ex, Outcome.CLIENT_DISCONNECTED, 499, "client_disconnected")
             raise
         except Exception:  # the per-request boundary: a bug becomes a 500, never a crash
             log.exception("request %s failed", ex.request_id)
-            return await self._fail(ex, GatewayError("Internal gateway error; the request was not billed."))
+            return self._fail(ex, GatewayError("Internal gateway error; the request was not billed."))
 
     def _log_untracked(self, ex: Exchange, status: int) -> None:
         """Access log for requests without a usage record (inference ones log when they end)."""
@@ -178,7 +178,7 @@ class Gateway:
         assert amount is not None
         if not admission.held:
             raise insufficient(amount, principal.account)
-        return await self._inference.run(ex, plans, principal, held=amount)
+        return await self._inference.run(ex, plans, held=amount)
 
     async def _count_tokens(self, ex: Exchange, ep: Endpoint) -> HttpResponse:
         await self._authenticate(ex)
@@ -249,14 +249,14 @@ class Gateway:
 
     # -- errors ---------------------------------------------------------------------------------
 
-    async def _fail(self, ex: Exchange, err: RelayError) -> HttpResponse:
+    def _fail(self, ex: Exchange, err: RelayError) -> HttpResponse:
         if isinstance(err, ClientError | ProviderUnavailable):
             outcome, reason = Outcome.REJECTED, err.kind
         elif isinstance(err, UpstreamError):
             outcome, reason = Outcome.UPSTREAM_ERROR, "upstream_error"
         else:
             outcome, reason = Outcome.GATEWAY_ERROR, "gateway_error"
-        await self._recorder.finish(ex, outcome, err.status, reason)  # also frees the key's admission slot
+        self._recorder.finish(ex, outcome, err.status, reason)  # also frees the key's admission slot
         if not ex.tracked:
             self._log_untracked(ex, err.status)
         return self._error_response(ex.protocol, err, ex.request_id)

@@ -29,10 +29,8 @@ from relayproxy.exchange import Charge, Exchange, Recorder, TrackedBody
 from relayproxy.http_types import HttpResponse, header
 from relayproxy.metrics import GatewayMetrics
 from relayproxy.plan import Answer, Opened, Plan, chose, output_limit, parse_json, plan, unwrap
-from relayproxy.records import Principal
 from relayproxy.retries import next_try, schedule
 from relayproxy.router import Endpoint, Route, resolve_model
-from relayproxy.store import Store
 from relayproxy.streaming import StreamBody
 from relayproxy.tokens import estimate_input_tokens
 from relayproxy.upstream import Pool, UpstreamResponse
@@ -61,7 +59,6 @@ class Inference:
     def __init__(
         self,
         config: Config,
-        store: Store,
         pool: Pool,
         recorder: Recorder,
         metrics: GatewayMetrics,
@@ -70,7 +67,6 @@ class Inference:
         self._metrics = metrics
         self._streams: set[StreamBody] = set()  # in progress: end_streams() can cut them
         self._config = config
-        self._store = store
         self._pool = pool
         self._recorder = recorder
         self._spawn = spawn
@@ -88,14 +84,10 @@ class Inference:
         discount = self._config.billing.discount
         return max(hold_microusd(estimate, output_limit(c), c.route.model, discount) for c in plans)
 
-    async def run(self, ex: Exchange, plans: list[Plan], principal: Principal, held: int | None = None) -> HttpResponse:
-        """Run a prepared request. ``held``: the amount the caller already holds for it (taken
-        with the key lookup, ``Store.admit``); None = take the hold here (402 when not covered)."""
-        amount = self.hold_amount(plans) if held is None else held
-        if held is None and not await self._store.hold(principal.account_id, ex.request_id, amount):
-            raise insufficient(amount, principal.account)
+    async def run(self, ex: Exchange, plans: list[Plan], held: int) -> HttpResponse:
+        """Run a prepared request whose credit hold of ``held`` the caller has taken (``Store.admit``)."""
         p = plans[0]
-        ex.charge = Charge(p.route.model, output_limit(p), amount)
+        ex.charge = Charge(p.route.model, output_limit(p), held)
         if p.req.stream:
             return await self._stream(ex, plans)
         return await self._unary(ex, plans)

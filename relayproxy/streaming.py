@@ -177,14 +177,14 @@ class StreamBody:
             if self._resp is not None:
                 await self._resp.aclose()
         finally:
-            await self._record()
+            self._record()
 
-    async def _record(self) -> None:
+    def _record(self) -> None:
         usage = self._relay.usage if self._relay is not None else None
         if self.delivered:
-            await self._recorder.complete(self._ex, usage)
+            self._recorder.complete(self._ex, usage)
         else:
-            await self._recorder.finish(self._ex, self.outcome, 200, self.reason, usage)
+            self._recorder.finish(self._ex, self.outcome, 200, self.reason, usage)
 
 
 class OutputBudget:
