@@ -129,7 +129,9 @@ class Store:
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open database {path}: {exc}") from exc
         try:
-            for pragma in ("journal_mode=WAL", "synchronous=FULL", "busy_timeout=5000", "foreign_keys=ON"):
+            # busy_timeout first: switching a fresh file to WAL takes a lock that workers starting
+            # together contend for, and without a timeout the loser fails at once ("database is locked").
+            for pragma in ("busy_timeout=5000", "journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON"):
                 await db.execute(f"PRAGMA {pragma}")
             store = cls(db)
             await store._migrate()
