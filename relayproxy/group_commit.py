@@ -14,10 +14,19 @@ it as ONE batch on the thread:
 
 and only after the COMMIT returns does any op's future get its result: nothing is acknowledged
 before it is durable (a batch whose commit fails fails every op in it, and none of them happened).
+
 While a batch runs, new ops queue for the next one, so under load the trips, wake-ups and fsyncs
 are shared by every request in flight. An op someone waits for goes at once (no waiting to fill a
 batch); writes nobody waits for (settlements) linger up to ``LINGER_S`` for company, and go with
 the next waited-for op, so a lone client's settlement shares its next request's trip.
+
+With ``sync`` (the store passes one that fdatasyncs the WAL file: exactly the sync that
+``synchronous=FULL`` adds to a WAL commit), a batch with a durable op is committed at NORMAL too,
+then its other ops are answered at once, then the WAL is synced, and only then are its durable ops
+answered (the connection rests at FULL between batches either way). So a request's credit hold
+(which needs no fsync: the startup sweep releases holds lost in a crash) does not wait for the
+fsync of the previous request's settlement it shares a batch with; the settlement is as durable
+as before, just out of its way.
 
 Ops run in the order they were submitted, so a caller reads its own writes: a read submitted after
 a write (even one nobody awaited) sees it. Ops must be short and must not wait on the event loop:
@@ -30,7 +39,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-from collections.abc import Callable, Coroutine, Generator, Iterable
+from collections.abc import Callable, Coroutine, Generator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -64,9 +73,14 @@ class _Queued(Generic[T]):
 class GroupCommit:
     """Runs ops in batches on aiosqlite's database thread; see the module docstring."""
 
-    def __init__(self, db: aiosqlite.Connection, *, linger_s: float = LINGER_S) -> None:
+    def __init__(
+        self, db: aiosqlite.Connection, *, linger_s: float = LINGER_S, sync: Callable[[], None] | None = None
+    ) -> None:
+        """``sync``: makes every commit so far durable (run on the database thread; OSError = failed);
+        without it durable batches commit at ``synchronous=FULL``, the connection's resting level."""
         self._db = db
         self._linger_s = linger_s
+        self._sync = sync
         self._queue: list[_Queued[Any]] = []
         self._waited = 0  # queued ops someone is waiting for: while there are none, the batch may linger
         self._wake: asyncio.Future[None] | None = None  # set while lingering
@@ -123,7 +137,8 @@ class GroupCommit:
                 batch, self._queue, self._waited = self._queue, [], 0
                 # Shielded: once on the thread the batch runs to its end, and its futures must
                 # learn how it went even if this task is cancelled (the loop shutting down).
-                trip = self._db._execute(_run_batch, self._db._conn, batch)  # type: ignore[no-untyped-call]
+                early = _Early(loop, batch)
+                trip = self._db._execute(_run_batch, self._db._conn, batch, self._sync, early)  # type: ignore[no-untyped-call]
                 try:
                     try:
                         results = await asyncio.shield(trip)
@@ -135,7 +150,8 @@ class GroupCommit:
                 self.batches += 1
                 self.ops += len(batch)
                 for queued, result in zip(batch, results, strict=True):
-                    _settle(queued.future, result)
+                    if not (early.sent and not queued.durable):  # those were answered before the sync
+                        _settle(queued.future, result)
         finally:
             self._flusher = None
 
@@ -157,6 +173,25 @@ def _wake_up(wake: asyncio.Future[None]) -> None:
         wake.set_result(None)
 
 
+class _Early:
+    """Answers a batch's non-durable ops from the database thread, before the batch's sync."""
+
+    __slots__ = ("_batch", "_loop", "sent")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, batch: list[_Queued[Any]]) -> None:
+        self._loop, self._batch, self.sent = loop, batch, False
+
+    def __call__(self, results: Sequence[Any]) -> None:  # on the database thread
+        self.sent = True
+        self._loop.call_soon_threadsafe(_settle_not_durable, self._batch, results)
+
+
+def _settle_not_durable(batch: list[_Queued[Any]], results: Sequence[Any]) -> None:
+    for queued, result in zip(batch, results, strict=True):
+        if not queued.durable:
+            _settle(queued.future, result)
+
+
 def _settle(future: asyncio.Future[Any], result: Any) -> None:
     if future.cancelled():  # its caller went away; the op ran (or failed) all the same
         if isinstance(result, BaseException):
@@ -174,28 +209,45 @@ def _log_failure(future: asyncio.Future[Any]) -> None:
         log.error("store operation failed: %s", exc)
 
 
-def _run_batch(conn: sqlite3.Connection, batch: list[_Queued[Any]]) -> list[Any]:
+def _run_batch(
+    conn: sqlite3.Connection,
+    batch: list[_Queued[Any]],
+    sync: Callable[[], None] | None,
+    early: Callable[[Sequence[Any]], None],
+) -> list[Any]:
     """On the database thread: every op of the batch in one transaction.
 
     Returns one result per op: its value, or the exception it raised (sqlite3 errors as StoreError),
     in which case nothing that op wrote is kept. Optimistic: the ops first run back to back; only
     if one of them raises is the transaction rolled back and run again with each op in its own
     savepoint, so that the others still commit (failures are rare; savepoints cost two statements
-    per op). A failing COMMIT raises sqlite3.Error for the whole batch.
+    per op). A failing COMMIT raises sqlite3.Error for the whole batch. With ``sync``, a durable
+    batch hands its non-durable ops' results to ``early`` after the commit and before the sync; a
+    failing sync fails the durable ops (committed, but not known to be on disk).
     """
     durable = any(q.durable for q in batch)
-    write = any(q.write for q in batch)
-    if not durable:
+    own_sync = durable and sync is not None
+    begin = "BEGIN IMMEDIATE" if any(q.write for q in batch) else "BEGIN"
+    if own_sync or not durable:
         conn.execute("PRAGMA synchronous=NORMAL")
     try:
-        results = _attempt(conn, batch, "BEGIN IMMEDIATE" if write else "BEGIN", savepoints=False)
+        results = _attempt(conn, batch, begin, savepoints=False)
         if results is None:
-            results = _attempt(conn, batch, "BEGIN IMMEDIATE" if write else "BEGIN", savepoints=True)
+            results = _attempt(conn, batch, begin, savepoints=True)
         assert results is not None
-        return results
     finally:
-        if not durable:
+        if own_sync or not durable:
             conn.execute("PRAGMA synchronous=FULL")
+    if own_sync:
+        assert sync is not None
+        if not all(q.durable for q in batch):
+            early(results)
+        try:
+            sync()
+        except OSError as exc:
+            failed = StoreError(f"database sync failed: {exc}")
+            results = [failed if q.durable else r for q, r in zip(batch, results, strict=True)]
+    return results
 
 
 def _attempt(conn: sqlite3.Connection, batch: list[_Queued[Any]], begin: str, *, savepoints: bool) -> list[Any] | None:

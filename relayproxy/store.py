@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Coroutine, Iterable
@@ -103,6 +104,60 @@ def utc_now() -> str:
 _second, _second_text = -1, ""
 
 
+async def _user_version(db: aiosqlite.Connection) -> int:
+    async with db.execute("PRAGMA user_version") as cur:
+        row = await cur.fetchone()
+    return int(row[0]) if row else 0
+
+
+async def _migrate(db: aiosqlite.Connection) -> None:
+    version = await _user_version(db)
+    while version < len(_MIGRATIONS):
+        script = f"BEGIN IMMEDIATE; {_MIGRATIONS[version]}; PRAGMA user_version = {version + 1}; COMMIT;"
+        try:
+            await db.executescript(script)
+        except sqlite3.OperationalError:
+            # Several workers starting at once: another one migrated between our read of the
+            # version and our write lock ("table ... already exists"). Re-read and go on.
+            if db.in_transaction:
+                await db.execute("ROLLBACK")
+            if await _user_version(db) == version:
+                raise
+        version = await _user_version(db)
+
+
+class _WalSync:
+    """The sync that ``synchronous=FULL`` adds to each WAL-mode commit, done by the store itself
+    (fdatasync of the ``-wal`` file, as SQLite's unix VFS does), so that the group commit can
+    answer a batch's non-durable ops before it (group_commit.py). The file stays the same inode
+    while any connection has the database open; checkpoints rewrite it in place."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    @classmethod
+    def open(cls, wal: Path) -> _WalSync | None:
+        try:
+            fd = os.open(wal, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None  # not a plain file on disk: SQLite's own FULL commits then
+        try:  # the directory entry, once (SQLite syncs it when it creates the file)
+            directory = os.open(wal.parent, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
+        except OSError:
+            pass  # some file systems refuse a directory fsync; the file's own sync still holds
+        return cls(fd)
+
+    def sync(self) -> None:
+        os.fdatasync(self._fd)
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
 def utc_iso(moment: datetime) -> str:
     """``moment`` in the store's timestamp format (comparable as text), e.g. for ``recent_aborts``."""
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -116,10 +171,11 @@ class Store:
     committed, and run in submission order (so a read sees every write submitted before it).
     """
 
-    def __init__(self, db: aiosqlite.Connection) -> None:
+    def __init__(self, db: aiosqlite.Connection, wal: _WalSync | None = None) -> None:
         self._db = db
         self._owner = ledger.Owner.current()
-        self._commits = GroupCommit(db)
+        self._wal = wal
+        self._commits = GroupCommit(db, sync=wal.sync if wal else None)
 
     @classmethod
     async def open(cls, path: str | Path) -> Store:
@@ -133,17 +189,20 @@ class Store:
             # together contend for, and without a timeout the loser fails at once ("database is locked").
             for pragma in ("busy_timeout=5000", "journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON"):
                 await db.execute(f"PRAGMA {pragma}")
-            store = cls(db)
-            await store._migrate()
+            await _migrate(db)  # committed at FULL
+            async with db.execute("PRAGMA journal_mode") as cur:
+                mode = await cur.fetchone()
         except sqlite3.Error as exc:
             await db.close()  # its worker thread must not outlive the event loop
             raise StoreError(f"cannot open database {path}: {exc}") from exc
-        return store
+        return cls(db, _WalSync.open(Path(str(path) + "-wal")) if mode == ("wal",) else None)
 
     async def close(self) -> None:
         """Commit everything queued (settlements nobody waited for), then close."""
         await self._commits.drain()
         await self._db.close()
+        if self._wal is not None:
+            self._wal.close()
 
     async def flush(self) -> None:
         """Wait until every operation submitted so far has been committed."""
@@ -156,26 +215,6 @@ class Store:
         except StoreError:
             return False
         return True
-
-    async def _user_version(self) -> int:
-        async with self._db.execute("PRAGMA user_version") as cur:
-            row = await cur.fetchone()
-        return int(row[0]) if row else 0
-
-    async def _migrate(self) -> None:
-        version = await self._user_version()
-        while version < len(_MIGRATIONS):
-            script = f"BEGIN IMMEDIATE; {_MIGRATIONS[version]}; PRAGMA user_version = {version + 1}; COMMIT;"
-            try:
-                await self._db.executescript(script)
-            except sqlite3.OperationalError:
-                # Several workers starting at once: another one migrated between our read of the
-                # version and our write lock ("table ... already exists"). Re-read and go on.
-                if self._db.in_transaction:
-                    await self._db.execute("ROLLBACK")
-                if await self._user_version() == version:
-                    raise
-            version = await self._user_version()
 
     async def _write(self, txn: Callable[[aiosqlite.Connection], Coroutine[Any, Any, T]], *, durable: bool = True) -> T:
         """Run ``txn`` (written against aiosqlite's ``execute``, as the ledger is) as one write
@@ -263,7 +302,8 @@ class Store:
             held = drive(ledger.hold(SyncDb(conn), principal.account_id, request_id, hold_microusd, owner, now))  # type: ignore[arg-type]
             return Admission(principal, held)
 
-        # Not fsynced on its own, like ``hold``: the settlement's FULL commit flushes it.
+        # Not fsynced on its own, like ``hold``: the next durable commit's sync flushes it. Nor
+        # does it wait for the sync of a settlement that shares its batch (group_commit.py).
         return await self._commits.run(txn, durable=False)
 
     # -- usage ------------------------------------------------------------------------------------

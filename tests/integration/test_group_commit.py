@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -119,6 +120,87 @@ async def test_a_batch_is_fsynced_when_any_op_in_it_is_durable(db: aiosqlite.Con
     mixed = [gc.submit(level, durable=False), gc.submit(level, durable=True)]
     assert await asyncio.gather(*mixed) == [2, 2]  # FULL for the whole batch
     assert (await (await db.execute("PRAGMA synchronous")).fetchone()) == (2,)  # restored
+
+
+class SlowSync:
+    """A ``sync`` for GroupCommit that blocks the database thread until released, and counts."""
+
+    def __init__(self, error: OSError | None = None) -> None:
+        self.release, self.calls, self.error = threading.Event(), 0, error
+
+    def __call__(self) -> None:
+        self.calls += 1
+        assert self.release.wait(timeout=10)
+        if self.error is not None:
+            raise self.error
+
+
+async def test_with_a_sync_a_batch_answers_its_non_durable_ops_before_the_sync(db: aiosqlite.Connection) -> None:
+    """A credit hold sharing a batch with a settlement does not wait for the settlement's fsync."""
+    sync = SlowSync()
+    gc = GroupCommit(db, sync=sync)
+    settlement, hold = gc.submit(insert(1), durable=True), gc.submit(insert(2), durable=False)
+    assert await asyncio.wait_for(hold, timeout=5) == 2  # while the sync still blocks
+    assert not settlement.done() and sync.calls == 1
+    sync.release.set()
+    assert await asyncio.wait_for(settlement, timeout=5) == 1
+    assert gc.batches == 1
+    assert await gc.run(values, durable=False, write=False) == [1, 2]
+    assert sync.calls == 1  # a batch with no durable op is not synced
+
+
+async def test_with_a_sync_a_failed_sync_fails_only_the_durable_ops(db: aiosqlite.Connection) -> None:
+    sync = SlowSync(OSError(5, "Input/output error"))
+    sync.release.set()
+    gc = GroupCommit(db, sync=sync)
+    futures = [gc.submit(insert(1), durable=True), gc.submit(insert(2), durable=False)]
+    outcomes = await asyncio.gather(*futures, return_exceptions=True)
+    assert isinstance(outcomes[0], StoreError) and "sync failed" in str(outcomes[0])
+    assert outcomes[1] == 2
+    assert await gc.run(insert(3), durable=False) == 3  # the queue goes on
+
+
+async def test_with_a_sync_an_all_durable_batch_is_answered_after_it(db: aiosqlite.Connection) -> None:
+    sync = SlowSync()
+    gc = GroupCommit(db, sync=sync)
+    futures = [gc.submit(insert(1), durable=True), gc.submit(insert(2), durable=True)]
+    await asyncio.sleep(0.05)
+    assert not any(f.done() for f in futures)
+    sync.release.set()
+    assert await asyncio.wait_for(asyncio.gather(*futures), timeout=5) == [1, 2]
+    assert sync.calls == 1
+
+
+async def test_a_store_on_a_file_syncs_the_wal_itself(tmp_path: Path) -> None:
+    """Durable batches commit at NORMAL and the store fdatasyncs the WAL (what FULL adds); the
+    connection rests at FULL (hardening gate 40)."""
+    store = await Store.open(tmp_path / "relay.db")
+    try:
+        assert await (await store._db.execute("PRAGMA synchronous")).fetchone() == (2,)
+        assert store._wal is not None
+        assert (tmp_path / "relay.db-wal").exists()
+        account_id = await store.ensure_account("a")
+        await store.grant("a", 1_000)
+        assert await store.hold(account_id, "r1", 100)
+    finally:
+        await store.close()
+    again = await Store.open(tmp_path / "relay.db")  # an existing, migrated database: the same
+    try:
+        assert again._wal is not None and await again.balance("a") == (1_000, 100)
+    finally:
+        await again.close()
+
+
+async def test_a_store_in_memory_commits_at_full() -> None:
+    store = await Store.open(":memory:")
+    try:
+        assert store._wal is None
+        assert await store._commits.run(lambda conn: conn.execute("PRAGMA synchronous").fetchone(), durable=True) == (
+            2,
+        )
+        await store.ensure_account("a")
+    finally:
+        await store.close()
 
 
 async def test_a_cancelled_caller_does_not_cancel_its_op(db: aiosqlite.Connection) -> None:
