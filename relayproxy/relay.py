@@ -10,7 +10,8 @@ through an SSEFramer only so that a codec tap can read usage and the terminator.
 starts and ends on event boundaries and the tap keeps every event in it (the common case), the
 chunk object itself is returned: no copy, no re-serialisation. Otherwise the kept events' raw
 byte spans are returned, joined (an event that lay inside the chunk is a memoryview slice of it,
-so only the join copies).
+so only the join copies), with the tap's rewrite in place of an event it fixed (a provider quirk
+the client's SDK would trip on, protocols.md §8.8) and without the events it dropped.
 
 Translate (different protocols, or a different framing): framer -> the upstream codec's
 StreamDecoder -> IR events -> the client codec's StreamEncoder -> bytes. After an in-band
@@ -41,15 +42,28 @@ class Passthrough:
         self.relayed_bytes += len(chunk)
         framer, tap = self._framer, self._tap
         aligned = not framer.has_partial
-        events = framer.feed(chunk)
-        kept = [ev for ev in events if tap.feed(ev)]
-        if aligned and len(kept) == len(events) and not framer.has_partial:
+        out: list[bytes | memoryview] = []
+        same = True  # every event kept as it came
+        for ev in framer.feed(chunk):
+            verdict = tap.feed(ev)
+            if verdict is True:
+                out.append(ev.raw)
+            else:
+                same = False
+                if verdict:  # the tap's rewrite of the event
+                    out.append(verdict)
+        if same and aligned and not framer.has_partial:
             return chunk
-        return b"".join([ev.raw for ev in kept])
+        return b"".join(out)
 
     def close(self) -> bytes:
         """End of the upstream body: an event completed only by EOF (no final blank line)."""
-        return b"".join([ev.raw for ev in self._framer.close() if self._tap.feed(ev)])
+        out: list[bytes | memoryview] = []
+        for ev in self._framer.close():
+            verdict = self._tap.feed(ev)
+            if verdict:
+                out.append(ev.raw if verdict is True else verdict)
+        return b"".join(out)
 
     @property
     def done(self) -> bool:

@@ -64,8 +64,9 @@ class StreamTap(Protocol):
     done: bool
     error: dict[str, Any] | None
 
-    def feed(self, ev: SSEEvent) -> bool:
-        """Look at one event; False keeps it from the client."""
+    def feed(self, ev: SSEEvent) -> bool | bytes:
+        """Look at one event: True passes it on as it is, False keeps it from the client, and
+        bytes (a whole event, blank line included) go to the client in its place."""
         ...
 
 

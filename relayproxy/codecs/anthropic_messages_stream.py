@@ -685,7 +685,12 @@ _NO_USAGE_EVENTS = frozenset({"content_block_start", "content_block_delta", "con
 
 
 class AnthropicStreamTap:
-    """Reads an Anthropic stream passing through untouched: usage, ``message_stop``, ``error``."""
+    """Reads an Anthropic stream passing through: usage, ``message_stop``, ``error``.
+
+    One repair (protocols.md, the SDK table): a ``message_start`` or ``message_delta`` without
+    ``usage`` makes the SDK's stream helper raise AttributeError, so that event is rewritten with
+    usage (zeros, or the last output count the upstream gave); the record still says unknown.
+    """
 
     def __init__(self) -> None:
         self.usage: ir.Usage | None = None  # normalised, cumulative: the last one wins
@@ -693,7 +698,7 @@ class AnthropicStreamTap:
         self.error: dict[str, Any] | None = None  # the ``error`` object of an in-band error event
         self._raw: dict[str, int] = {}
 
-    def feed(self, ev: SSEEvent) -> bool:
+    def feed(self, ev: SSEEvent) -> bool | bytes:
         if ev.event in _NO_USAGE_EVENTS:  # the bulk of a stream: skip parsing it
             return True
         try:
@@ -702,7 +707,22 @@ class AnthropicStreamTap:
             return True
         if isinstance(payload, dict):
             self._read(payload)
+            return self._repair(payload)
         return True
+
+    def _repair(self, payload: dict[str, Any]) -> bool | bytes:
+        """Usage where the SDK's helper needs it: in ``message_start`` and in ``message_delta``."""
+        kind, holder = payload.get("type"), payload
+        if kind == "message_start" and isinstance(payload.get("message"), dict):
+            head, holder, usage = b"event: message_start\n", payload["message"], {"input_tokens": 0, "output_tokens": 0}
+        elif kind == "message_delta":
+            head, usage = b"event: message_delta\n", {"output_tokens": self._raw.get("output_tokens", 0)}
+        else:
+            return True
+        if isinstance(holder.get("usage"), dict):
+            return True
+        holder["usage"] = usage
+        return head + b"data: " + orjson.dumps(payload) + b"\n\n"
 
     def _read(self, payload: dict[str, Any]) -> None:
         kind = payload.get("type")

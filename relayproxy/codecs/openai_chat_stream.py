@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import secrets
 from enum import Enum
-from typing import Any, TypeGuard
+from typing import Any, Literal, TypeGuard
 
 import orjson
 
@@ -448,12 +448,14 @@ def _tool_head(ev: ir.ToolCallStart) -> dict[str, Any]:
 
 
 class StreamTap:
-    """Reads an OpenAI stream that passes through untouched: usage, finish reason, terminator.
+    """Reads an OpenAI stream that passes through: usage, finish reason, terminator.
 
     ``feed`` returns False for an event the client must not see: the trailing usage-only chunk
-    when the client did not ask for usage (the gateway forces ``include_usage`` upstream).
-    The quirk fixes of protocols.md §8.8 (Moonshot usage in ``choices[0]``, index-less tool
-    deltas, a repeated ``role``) would need re-serialising events, which a tap cannot do.
+    when the client did not ask for usage (the gateway forces ``include_usage`` upstream). It
+    returns the chunk re-serialised when it fixes one of the quirks of protocols.md §8.8 that the
+    OpenAI SDK's stream helper trips on: usage inside ``choices[0]`` (Moonshot) goes to the top
+    level, a tool-call delta without ``index`` gets the current call's, and a ``role`` repeated
+    after a choice's first delta is dropped. Chunks without a quirk pass as they came.
     """
 
     def __init__(self, *, client_wants_usage: bool) -> None:
@@ -462,8 +464,10 @@ class StreamTap:
         self.finish_reason: str | None = None
         self.done = False  # saw data: [DONE]
         self.error: dict[str, Any] | None = None  # an in-band error from upstream
+        self._roles: set[Any] = set()  # choice indexes whose role has been sent
+        self._calls: dict[Any, int] = {}  # choice index -> index of its current tool call
 
-    def feed(self, ev: SSEEvent) -> bool:
+    def feed(self, ev: SSEEvent) -> bool | bytes:
         data = ev.data
         if data.startswith(DONE):
             self.done = True
@@ -485,20 +489,56 @@ class StreamTap:
         if "base_resp" in chunk and (found := minimax_error(chunk)) is not None:
             self.error = {"message": found[1], "code": found[0]}
             return True
-        return self._read_chunk(chunk)
+        verdict = self._read_chunk(chunk)
+        if verdict == "fixed":
+            head = b"event: " + ev.event.encode() + b"\n" if ev.event is not None else b""
+            return head + b"data: " + orjson.dumps(chunk) + b"\n\n"
+        return verdict == "keep"
 
-    def _read_chunk(self, chunk: dict[str, Any]) -> bool:
+    def _read_chunk(self, chunk: dict[str, Any]) -> Literal["keep", "drop", "fixed"]:
+        """Read usage and the finish reason, and fix the chunk's quirks in place."""
         choices = chunk.get("choices")
         usage = chunk.get("usage")
         usage = None if usage is None else decode_usage(usage)
-        if type(choices) is list and choices and type(first := choices[0]) is dict:
-            reason = first.get("finish_reason")
-            if reason is not None and isinstance(reason, str):
-                self.finish_reason = reason
-            if usage is None and "usage" in first:  # Moonshot: usage inside choices[0]
-                usage = decode_usage(first["usage"])
+        fixed = False
+        if type(choices) is list and choices:
+            for choice in choices:
+                if type(choice) is dict and type(delta := choice.get("delta")) is dict:
+                    fixed = self._fix_delta(choice.get("index", 0), delta) or fixed
+            if type(first := choices[0]) is dict:
+                reason = first.get("finish_reason")
+                if reason is not None and isinstance(reason, str):
+                    self.finish_reason = reason
+                if usage is None and "usage" in first:  # Moonshot: usage inside choices[0]
+                    usage = decode_usage(first["usage"])
+                    if self.client_wants_usage and usage is not None:  # where the SDK reads it
+                        chunk["usage"] = first.pop("usage")
+                        fixed = True
         if usage is not None:
             self.usage = usage  # cumulative wherever it appears: the last one wins
             if choices == [] and not self.client_wants_usage:
-                return False
-        return True
+                return "drop"
+        return "fixed" if fixed else "keep"
+
+    def _fix_delta(self, choice: Any, delta: dict[str, Any]) -> bool:
+        """Fix a delta in place (a repeated role, index-less tool calls); True when changed."""
+        fixed = False
+        if "role" in delta:
+            if choice in self._roles:
+                del delta["role"]  # the SDK's helper would append it to the role again
+                fixed = True
+            elif delta["role"] is not None:
+                self._roles.add(choice)
+        calls = delta.get("tool_calls")
+        if type(calls) is list:
+            for call in calls:
+                if type(call) is not dict:
+                    continue
+                index = call.get("index")
+                if type(index) is not int:  # seen from Moonshot: the current call, or a new one
+                    current = self._calls.get(choice, -1)
+                    index = current + 1 if call.get("id") or current < 0 else current
+                    call["index"] = index
+                    fixed = True
+                self._calls[choice] = index
+        return fixed

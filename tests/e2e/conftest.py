@@ -105,6 +105,7 @@ def write_config(path: Path, upstream: FakeUpstream, stripe_url: str = "http://1
         for scenario in MATRIX_SCENARIOS
     )
     models += _model("mk-moonshot", "fake-moonshot", "moonshot")
+    models += _model("mk-moonshot-passthrough", "fake", "moonshot")
     models += _model("oa-flaky", "fake", "flaky")
     # Fallbacks: an overloaded Anthropic upstream (529) falls back to Gemini; a rate-limited
     # OpenAI one (429, Retry-After 7 s: too long to wait here) falls back to Anthropic.

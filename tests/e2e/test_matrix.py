@@ -415,12 +415,9 @@ def test_upstream_http_error_keeps_its_class(
 @pytest.mark.parametrize("up", UPSTREAMS)
 def test_missing_upstream_usage_completes_unbilled(gateway: Gateway, driver: Any, up: str) -> None:
     seq = gateway.last_seq()
-    if (driver.name, up) == ("anthropic", "an"):
-        # Passthrough: the SDK's stream helper itself requires message_delta.usage, so an upstream
-        # without it is read with the raw iterator (the gateway forwards its bytes untouched).
-        driver.raw_stream(f"{up}-nousage")
-    else:
-        driver.stream(f"{up}-nousage")
+    # Anthropic to Anthropic passes through, and the SDK's stream helper requires
+    # message_delta.usage: the gateway's tap adds it there (the record still says unknown).
+    driver.stream(f"{up}-nousage")
     rec = record(gateway, seq, f"{up}-nousage", driver, up)
     assert (rec["outcome"], rec["billed"], rec["reason"]) == ("completed", 0, "usage_unknown")
 
@@ -508,13 +505,15 @@ def test_reasoning_reaches_an_openai_client_as_reasoning_content(gateway: Gatewa
     assert reasoning == "The user wants the weather in Zürich; I should call the tool."
 
 
-def test_moonshot_quirks_are_repaired_for_the_openai_stream_helper(gateway: Gateway) -> None:
-    """Moonshot sends tool deltas without `index` and usage inside choices[0]: with `passthrough =
-    false` the stream is re-encoded, so the SDK's .stream() helper accumulates it correctly."""
+@pytest.mark.parametrize("model", ["mk-moonshot", "mk-moonshot-passthrough"])
+def test_moonshot_quirks_are_repaired_for_the_openai_stream_helper(gateway: Gateway, model: str) -> None:
+    """Moonshot sends tool deltas without `index`, the role on every delta and usage inside
+    choices[0]: re-encoded (`passthrough = false`) or passed through (the tap rewrites just those
+    chunks), the SDK's .stream() helper accumulates the stream correctly."""
     seq = gateway.last_seq()
     with (
         openai.OpenAI(base_url=gateway.base_url + "/v1", api_key=gateway.key, max_retries=0) as c,
-        c.chat.completions.stream(model="mk-moonshot", messages=_user()) as s,
+        c.chat.completions.stream(model=model, messages=_user(), stream_options={"include_usage": True}) as s,
     ):
         for _ in s:
             pass
@@ -522,8 +521,10 @@ def test_moonshot_quirks_are_repaired_for_the_openai_stream_helper(gateway: Gate
     calls = final.choices[0].message.tool_calls or []
     assert [c.function.name for c in calls] == ["get_weather", "get_weather"]
     assert all(json.loads(c.function.arguments) for c in calls)
-    rec = gateway.record_after(seq, "mk-moonshot")
-    assert rec["outcome"] == "completed" and rec["input_tokens"] > 0
+    assert final.choices[0].message.role == "assistant"
+    assert final.usage is not None and final.usage.prompt_tokens > 0
+    rec = gateway.record_after(seq, model)
+    assert rec["outcome"] == "completed" and rec["input_tokens"] == final.usage.prompt_tokens
 
 
 @pytest.mark.parametrize("up", UPSTREAMS)

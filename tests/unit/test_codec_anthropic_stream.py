@@ -19,7 +19,7 @@ from relayproxy import ir
 from relayproxy.codecs import anthropic_messages as am
 from relayproxy.codecs.anthropic_messages_stream import unfold_call_id
 from relayproxy.errors import RateLimited, UpstreamStatusError, UpstreamTimeout
-from relayproxy.relay import Translate
+from relayproxy.relay import Passthrough, Translate
 from relayproxy.sse import SSEEvent, SSEFramer
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "anthropic"
@@ -519,3 +519,40 @@ def test_tap_ignores_garbage() -> None:
     for data in (b"{nope", b"[1]", b'{"type":"error","error":"text"}'):
         assert tap.feed(SSEEvent(None, data, data))
     assert tap.error == {"type": "api_error", "message": "text"} and tap.usage is None and not tap.done
+
+
+def without_usage(data: bytes) -> bytes:
+    """The stream as an upstream that reports no usage sends it."""
+    out = []
+    for ev in frame(data):
+        payload = orjson.loads(ev.data)
+        payload.pop("usage", None)
+        if isinstance(payload.get("message"), dict):
+            payload["message"].pop("usage", None)
+        out.append(b"event: " + (ev.event or "").encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n")
+    return b"".join(out)
+
+
+@pytest.mark.parametrize("step", [1, 5, 1 << 20])
+def test_passthrough_gives_the_helper_the_usage_it_needs(step: int) -> None:
+    """Without usage in message_start and message_delta, the helper raises AttributeError on the
+    upstream's bytes; through the tap it reads the whole message, with zero usage."""
+    body = without_usage((FIXTURES / "text.sse").read_bytes())
+    with pytest.raises(AttributeError):
+        sdk_read(body)
+    relay = Passthrough(am.stream_tap(REQ))
+    out = b"".join(bytes(relay.feed(body[i : i + step])) for i in range(0, len(body), step)) + relay.close()
+    text, final, raw_types = sdk_read(out)
+    assert text == sdk_read((FIXTURES / "text.sse").read_bytes())[0]
+    assert (final.usage.input_tokens, final.usage.output_tokens) == (0, 0)
+    assert raw_types[0] == "message_start" and raw_types[-1] == "message_stop"
+    assert relay.usage is None  # unknown to the ledger: the request is not billed
+
+
+@pytest.mark.parametrize("name", ["text.sse", "tools.sse", "thinking_tools.sse", "error.sse"])
+def test_passthrough_leaves_streams_with_usage_byte_for_byte(name: str) -> None:
+    body = (FIXTURES / name).read_bytes()
+    for step in (1, len(body)):
+        relay = Passthrough(am.stream_tap(REQ))
+        out = b"".join(bytes(relay.feed(body[i : i + step])) for i in range(0, len(body), step))
+        assert out + relay.close() == body

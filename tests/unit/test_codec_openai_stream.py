@@ -29,6 +29,7 @@ from relayproxy.ir import (
     Usage,
     UsageUpdate,
 )
+from relayproxy.relay import Passthrough
 from relayproxy.sse import SSEEvent, SSEFramer
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "openai"
@@ -593,6 +594,60 @@ def test_stream_tap_on_golden_streams() -> None:
         assert tap.usage == (usages[-1] if usages else None)
         assert tap.done == isinstance(events[-1], MessageStop)
         assert (tap.error is not None) == isinstance(events[-1], StreamFailed)
+
+
+def passthrough(body: bytes, step: int) -> bytes:
+    """What a same-protocol client receives of ``body`` fed in ``step``-byte pieces."""
+    relay = Passthrough(openai_chat.stream_tap(ir.ChatRequest("m", [], stream=True, include_usage=True)))
+    out = [bytes(relay.feed(body[i : i + step])) for i in range(0, len(body), step)]
+    return b"".join(out) + relay.close()
+
+
+@pytest.mark.parametrize("step", [1, 7, 1 << 20])
+@pytest.mark.parametrize("reader", sorted(READERS))
+def test_passthrough_repairs_moonshot_quirks_for_the_sdk(step: int, reader: str) -> None:
+    """Index-less tool deltas, a repeated role and usage in choices[0] (protocols.md §8.8): the tap
+    rewrites just those chunks, so the helper that crashes on the raw bytes reads them right."""
+    events = GOLDEN["moonshot_usage"]
+    got = READERS[reader](passthrough((FIXTURES / "moonshot_usage.sse").read_bytes(), step))
+    text, thinking, calls, finish = ir_expectations(events)
+    assert (got["text"], got["thinking"], got["calls"], got["finish"]) == (text, thinking, calls, finish)
+    usage = [e.usage for e in events if isinstance(e, UsageUpdate)][-1]
+    assert (got["usage"].prompt_tokens, got["usage"].completion_tokens) == (usage.input_tokens, usage.output_tokens)
+    if reader == "helper":
+        assert got["roles"] == ["assistant"]
+
+
+@pytest.mark.parametrize("name", ["text", "tools", "reasoning", "error"])
+def test_passthrough_leaves_streams_without_quirks_byte_for_byte(name: str) -> None:
+    body = (FIXTURES / f"{name}.sse").read_bytes()
+    assert passthrough(body, len(body)) == passthrough(body, 1) == body
+
+
+def test_stream_tap_rewrites_only_the_chunks_it_fixes() -> None:
+    tap = openai_chat.StreamTap(client_wants_usage=True)
+    first = ev(b'{"choices":[{"index":0,"delta":{"role":"assistant","content":"a"}}]}')
+    assert tap.feed(first) is True
+    fixed = tap.feed(ev(b'{"choices":[{"index":0,"delta":{"role":"assistant","content":"b"}}]}'))
+    assert isinstance(fixed, bytes) and fixed.startswith(b"data: ") and fixed.endswith(b"\n\n")
+    assert json.loads(fixed[6:]) == {"choices": [{"index": 0, "delta": {"content": "b"}}]}
+    new_call = tap.feed(ev(b'{"choices":[{"index":0,"delta":{"tool_calls":[{"id":"c1","function":{"name":"f"}}]}}]}'))
+    more = tap.feed(ev(b'{"choices":[{"index":0,"delta":{"tool_calls":[{"function":{"arguments":"{}"}}]}}]}'))
+    second = tap.feed(ev(b'{"choices":[{"index":0,"delta":{"tool_calls":[{"id":"c2","function":{"name":"g"}}]}}]}'))
+    indexes = [json.loads(b[6:])["choices"][0]["delta"]["tool_calls"][0]["index"] for b in (new_call, more, second)]
+    assert indexes == [0, 0, 1]
+    assert tap.feed(ev(b'{"choices":[{"index":0,"delta":{"tool_calls":[{"index":1,"function":{}}]}}]}')) is True
+
+
+def test_stream_tap_moves_choice_usage_up_only_for_a_client_that_asked() -> None:
+    moon = (
+        b'{"choices":[{"index":0,"delta":{},"finish_reason":"stop","usage":{"prompt_tokens":4,"completion_tokens":2}}]}'
+    )
+    asked = openai_chat.StreamTap(client_wants_usage=True).feed(ev(moon))
+    assert isinstance(asked, bytes)
+    chunk = json.loads(asked[6:])
+    assert chunk["usage"] == {"prompt_tokens": 4, "completion_tokens": 2} and "usage" not in chunk["choices"][0]
+    assert openai_chat.StreamTap(client_wants_usage=False).feed(ev(moon)) is True
 
 
 def test_stream_tap_sees_minimax_errors() -> None:
