@@ -182,8 +182,11 @@ class _Early:
         self._loop, self._batch, self.sent = loop, batch, False
 
     def __call__(self, results: Sequence[Any]) -> None:  # on the database thread
+        try:
+            self._loop.call_soon_threadsafe(_settle_not_durable, self._batch, results)
+        except RuntimeError:  # the loop is closing: they are answered with the batch, if at all
+            return
         self.sent = True
-        self._loop.call_soon_threadsafe(_settle_not_durable, self._batch, results)
 
 
 def _settle_not_durable(batch: list[_Queued[Any]], results: Sequence[Any]) -> None:
