@@ -40,7 +40,10 @@ os.register_at_fork(after_in_child=lambda: _ids.seed(os.urandom(32)))
 
 
 def new_request_id() -> str:
-    return f"req_{_ids.getrandbits(96):024x}"
+    """``req_`` + 24 hex digits: the time in ms, then 48 random bits. Ids made later sort later,
+    so the ledger's and the usage table's indexes on them grow at their right edge (a request's
+    rows then share index pages with its neighbours' instead of dirtying a random page each)."""
+    return f"req_{time.time_ns() // 1_000_000:012x}{_ids.getrandbits(48):012x}"
 
 
 @dataclass(slots=True, frozen=True)
