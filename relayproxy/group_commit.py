@@ -4,8 +4,8 @@ Theory of operation. SQLite allows one writer, and aiosqlite runs every call on 
 owns the connection; each trip there costs a thread wake-up and an event-loop wake-up, and each
 ``synchronous=FULL`` commit an fsync. So the store never talks to the thread per statement: it
 hands whole transactions (``Op``: a function of the plain ``sqlite3.Connection``) to
-``GroupCommit.run``, which queues them. One flusher task takes everything queued so far and runs
-it as ONE batch on the thread:
+``GroupCommit.run``, which queues them. Whatever is queued when a batch starts (see
+``GroupCommit``) runs as ONE batch on the thread:
 
     BEGIN IMMEDIATE          (plain BEGIN when every op only reads)
       op 1; op 2; ...        (if one raises: ROLLBACK, and again with each op in a SAVEPOINT,
@@ -41,6 +41,7 @@ import logging
 import sqlite3
 from collections.abc import Callable, Coroutine, Generator, Iterable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Generic, TypeVar
 
 import aiosqlite
@@ -68,10 +69,18 @@ class _Queued(Generic[T]):
     write: bool  # needs the write lock (BEGIN IMMEDIATE)
     what: str  # for error messages: "write", "read"
     future: asyncio.Future[T]
+    waited: bool  # False: posted, nobody reads the future, so a failure is logged here
 
 
 class GroupCommit:
-    """Runs ops in batches on aiosqlite's database thread; see the module docstring."""
+    """Runs ops in batches on aiosqlite's database thread; see the module docstring.
+
+    Driven by callbacks, not a task: ``submit`` schedules a start for the end of the current
+    loop iteration (so what that iteration submits shares one batch), which starts a batch when
+    none is in flight or arms the linger timer; the batch's completion callback answers its ops
+    and starts the next. So an op costs no task switch of its own, and nothing here can be cancelled
+    half-way: a batch handed to the thread always runs, and its ops always hear how it went.
+    """
 
     def __init__(
         self, db: aiosqlite.Connection, *, linger_s: float = LINGER_S, sync: Callable[[], None] | None = None
@@ -83,9 +92,11 @@ class GroupCommit:
         self._sync = sync
         self._queue: list[_Queued[Any]] = []
         self._waited = 0  # queued ops someone is waiting for: while there are none, the batch may linger
-        self._wake: asyncio.Future[None] | None = None  # set while lingering
-        self._flusher: asyncio.Task[None] | None = None
-        self._draining = False
+        self._in_flight = False  # a batch is on the database thread
+        self._soon = False  # _next is scheduled (call_soon)
+        self._timer: asyncio.TimerHandle | None = None  # set while lingering
+        self._idle: list[asyncio.Future[None]] = []  # drain() waiting for the queue to empty
+        self._draining = 0
         self.batches = 0  # batches committed (or failed): for tests and metrics
         self.ops = 0
 
@@ -93,14 +104,12 @@ class GroupCommit:
         """Queue ``fn`` for the next batch; the future settles once its batch has committed."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._queue.append(_Queued(fn, durable, write, "write" if write else "read", future))
+        self._queue.append(_Queued(fn, durable, write, "write" if write else "read", future, waited))
         if waited:
             self._waited += 1
-            self._hurry()
-        elif len(self._queue) >= MAX_LINGER_OPS:
-            self._hurry()
-        if self._flusher is None:
-            self._flusher = loop.create_task(self._flush())
+        if not self._soon:  # at the end of this loop iteration: what else it submits joins the batch
+            self._soon = True
+            loop.call_soon(self._next, loop)
         return future
 
     async def run(self, fn: Op[T], *, durable: bool, write: bool = True) -> T:
@@ -110,67 +119,82 @@ class GroupCommit:
     def post(self, fn: Op[T], *, durable: bool) -> asyncio.Future[T]:
         """Submit a write nobody waits for (it runs all the same; a failure is logged). It may
         linger up to ``linger_s`` for company, and goes at once with the next op someone waits for."""
-        future = self.submit(fn, durable=durable, waited=False)
-        future.add_done_callback(_log_failure)
-        return future
+        return self.submit(fn, durable=durable, waited=False)
 
     async def drain(self) -> None:
         """Commit everything queued so far, without lingering, and wait for it."""
-        self._draining = True
-        try:
-            while self._flusher is not None:
-                self._hurry()
-                await asyncio.shield(self._flusher)
-        finally:
-            self._draining = False
-
-    def _hurry(self) -> None:
-        if self._wake is not None and not self._wake.done():
-            self._wake.set_result(None)
-
-    async def _flush(self) -> None:
         loop = asyncio.get_running_loop()
+        self._draining += 1
         try:
-            while self._queue:
-                if not self._waited and not self._draining and self._linger_s > 0:
-                    await self._linger(loop)
-                batch, self._queue, self._waited = self._queue, [], 0
-                # Shielded: once on the thread the batch runs to its end, and its futures must
-                # learn how it went even if this task is cancelled (the loop shutting down).
-                early = _Early(loop, batch)
-                trip = self._db._execute(_run_batch, self._db._conn, batch, self._sync, early)  # type: ignore[no-untyped-call]
-                try:
-                    try:
-                        results = await asyncio.shield(trip)
-                    except asyncio.CancelledError:  # the loop shutting down: see the queue through
-                        self._draining = True
-                        results = await trip
-                except sqlite3.Error as exc:
-                    results = [StoreError(f"database {q.what} failed: {exc}") for q in batch]
-                self.batches += 1
-                self.ops += len(batch)
-                for queued, result in zip(batch, results, strict=True):
-                    if not (early.sent and not queued.durable):  # those were answered before the sync
-                        _settle(queued.future, result)
+            while self._queue or self._in_flight:
+                idle = loop.create_future()
+                self._idle.append(idle)
+                self._next(loop)
+                await idle
         finally:
-            self._flusher = None
+            self._draining -= 1
 
-    async def _linger(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Only writes nobody waits for are queued: give others up to linger_s to join them."""
-        wake = self._wake = loop.create_future()
-        timer = loop.call_later(self._linger_s, _wake_up, wake)
+    def _next(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start a batch if none is in flight and the queue should not linger; else arm the timer."""
+        self._soon = False
+        if self._in_flight or not self._queue:
+            return
+        if self._waited or self._draining or self._linger_s <= 0 or len(self._queue) >= MAX_LINGER_OPS:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self._start(loop)
+        elif self._timer is None:
+            self._timer = loop.call_later(self._linger_s, self._linger_over, loop)
+
+    def _linger_over(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer = None
+        if not self._in_flight and self._queue:
+            self._start(loop)
+
+    def _start(self, loop: asyncio.AbstractEventLoop) -> None:
+        batch, self._queue, self._waited = self._queue, [], 0
+        early = _Early(loop, batch)
+        trip: asyncio.Future[list[Any]] = loop.create_future()
         try:
-            await asyncio.shield(wake)  # a cancelled flusher still flushes (the loop shutting down)
-        except asyncio.CancelledError:
-            self._draining = True
-        finally:
-            timer.cancel()
-            self._wake = None
+            _to_thread(self._db, trip, partial(_run_batch, self._db._conn, batch, self._sync, early))
+        except ValueError:  # aiosqlite: the connection is closed
+            trip.set_exception(StoreError("the database is closed"))
+        self._in_flight = True
+        trip.add_done_callback(partial(self._done, loop, batch, early))
+
+    def _done(
+        self, loop: asyncio.AbstractEventLoop, batch: list[_Queued[Any]], early: _Early, trip: asyncio.Future[list[Any]]
+    ) -> None:
+        self._in_flight = False
+        exc = trip.exception()
+        if exc is None:
+            results = trip.result()
+        elif isinstance(exc, sqlite3.Error):
+            results = [StoreError(f"database {q.what} failed: {exc}") for q in batch]
+        else:
+            results = [exc for _ in batch]
+        self.batches += 1
+        self.ops += len(batch)
+        for queued, result in zip(batch, results, strict=True):
+            if not (early.sent and not queued.durable):  # those were answered before the sync
+                _settle(queued, result)
+        if self._idle and not self._queue:
+            idle, self._idle = self._idle, []
+            for waiter in idle:
+                if not waiter.done():
+                    waiter.set_result(None)
+        if self._queue and not self._soon:  # after the callers just answered had their turn
+            self._soon = True
+            loop.call_soon(self._next, loop)
 
 
-def _wake_up(wake: asyncio.Future[None]) -> None:
-    if not wake.done():
-        wake.set_result(None)
+def _to_thread(db: aiosqlite.Connection, future: asyncio.Future[Any], function: Callable[[], Any]) -> None:
+    """Queue ``function`` on aiosqlite's database thread, which sets ``future`` to its outcome
+    (what ``Connection._execute`` does, without a coroutine, so without a task to run it)."""
+    if not db._running or db._connection is None:
+        raise ValueError("Connection closed")
+    db._tx.put_nowait((future, function))
 
 
 class _Early:
@@ -192,24 +216,26 @@ class _Early:
 def _settle_not_durable(batch: list[_Queued[Any]], results: Sequence[Any]) -> None:
     for queued, result in zip(batch, results, strict=True):
         if not queued.durable:
-            _settle(queued.future, result)
+            _settle(queued, result)
 
 
-def _settle(future: asyncio.Future[Any], result: Any) -> None:
-    if future.cancelled():  # its caller went away; the op ran (or failed) all the same
-        if isinstance(result, BaseException):
-            log.error("store operation failed after its caller left: %s", result)
-        return
-    if isinstance(result, BaseException):
+def _settle(queued: _Queued[Any], result: Any) -> None:
+    future = queued.future
+    failed = isinstance(result, BaseException)
+    if future.cancelled() or not queued.waited:  # nobody (any longer) waits: the op ran all the same
+        if failed:
+            log.error(
+                "store operation failed after its caller left: %s" if queued.waited else "store operation failed: %s",
+                result,
+            )
+        if future.cancelled():
+            return
+    if failed:
         future.set_exception(result)
+        if not queued.waited:
+            future.exception()  # retrieved (logged above): no "never retrieved" warning later
     else:
         future.set_result(result)
-
-
-def _log_failure(future: asyncio.Future[Any]) -> None:
-    exc = None if future.cancelled() else future.exception()
-    if exc is not None:
-        log.error("store operation failed: %s", exc)
 
 
 def _run_batch(

@@ -256,3 +256,23 @@ async def test_a_lone_write_nobody_waits_for_goes_after_the_linger(db: aiosqlite
     gc = GroupCommit(db, linger_s=0.01)
     done = gc.post(insert(1), durable=True)
     assert await asyncio.wait_for(done, timeout=5) == 1
+
+
+async def test_an_error_escaping_the_batch_reaches_its_ops_and_the_queue_goes_on(db: aiosqlite.Connection) -> None:
+    """Whatever the database thread raises, every op of the batch hears of it: none is left waiting."""
+    sync = SlowSync(RuntimeError("disk gone"))  # not an OSError: escapes _run_batch itself
+    sync.release.set()
+    gc = GroupCommit(db, sync=sync)
+    futures = [gc.submit(insert(1), durable=True), gc.submit(insert(2), durable=False)]
+    outcomes = await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True), timeout=5)
+    assert isinstance(outcomes[0], RuntimeError) and outcomes[1] == 2  # the hold was answered before
+    assert await gc.run(values, durable=False, write=False) == [1, 2]  # committed all the same
+
+
+async def test_ops_on_a_closed_connection_fail_at_once(tmp_path: Path) -> None:
+    conn = await aiosqlite.connect(str(tmp_path / "closed.db"), isolation_level=None)
+    gc = GroupCommit(conn)
+    await conn.close()
+    with pytest.raises(StoreError, match="closed"):
+        await asyncio.wait_for(gc.run(values, durable=False, write=False), timeout=5)
+    await asyncio.wait_for(gc.drain(), timeout=5)
