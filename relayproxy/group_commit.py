@@ -167,7 +167,7 @@ class GroupCommit:
         self, loop: asyncio.AbstractEventLoop, batch: list[_Queued[Any]], early: _Early, trip: asyncio.Future[list[Any]]
     ) -> None:
         self._in_flight = False
-        exc = trip.exception()
+        exc = StoreError("the database trip was cancelled") if trip.cancelled() else trip.exception()
         if exc is None:
             results = trip.result()
         elif isinstance(exc, sqlite3.Error):
