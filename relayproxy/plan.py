@@ -85,7 +85,7 @@ def fallback_routes(config: Config, primary: Route) -> list[Route]:
 def chose(ex: Exchange, p: Plan) -> None:
     """Record which provider serves the request (a fallback's, if it came to that)."""
     ex.record.provider, ex.record.upstream_protocol = p.route.provider.name, p.route.provider.protocol
-    if ex.charge is not None:
+    if ex.charge is not None and ex.charge.model is not p.route.model:  # a fallback's model
         ex.charge = replace(ex.charge, model=p.route.model)
 
 

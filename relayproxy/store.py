@@ -388,17 +388,18 @@ async def _ensure_account(db: aiosqlite.Connection, name: str) -> int:
     return int(row[0])
 
 
+_INSERT_USAGE = f"INSERT INTO usage({','.join(_USAGE_FIELDS)}) VALUES ({','.join('?' * len(_USAGE_FIELDS))})"
+
+
 async def _insert_usage(db: aiosqlite.Connection, rec: UsageRecord) -> None:
-    values = [getattr(rec, f) for f in _USAGE_FIELDS]
-    placeholders = ",".join("?" * len(values))
-    await db.execute(f"INSERT INTO usage({','.join(_USAGE_FIELDS)}) VALUES ({placeholders})", values)
+    await db.execute(_INSERT_USAGE, [getattr(rec, f) for f in _USAGE_FIELDS])
 
 
 def _as_charged(rec: UsageRecord, asked: int, charged: int | None) -> UsageRecord:
     """The record as stored: its cost is what was really charged."""
     got = charged or 0
     if got == asked:
-        return replace(rec, cost_microusd=got)
+        return rec if rec.cost_microusd == got else replace(rec, cost_microusd=got)
     return replace(rec, cost_microusd=got, billed=got > 0, reason=rec.reason if charged is not None else "no_hold")
 
 
