@@ -269,29 +269,25 @@ def cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def start_fake() -> tuple[subprocess.Popen[bytes], int]:
-    proc = subprocess.Popen(
-        [PY, str(BENCH / "fake_upstream.py"), "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline().decode()
-    if not line.startswith("PORT "):
-        proc.kill()
-        raise SystemExit(f"bench: the fake upstream did not start: {line!r}")
-    return proc, int(line.split()[1])
+    return _start_child([str(BENCH / "fake_upstream.py"), "--port", "0"], "PORT ", "the fake upstream")
 
 
 def start_floor(fake_port: int, pin: Pinning) -> tuple[subprocess.Popen[bytes], int]:
-    proc = subprocess.Popen(
-        [PY, str(BENCH / "floor.py"), "--upstream-port", str(fake_port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        preexec_fn=pin.gateway_preexec(),  # the gateway's core: the same machine share as the gateway
-    )
+    # On the gateway's core: the same machine share as the gateway.
+    args = [str(BENCH / "floor.py"), "--upstream-port", str(fake_port)]
+    return _start_child(args, "listening ", "the floor forwarder", pin.gateway_preexec())
+
+
+def _start_child(
+    args: list[str], ready: str, what: str, preexec: Callable[[], None] | None = None
+) -> tuple[subprocess.Popen[bytes], int]:
+    """Start a helper process that prints ``<ready><port>`` once it listens; (process, port)."""
+    proc = subprocess.Popen([PY, *args], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, preexec_fn=preexec)
     assert proc.stdout is not None
     line = proc.stdout.readline().decode()
-    if not line.startswith("listening "):
+    if not line.startswith(ready):
         proc.kill()
-        raise SystemExit(f"bench: the floor forwarder did not start: {line!r}")
+        raise SystemExit(f"bench: {what} did not start: {line!r}")
     return proc, int(line.split()[1])
 
 

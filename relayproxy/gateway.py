@@ -155,7 +155,7 @@ class Gateway:
         except RelayError as err:
             planning_error, amount = err, None
         cap = self._config.limits.free_aborts_per_hour
-        since = utc_iso(datetime.now(UTC) - timedelta(hours=1))
+        since = utc_iso(datetime.now(UTC) - timedelta(hours=1)) if cap > 0 else None  # 0: no cap, no count
         admission = await self._store.admit(key_hash, ex.request_id, amount, aborts_since=since, abort_cap=cap)
         principal = self._authenticated(ex, admission.principal)
         # From here on every way out settles the request, which releases a hold taken above.

@@ -48,7 +48,7 @@ import aiosqlite
 
 from .errors import StoreError
 
-__all__ = ["GroupCommit", "Op", "SyncDb", "drive"]
+__all__ = ["GroupCommit", "Op", "SyncDb", "drive", "sync_op"]
 
 T = TypeVar("T")
 log = logging.getLogger("relayproxy.store")
@@ -360,6 +360,11 @@ class SyncDb:
 
     def execute(self, sql: str, args: Iterable[Any] = ()) -> _SyncCall:
         return _SyncCall(_SyncCursor(self._conn.execute(sql, tuple(args))))
+
+
+def sync_op(txn: Callable[[SyncDb], Coroutine[Any, Any, T]]) -> Op[T]:
+    """A transaction written against aiosqlite's ``execute`` (as the ledger is), as an ``Op``."""
+    return lambda conn: drive(txn(SyncDb(conn)))
 
 
 def drive(coro: Coroutine[Any, Any, T]) -> T:

@@ -25,7 +25,7 @@ from typing import Any
 from relayproxy import ir
 from relayproxy.codecs import StreamDecoder, StreamEncoder, StreamTap
 from relayproxy.errors import UpstreamStatusError
-from relayproxy.sse import SSEFramer
+from relayproxy.sse import SSEEvent, SSEFramer
 
 __all__ = ["Passthrough", "Relay", "Translate"]
 
@@ -40,11 +40,22 @@ class Passthrough:
 
     def feed(self, chunk: bytes) -> bytes:
         self.relayed_bytes += len(chunk)
-        framer, tap = self._framer, self._tap
+        framer = self._framer
         aligned = not framer.has_partial
-        out: list[bytes | memoryview] = []
-        same = True  # every event kept as it came
-        for ev in framer.feed(chunk):
+        out, same = self._pass(framer.feed(chunk))
+        if same and aligned and not framer.has_partial:
+            return chunk
+        return b"".join(out)
+
+    def close(self) -> bytes:
+        """End of the upstream body: an event completed only by EOF (no final blank line)."""
+        return b"".join(self._pass(self._framer.close())[0])
+
+    def _pass(self, events: list[SSEEvent]) -> tuple[list[bytes | memoryview], bool]:
+        """What the tap lets through of ``events`` (each as it came, or its rewrite), and whether
+        that is every event unchanged."""
+        tap, out, same = self._tap, [], True
+        for ev in events:
             verdict = tap.feed(ev)
             if verdict is True:
                 out.append(ev.raw)
@@ -52,18 +63,7 @@ class Passthrough:
                 same = False
                 if verdict:  # the tap's rewrite of the event
                     out.append(verdict)
-        if same and aligned and not framer.has_partial:
-            return chunk
-        return b"".join(out)
-
-    def close(self) -> bytes:
-        """End of the upstream body: an event completed only by EOF (no final blank line)."""
-        out: list[bytes | memoryview] = []
-        for ev in self._framer.close():
-            verdict = self._tap.feed(ev)
-            if verdict:
-                out.append(ev.raw if verdict is True else verdict)
-        return b"".join(out)
+        return out, same
 
     @property
     def done(self) -> bool:

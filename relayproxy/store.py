@@ -33,7 +33,7 @@ import aiosqlite
 from . import dbfile, ledger
 from .billing import Booking
 from .errors import StoreError
-from .group_commit import GroupCommit, SyncDb, drive
+from .group_commit import GroupCommit, SyncDb, drive, sync_op
 from .records import KeyInfo, Principal, UsageRecord
 
 __all__ = ["Admission", "Booking", "Store", "utc_iso", "utc_now"]
@@ -105,11 +105,11 @@ class Store:
     async def _write(self, txn: Callable[[aiosqlite.Connection], Coroutine[Any, Any, T]], *, durable: bool = True) -> T:
         """Run ``txn`` (written against aiosqlite's ``execute``, as the ledger is) as one write
         transaction on the database thread, committed with its batch; durable = fsynced (FULL)."""
-        return await self._commits.run(lambda conn: drive(txn(SyncDb(conn))), durable=durable)  # type: ignore[arg-type]
+        return await self._commits.run(sync_op(txn), durable=durable)  # type: ignore[arg-type]
 
     async def _read(self, txn: Callable[[aiosqlite.Connection], Coroutine[Any, Any, T]]) -> T:
         """Run ``txn`` as one read transaction (one consistent snapshot)."""
-        return await self._commits.run(lambda conn: drive(txn(SyncDb(conn))), durable=False, write=False)  # type: ignore[arg-type]
+        return await self._commits.run(sync_op(txn), durable=False, write=False)  # type: ignore[arg-type]
 
     async def _all(self, sql: str, args: Iterable[Any] = ()) -> list[Any]:
         params = tuple(args)
@@ -172,7 +172,7 @@ class Store:
         )
 
     async def admit(
-        self, key_hash: bytes, request_id: str, hold_microusd: int | None, *, aborts_since: str, abort_cap: int
+        self, key_hash: bytes, request_id: str, hold_microusd: int | None, *, aborts_since: str | None, abort_cap: int
     ) -> Admission:
         """An inference request's whole way in, in one database trip: ``authenticate`` (with the
         abort count), then, when the key is valid, under the abort cap and ``hold_microusd`` is
@@ -228,7 +228,7 @@ class Store:
         now, owner = utc_now(), self._owner
         # Not fsynced on its own (durable=False): other processes see a hold as soon as it commits,
         # and after a crash every hold is released by the startup sweep anyway, so losing one
-        # costs nothing; the settlement's FULL commit then flushes it together with the charge.
+        # costs nothing; the next durable commit's sync (the settlement's, say) flushes it too.
         return await self._write(
             lambda db: ledger.hold(db, account_id, request_id, amount_microusd, owner, now), durable=False
         )
@@ -241,10 +241,7 @@ class Store:
         startup sweep releases it: a request is then never charged, never charged twice.
         """
         now = utc_now()
-        return self._commits.post(
-            lambda conn: drive(_settle_txn(SyncDb(conn), rec, charge_microusd, now)),  # type: ignore[arg-type]
-            durable=True,
-        )
+        return self._commits.post(sync_op(lambda db: _settle_txn(db, rec, charge_microusd, now)), durable=True)  # type: ignore[arg-type]
 
     async def settle(self, rec: UsageRecord, charge_microusd: int) -> int:
         """In one transaction: charge min(charge, hold), release the rest, insert the usage record.

@@ -712,17 +712,17 @@ class AnthropicStreamTap:
 
     def _repair(self, payload: dict[str, Any]) -> bool | bytes:
         """Usage where the SDK's helper needs it: in ``message_start`` and in ``message_delta``."""
-        kind, holder = payload.get("type"), payload
+        kind = payload.get("type")
         if kind == "message_start" and isinstance(payload.get("message"), dict):
-            head, holder, usage = b"event: message_start\n", payload["message"], {"input_tokens": 0, "output_tokens": 0}
+            holder, usage = payload["message"], {"input_tokens": 0, "output_tokens": 0}
         elif kind == "message_delta":
-            head, usage = b"event: message_delta\n", {"output_tokens": self._raw.get("output_tokens", 0)}
+            holder, usage = payload, {"output_tokens": self._raw.get("output_tokens", 0)}
         else:
             return True
         if isinstance(holder.get("usage"), dict):
             return True
         holder["usage"] = usage
-        return head + b"data: " + orjson.dumps(payload) + b"\n\n"
+        return _event(str(kind), payload)
 
     def _read(self, payload: dict[str, Any]) -> None:
         kind = payload.get("type")

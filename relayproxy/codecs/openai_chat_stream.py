@@ -35,7 +35,7 @@ import orjson
 
 from relayproxy import ir
 from relayproxy.errors import RelayError, UpstreamStatusError
-from relayproxy.sse import SSEEvent
+from relayproxy.sse import SSEEvent, encode_event
 
 __all__ = [
     "DONE",
@@ -491,8 +491,7 @@ class StreamTap:
             return True
         verdict = self._read_chunk(chunk)
         if verdict == "fixed":
-            head = b"event: " + ev.event.encode() + b"\n" if ev.event is not None else b""
-            return head + b"data: " + orjson.dumps(chunk) + b"\n\n"
+            return encode_event(orjson.dumps(chunk), ev.event)
         return verdict == "keep"
 
     def _read_chunk(self, chunk: dict[str, Any]) -> Literal["keep", "drop", "fixed"]:
