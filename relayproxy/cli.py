@@ -12,11 +12,11 @@ from typing import Any
 import orjson
 
 from . import __version__
-from .accesslog import configure_logging
 from .app import create_key, run_gateway
 from .billing import format_usd, parse_usd, price_list
 from .config import Config, ConfigError, load_config, parse_listen
 from .errors import StoreError
+from .logsetup import configure_logging
 from .store import Store
 from .workers import serve_workers
 
