@@ -125,11 +125,12 @@ async def test_a_batch_is_fsynced_when_any_op_in_it_is_durable(db: aiosqlite.Con
 class SlowSync:
     """A ``sync`` for GroupCommit that blocks the database thread until released, and counts."""
 
-    def __init__(self, error: OSError | None = None) -> None:
-        self.release, self.calls, self.error = threading.Event(), 0, error
+    def __init__(self, error: Exception | None = None) -> None:
+        self.release, self.entered, self.calls, self.error = threading.Event(), threading.Event(), 0, error
 
     def __call__(self) -> None:
         self.calls += 1
+        self.entered.set()
         assert self.release.wait(timeout=10)
         if self.error is not None:
             raise self.error
@@ -141,6 +142,8 @@ async def test_with_a_sync_a_batch_answers_its_non_durable_ops_before_the_sync(d
     gc = GroupCommit(db, sync=sync)
     settlement, hold = gc.submit(insert(1), durable=True), gc.submit(insert(2), durable=False)
     assert await asyncio.wait_for(hold, timeout=5) == 2  # while the sync still blocks
+    # The hold is answered just before the thread enters the sync: wait until it is in there.
+    assert await asyncio.to_thread(sync.entered.wait, 5)
     assert not settlement.done() and sync.calls == 1
     sync.release.set()
     assert await asyncio.wait_for(settlement, timeout=5) == 1
