@@ -18,6 +18,10 @@ server-side session (``amount_total``), never from client metadata.
 
 The webhook makes no network call, so it answers fast. The one Stripe API call (session creation)
 runs the library's synchronous client in a worker thread, keeping the event loop free.
+
+The library (with ``requests`` and ``urllib3``: ~20 MB of resident memory) is imported when a
+Stripe secret is configured, at start-up, so no request pays for the import; a gateway without
+top-ups never loads it.
 """
 
 from __future__ import annotations
@@ -26,13 +30,14 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from typing import Any, Protocol, TypeGuard
-
-import stripe
+from typing import TYPE_CHECKING, Any, Protocol, TypeGuard
 
 from .billing import MICROUSD_PER_USD, Booking
 from .config import BillingConfig
 from .errors import InvalidRequest, RelayError, UpstreamError
+
+if TYPE_CHECKING:
+    import stripe
 
 __all__ = [
     "ACCOUNT_METADATA_KEY",
@@ -105,16 +110,17 @@ class Payments:
         self._ledger = ledger
         self._webhook_secret = billing.stripe_webhook_secret()
         api_key = billing.stripe_secret_key()
-        self._client = (
-            stripe.StripeClient(
-                api_key,
-                base_addresses={"api": billing.stripe_api_base} if billing.stripe_api_base else None,
-                http_client=stripe.RequestsClient(timeout=http_timeout_s),
-                max_network_retries=2,  # the library adds an idempotency key, so retries never double-create
-            )
-            if api_key
-            else None
-        )
+        self._client: stripe.StripeClient | None = None
+        if api_key or self._webhook_secret:
+            import stripe  # here, not at the top: see the module's docstring
+
+            if api_key:
+                self._client = stripe.StripeClient(
+                    api_key,
+                    base_addresses={"api": billing.stripe_api_base} if billing.stripe_api_base else None,
+                    http_client=stripe.RequestsClient(timeout=http_timeout_s),
+                    max_network_retries=2,  # the library adds an idempotency key, so retries never double-create
+                )
 
     def checkout_disabled_reason(self) -> str | None:
         """Why ``create_checkout`` would fail with PaymentsDisabled, or None when it is configured."""
@@ -136,6 +142,8 @@ class Payments:
             raise PaymentsDisabled(reason or "top-ups are disabled")
         cents = self._cents(amount_usd)
         params = self._session_params(account_id, account_name, cents)
+        import stripe  # loaded since __init__: a lookup in sys.modules
+
         try:
             session = await asyncio.to_thread(self._client.v1.checkout.sessions.create, params)
         except stripe.StripeError as exc:
@@ -252,6 +260,8 @@ class Payments:
 
 def _verified_event(raw_body: bytes, header: str | None, secret: str) -> dict[str, Any] | WebhookOutcome:
     """The event as plain data when the signature over the raw body checks out, else a rejection."""
+    import stripe  # loaded since Payments.__init__ (a webhook secret is configured)
+
     try:
         event = stripe.Webhook.construct_event(raw_body, header, secret, tolerance=SIGNATURE_TOLERANCE_S)
     except stripe.SignatureVerificationError as exc:

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
@@ -348,3 +351,27 @@ async def test_any_delivery_order_credits_once_and_refunds_once(
         if (await deliver(payments, body)).status == 409:
             queue.append(body)
     assert await balance(store) == 12_500_000 - 5_000_000
+
+
+@pytest.mark.parametrize(
+    ("env", "loaded"),
+    [({}, False), ({"STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET}, True), ({"STRIPE_SECRET_KEY": API_KEY}, True)],
+)
+def test_stripe_library_loaded_only_with_a_secret(env: dict[str, str], loaded: bool) -> None:
+    """Without top-ups the ~20 MB library stays out of the process; with them it loads at start-up,
+    so neither a checkout nor a webhook pays for the import."""
+    script = (
+        "import sys\n"
+        "from relayproxy.app import run_gateway\n"
+        "from relayproxy.config import BillingConfig\n"
+        "from relayproxy.payments import Payments\n"
+        "assert 'stripe' not in sys.modules\n"
+        "Payments(BillingConfig(), None)\n"
+        "print('stripe' in sys.modules)\n"
+    )
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("STRIPE_")}
+    done = subprocess.run(
+        [sys.executable, "-c", script], env={**clean, **env}, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(loaded)
