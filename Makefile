@@ -19,7 +19,8 @@ run: $(STAMP)
 	$(BIN)/relayproxy serve --config $(CONFIG)
 
 # The previous SDK generation (openai 1.x, anthropic 0.x with x-api-key, google-genai 1.x on /v1beta):
-# clients in the wild run both, so the end-to-end suite runs against each.
+# clients in the wild run both, so the end-to-end suite runs against each. That second run serves
+# on asyncio's own event loop, the first on the default (uvloop): both loops are tested end to end.
 PREV_VENV ?= .venv-sdk-previous
 PREV_STAMP := $(PREV_VENV)/.installed
 PREV_SDKS := openai==1.109.1 anthropic==0.125.0 google-genai==1.75.0
@@ -32,7 +33,7 @@ $(PREV_STAMP): pyproject.toml
 
 test: $(STAMP) $(PREV_STAMP)
 	$(BIN)/pytest -q
-	$(PREV_VENV)/bin/pytest -q -p no:cacheprovider tests/e2e
+	RELAYPROXY_TEST_EVENT_LOOP=asyncio $(PREV_VENV)/bin/pytest -q -p no:cacheprovider tests/e2e
 
 # The long randomized runs (hardening.md budgets: the 200 x 50 ledger state machine and the like),
 # kept out of `make test` so CI stays fast.
@@ -40,7 +41,7 @@ test-slow: $(STAMP)
 	$(BIN)/pytest -q -m slow
 
 test-e2e-previous-sdks: $(PREV_STAMP)
-	$(PREV_VENV)/bin/pytest -q -p no:cacheprovider tests/e2e
+	RELAYPROXY_TEST_EVENT_LOOP=asyncio $(PREV_VENV)/bin/pytest -q -p no:cacheprovider tests/e2e
 
 test-unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit

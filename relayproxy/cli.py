@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 
 from . import __version__
-from .app import create_key, run_gateway
+from .app import create_key, run, run_gateway
 from .billing import format_usd, parse_usd, price_list
 from .config import Config, ConfigError, load_config, parse_listen
 from .errors import StoreError
@@ -88,7 +88,7 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
     try:
         if workers > 1:  # a supervisor and N worker processes on one socket (see workers.py)
             return serve_workers(config, host, port, workers)
-        asyncio.run(run_gateway(config, host=host, port=port))
+        run(run_gateway(config, host=host, port=port), config.server.event_loop)
     except OSError as exc:  # binding the listener: address in use, permission denied
         print(f"relayproxy: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)  # noqa: T201
         return 1

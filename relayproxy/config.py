@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ __all__ = [
 ]
 
 PROTOCOLS = ("openai", "anthropic", "gemini")
+EVENT_LOOPS = ("auto", "uvloop", "asyncio")
 MIN_DISCOUNT = Fraction(3, 10)
 
 
@@ -41,6 +43,7 @@ class ServerConfig:
     port: int = 8080
     workers: int = 1
     database: Path = Path("relayproxy.db")
+    event_loop: str = "auto"  # auto (uvloop when installed) | uvloop | asyncio
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,13 +191,24 @@ def parse_listen(value: str, where: str = "[server] listen") -> tuple[str, int]:
 
 
 def _server(t: dict[str, Any], base: Path) -> ServerConfig:
-    _check_keys(t, "server", {"listen", "workers", "database"})
+    _check_keys(t, "server", {"listen", "workers", "database", "event_loop"})
     host, port = parse_listen(_get(t, "server", "listen", str, "127.0.0.1:8080"))
     workers = _get(t, "server", "workers", int, 1)
     if workers < 1:
         raise ConfigError(f"[server] workers: must be 1 or more, got {workers}")
     db = Path(_get(t, "server", "database", str, "relayproxy.db"))
-    return ServerConfig(host=host, port=port, workers=workers, database=db if db.is_absolute() else base / db)
+    event_loop = _get(t, "server", "event_loop", str, "auto")
+    if event_loop not in EVENT_LOOPS:
+        raise ConfigError(f"[server] event_loop: must be one of {', '.join(EVENT_LOOPS)}, got {event_loop!r}")
+    if event_loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
+        raise ConfigError('[server] event_loop = "uvloop", but uvloop is not installed (pip install uvloop)')
+    return ServerConfig(
+        host=host,
+        port=port,
+        workers=workers,
+        database=db if db.is_absolute() else base / db,
+        event_loop=event_loop,
+    )
 
 
 def _billing(t: dict[str, Any]) -> BillingConfig:

@@ -41,7 +41,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .app import CLEANUP_GRACE_S, CONTROL_DRAIN, CONTROL_STOP, prepare_service, run_gateway
+from .app import CLEANUP_GRACE_S, CONTROL_DRAIN, CONTROL_STOP, prepare_service, run, run_gateway
 from .config import Config, ConfigError, parse_config
 from .logsetup import configure_logging
 
@@ -351,7 +351,10 @@ def worker_main(argv: Sequence[str]) -> int:
     def ready(addresses: list[tuple[str, int]]) -> None:
         log.info("worker %d ready", index)
 
-    asyncio.run(run_gateway(config, host="", port=0, sock=sock, ready=ready, startup=False, control_fd=0))
+    run(
+        run_gateway(config, host="", port=0, sock=sock, ready=ready, startup=False, control_fd=0),
+        config.server.event_loop,
+    )
     return 0
 
 

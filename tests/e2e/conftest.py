@@ -20,6 +20,8 @@ from tests.fakes.stripe import WEBHOOK_SECRET, FakeStripe
 from tests.fakes.upstream import FakeUpstream
 
 UPSTREAM_KEY = "sk-upstream-provider-secret-0001"
+# `make test` runs this suite twice: on the default loop (uvloop), then on asyncio's own.
+EVENT_LOOP = os.environ.get("RELAYPROXY_TEST_EVENT_LOOP", "auto")
 SCENARIOS = (
     "text", "tools", "nousage", "midstream-error", "truncated", "reset", "stall", "cut", "noanswer", "slow",
     "http429", "http500", "http400", "badjson", "text@7", "tools@7", "text@1", "text@cl",
@@ -126,6 +128,7 @@ def write_config(path: Path, upstream: FakeUpstream, stripe_url: str = "http://1
 [server]
 listen = "127.0.0.1:0"
 database = "relay.db"
+event_loop = "{EVENT_LOOP}"
 
 [billing]
 discount = 0.30

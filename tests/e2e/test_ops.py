@@ -3,6 +3,7 @@ and no key, secret or prompt ever lands in the logs, the database or /metrics.""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import socket
 import urllib.request
@@ -12,7 +13,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from tests.e2e.conftest import UPSTREAM_KEY, Gateway, start_gateway
+from tests.e2e.conftest import EVENT_LOOP, UPSTREAM_KEY, Gateway, start_gateway
 from tests.e2e.test_sdk_openai import disconnect_mid_stream
 from tests.fakes.stripe import WEBHOOK_SECRET
 from tests.fakes.upstream import FakeUpstream
@@ -39,6 +40,13 @@ def open_stream(gw: Gateway, model: str) -> socket.socket:
     )
     assert sock.recv(65536).startswith(b"HTTP/1.1 200")
     return sock
+
+
+def test_the_gateway_runs_on_the_configured_event_loop(gateway: Gateway) -> None:
+    """The suite runs once per loop (`make test`); this pins which one served it."""
+    auto = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+    expected = auto if EVENT_LOOP == "auto" else EVENT_LOOP
+    assert f" INFO event loop: {expected}\n" in gateway.log.read_text()
 
 
 def test_per_key_concurrency_limit_is_429_with_retry_after_and_no_upstream_call(limited: Gateway) -> None:

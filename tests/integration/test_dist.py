@@ -67,6 +67,7 @@ def test_version_from_a_bare_interpreter(pyz: Path, tmp_path: Path) -> None:
     (site,) = (tmp_path / "cache").glob("site-*")
     assert (site / ".complete").exists()
     assert (site / "orjson").is_dir()
+    assert (site / "uvloop").is_dir()
 
 
 def test_serve_with_workers_answers_healthz_then_stops(pyz: Path, tmp_path: Path) -> None:
@@ -96,3 +97,4 @@ def test_serve_with_workers_answers_healthz_then_stops(pyz: Path, tmp_path: Path
             proc.wait()
     assert out.decode().split()[0].startswith("rp_")  # the first-start key, from the supervisor
     assert "Traceback" not in log.read_text()
+    assert log.read_text().count("event loop: uvloop\n") == 2  # the compiled loop, bundled, in each worker

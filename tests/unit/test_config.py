@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ def test_defaults() -> None:
     assert (model.upstream_model, model.cached_input_price, model.max_output_tokens) == ("m", 1.0, 32768)
     assert config.server.database == Path("/etc/relay/relayproxy.db")
     assert config.timeouts.upstream_first_byte_s == 300
+    assert config.server.event_loop == "auto"
 
 
 def with_(path: str, value: Any) -> dict[str, Any]:
@@ -58,6 +60,7 @@ def with_(path: str, value: Any) -> dict[str, Any]:
         (with_("models/m/colour", 1), '[models."m"] colour: unknown key'),
         (with_("server/listen", "localhost"), "[server] listen"),
         (with_("server/workers", 0), "[server] workers"),
+        (with_("server/event_loop", "trio"), "[server] event_loop: must be one of auto, uvloop, asyncio"),
         (with_("timeouts/header_read_s", -1), "[timeouts] header_read_s"),
         (with_("limits/max_headers", "many"), "[limits] max_headers"),
         (with_("surprise", {}), "[surprise]: unknown table"),
@@ -76,3 +79,11 @@ def test_missing_file_and_bad_toml(tmp_path: Path) -> None:
     bad.write_text("[server\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(bad)
+
+
+def test_event_loop_uvloop_must_be_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Asked for by name, a missing uvloop fails the start with the fix; "auto" falls back."""
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    with pytest.raises(ConfigError, match=r"uvloop is not installed \(pip install uvloop\)"):
+        parse_config(with_("server/event_loop", "uvloop"), Path("config.toml"))
+    assert parse_config(with_("server/event_loop", "auto"), Path("config.toml")).server.event_loop == "auto"
