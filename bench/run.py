@@ -180,7 +180,7 @@ def wrk_version(wrk: str | None) -> str:
 # -- the system under test -----------------------------------------------------------------------
 
 
-def config_text(upstream_port: int) -> str:
+def config_text(upstream_port: int, event_loop: str = "auto") -> str:
     def model(name: str, provider: str, upstream: str) -> str:
         return (
             f'[models."{name}"]\nprovider = "{provider}"\nupstream_model = "{upstream}"\n'
@@ -193,6 +193,7 @@ def config_text(upstream_port: int) -> str:
 listen = "127.0.0.1:0"
 workers = 1
 database = "relay.db"
+event_loop = "{event_loop}"
 
 [providers.fake-openai]
 protocol = "openai"
@@ -301,7 +302,7 @@ def grant_credits(config: Path) -> str:
     return "granted 1,000,000 USD to account 'bench'"
 
 
-def start_system(pin: Pinning) -> System:
+def start_system(pin: Pinning, event_loop: str = "auto") -> System:
     if WORK.exists():
         shutil.rmtree(WORK)
     WORK.mkdir(parents=True)
@@ -309,7 +310,7 @@ def start_system(pin: Pinning) -> System:
     gateway: subprocess.Popen[bytes] | None = None
     try:
         config = WORK / "config.toml"
-        config.write_text(config_text(fake_port))
+        config.write_text(config_text(fake_port, event_loop))
         created = cli(config, "keys", "create", "--account", "bench", "--label", "bench")
         if created.returncode != 0:
             raise SystemExit(f"bench: keys create failed: {created.stderr.strip()}")
@@ -349,6 +350,12 @@ def wait_port(log: Path, proc: subprocess.Popen[bytes]) -> int:
             raise SystemExit(f"bench: the gateway exited:\n{log.read_text()}")
         time.sleep(0.05)
     raise SystemExit(f"bench: the gateway did not start:\n{log.read_text()}")
+
+
+def gateway_event_loop(s: System) -> str:
+    """The loop the gateway reported at start-up ("event loop: uvloop")."""
+    found = re.search(r"event loop: (\w+)", s.log.read_text())
+    return found.group(1) if found else "unknown"
 
 
 def write_targets(s: System) -> None:
@@ -763,6 +770,9 @@ def main() -> int:  # noqa: PLR0915 - a linear script
         help="comma-separated row-name prefixes to run (e.g. 'unary,stream passthrough'; 'open' for the open streams)",
     )
     p.add_argument("--no-pin", action="store_true")
+    p.add_argument(
+        "--event-loop", choices=["auto", "uvloop", "asyncio"], default="auto", help="the gateway's [server] event_loop"
+    )
     p.add_argument("--strict", action="store_true", help="exit 1 when a budget line fails")
     p.add_argument("--out", type=Path, default=RESULTS / "latest.json")
     args = p.parse_args()
@@ -779,7 +789,7 @@ def main() -> int:  # noqa: PLR0915 - a linear script
     load = Load(wrk, pin.load_threads, args.duration, args.warmup)
     RESULTS.mkdir(parents=True, exist_ok=True)
     say(f"bench: {pin.note}; unary load: {wrk_version(wrk)}; stream load: bench/loadgen.py")
-    s = start_system(pin)
+    s = start_system(pin, args.event_loop)
     say(f"bench: gateway pid {s.gateway.pid} on :{s.gateway_port}, fake upstream on :{s.fake_port}; {s.credits}")
     report: dict[str, Any] = {}
     try:
@@ -820,6 +830,7 @@ def main() -> int:  # noqa: PLR0915 - a linear script
         "machine": info,
         "pinning": pin.note,
         "load_generator": {"unary": wrk_version(wrk), "streams": "bench/loadgen.py"},
+        "event_loop": gateway_event_loop(s),
         "duration_s": args.duration,
         "warmup_s": args.warmup,
         "credits": s.credits,
@@ -835,7 +846,8 @@ def main() -> int:  # noqa: PLR0915 - a linear script
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     m = report["machine"]
     say(f"\nrelayproxy bench {report['when']}, commit {report['commit']}", sys.stdout)
-    say(f"machine: {m['cpu']}, {m['cores']} cores, {m['os']}, Python {m['python']}; {pin.note}", sys.stdout)
+    python = f"Python {m['python']} on {report['event_loop']}"
+    say(f"machine: {m['cpu']}, {m['cores']} cores, {m['os']}, {python}; {pin.note}", sys.stdout)
     say(f"load: {report['load_generator']['unary']} (unary), bench/loadgen.py (streams); times in ms\n", sys.stdout)
     say(table, sys.stdout)
     usage = report["usage_records"]
