@@ -2,7 +2,7 @@
 
 Every codec module has the same public names, checked against ``Codec`` below (mypy checks the
 registry). Direction is in the verb: ``decode_*`` is wire -> IR, ``encode_*`` is IR -> wire.
-Codecs never import each other; they share only ``ir``, ``sse`` and ``errors``.
+Codecs never import each other; they share only ``ir``, ``sse``, ``errors`` and ``codecs.shared``.
 """
 
 from __future__ import annotations

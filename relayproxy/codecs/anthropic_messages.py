@@ -45,6 +45,7 @@ from relayproxy.codecs.anthropic_messages_stream import (
     stop_reason,
     unfold_call_id,
 )
+from relayproxy.codecs.shared import is_int, str_or_empty
 from relayproxy.errors import InvalidRequest, UpstreamProtocolError
 
 __all__ = [
@@ -97,10 +98,6 @@ def _kind(value: Any) -> str:
     return _JSON_KIND.get(type(value), type(value).__name__)
 
 
-def _is_int(value: Any) -> TypeGuard[int]:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _is_number(value: Any) -> TypeGuard[int | float]:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
@@ -132,8 +129,8 @@ def _positive_int(obj: dict[str, Any], key: str, path: str, *, required: bool = 
     value = obj.get(key)
     if value is None and not required:
         return None
-    if not _is_int(value) or value < 1:
-        shown = value if _is_int(value) else _kind(value)
+    if not is_int(value) or value < 1:
+        shown = value if is_int(value) else _kind(value)
         raise InvalidRequest(f"{'required: ' if required else ''}expected a positive integer, got {shown}", path)
     return int(value)
 
@@ -674,8 +671,8 @@ def decode_response(body: Any) -> ir.ChatResponse:
     parts = [p for block in body["content"] if (p := _response_part(block)) is not None]
     sequence = body.get("stop_sequence")
     return ir.ChatResponse(
-        id=_str(body.get("id")),
-        model=_str(body.get("model")),
+        id=str_or_empty(body.get("id")),
+        model=str_or_empty(body.get("model")),
         parts=parts,
         finish=finish_reason(body.get("stop_reason")),
         usage=decode_usage(body.get("usage")),
@@ -683,22 +680,18 @@ def decode_response(body: Any) -> ir.ChatResponse:
     )
 
 
-def _str(value: Any) -> str:
-    return value if isinstance(value, str) else ""
-
-
 def _response_part(block: Any) -> ir.Part | None:
     kind = block.get("type") if isinstance(block, dict) else None
     if kind == "text":
-        return ir.Text(_str(block.get("text")))
+        return ir.Text(str_or_empty(block.get("text")))
     if kind == "thinking":
-        return ir.Thinking(_str(block.get("thinking")), _str(block.get("signature")) or None)
+        return ir.Thinking(str_or_empty(block.get("thinking")), str_or_empty(block.get("signature")) or None)
     if kind == "redacted_thinking":
-        return ir.Thinking("", redacted=_str(block.get("data")))
+        return ir.Thinking("", redacted=str_or_empty(block.get("data")))
     if kind == "tool_use":
         arguments = block.get("input")
         arguments = arguments if isinstance(arguments, dict) else {}
-        return ir.ToolCall(_str(block.get("id")), _str(block.get("name")), arguments)
+        return ir.ToolCall(str_or_empty(block.get("id")), str_or_empty(block.get("name")), arguments)
     return None  # server-tool blocks and future kinds
 
 
@@ -763,7 +756,7 @@ def encode_count_request(req: ir.ChatRequest, upstream_model: str) -> UpstreamCa
 
 def decode_count_response(body: Any) -> int:
     tokens = body.get("input_tokens") if isinstance(body, dict) else None
-    if not _is_int(tokens) or tokens < 0:
+    if not is_int(tokens) or tokens < 0:
         raise UpstreamProtocolError("the Anthropic upstream's count_tokens answer has no input_tokens")
     return int(tokens)
 

@@ -39,6 +39,7 @@ from typing import Any
 import orjson
 
 from relayproxy import ir
+from relayproxy.codecs.shared import MINIMAX_STATUS, count
 from relayproxy.errors import RelayError, UpstreamStatusError
 from relayproxy.sse import SSEEvent
 
@@ -125,7 +126,6 @@ _FINISH_STOP = {
     ir.FinishReason.CONTENT_FILTER: "refusal",
 }
 _USAGE_KEYS = ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens", "output_tokens")
-_MINIMAX_CODES = {1002: 429, 1004: 401, 1008: 402, 2013: 400, 1026: 400}  # base_resp.status_code -> HTTP
 _SIGNATURE_MARK = "__gts_"  # between a tool-call id and the Gemini thought signature folded into it
 
 
@@ -182,11 +182,6 @@ def unfold_call_id(call_id: str) -> tuple[str, str | None]:
         return call_id, None
 
 
-def _count(value: Any) -> int:
-    """A token count; anything but a non-negative integer counts as 0."""
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
-
-
 def merge_usage(raw: dict[str, int], usage: Any) -> dict[str, int]:
     """Overlay the counters present in an Anthropic usage object: totals are cumulative, so a
     present value replaces the old one and an absent (or null) one keeps it."""
@@ -195,10 +190,10 @@ def merge_usage(raw: dict[str, int], usage: Any) -> dict[str, int]:
     merged = dict(raw)
     for key in _USAGE_KEYS:
         if usage.get(key) is not None:
-            merged[key] = _count(usage[key])
+            merged[key] = count(usage[key])
     details = usage.get("output_tokens_details")
     if isinstance(details, dict) and details.get("thinking_tokens") is not None:
-        merged["thinking_tokens"] = _count(details["thinking_tokens"])
+        merged["thinking_tokens"] = count(details["thinking_tokens"])
     return merged
 
 
@@ -279,7 +274,7 @@ def embedded_error(body: Any) -> UpstreamStatusError | None:
     code = base.get("status_code") if isinstance(base, dict) else None
     if isinstance(code, int) and code != 0 and isinstance(base, dict):
         message = _text_of(base, "status_msg") or f"upstream error {code}"
-        return UpstreamStatusError(_MINIMAX_CODES.get(code, 502), message)
+        return UpstreamStatusError(MINIMAX_STATUS.get(code, 502), message)
     return None
 
 

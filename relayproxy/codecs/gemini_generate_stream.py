@@ -29,6 +29,7 @@ from typing import Any
 import orjson
 
 from relayproxy import ir
+from relayproxy.codecs.shared import arguments_object, count
 from relayproxy.errors import RateLimited, RelayError, UpstreamStatusError
 from relayproxy.sse import SSEEvent
 
@@ -185,19 +186,14 @@ def response_id(chunk: dict[str, Any]) -> str:
     return value if isinstance(value, str) and value else "gen-" + secrets.token_hex(12)
 
 
-def _count(meta: dict[str, Any], name: str) -> int:
-    value = get(meta, name)
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
-
-
 def decode_usage(meta: Any) -> ir.Usage | None:
     """usageMetadata -> Usage. candidatesTokenCount excludes thoughts (protocols.md §7.7)."""
     if not isinstance(meta, dict):
         return None
-    prompt = _count(meta, "promptTokenCount") + _count(meta, "toolUsePromptTokenCount")
-    thoughts = _count(meta, "thoughtsTokenCount")
-    cached = min(_count(meta, "cachedContentTokenCount"), prompt)
-    return ir.Usage(prompt, cached, _count(meta, "candidatesTokenCount") + thoughts, thoughts)
+    prompt = count(get(meta, "promptTokenCount")) + count(get(meta, "toolUsePromptTokenCount"))
+    thoughts = count(get(meta, "thoughtsTokenCount"))
+    cached = min(count(get(meta, "cachedContentTokenCount")), prompt)
+    return ir.Usage(prompt, cached, count(get(meta, "candidatesTokenCount")) + thoughts, thoughts)
 
 
 def encode_usage(usage: ir.Usage) -> dict[str, int]:
@@ -447,7 +443,7 @@ class GeminiStreamEncoder:
 
     def _final(self, finish: ir.FinishReason) -> bytes:
         parts = [
-            call_part(c.id, c.name, _arguments("".join(c.arguments)), c.signature)
+            call_part(c.id, c.name, arguments_object("".join(c.arguments)), c.signature)
             for _, c in sorted(self._calls.items())
         ]
         data = self._chunk(parts, encode_finish(finish))
@@ -481,17 +477,6 @@ class GeminiStreamEncoder:
             self._closed = True
             data += b"]"
         return data
-
-
-def _arguments(text: str) -> dict[str, Any]:
-    """Buffered argument JSON -> the object Gemini's ``args`` must be; unparseable text is kept."""
-    if not text.strip():
-        return {}
-    try:
-        value = orjson.loads(text)
-    except orjson.JSONDecodeError:
-        return {"_raw": text}
-    return value if isinstance(value, dict) else {"_raw": text}
 
 
 # -- passthrough tap --------------------------------------------------------------------------------

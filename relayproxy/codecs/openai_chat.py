@@ -47,6 +47,7 @@ from relayproxy.codecs.openai_chat_stream import (
     reasoning_texts,
     synth_call_id,
 )
+from relayproxy.codecs.shared import arguments_object
 from relayproxy.errors import InvalidRequest, UpstreamProtocolError, UpstreamStatusError
 
 __all__ = [
@@ -336,13 +337,7 @@ def _arguments(value: Any, path: str) -> dict[str, Any]:
         return value or {}
     if not isinstance(value, str):
         raise InvalidRequest("expected a JSON string", path)
-    if not value.strip():
-        return {}
-    try:
-        parsed = orjson.loads(value)
-    except orjson.JSONDecodeError:
-        return {"_raw": value}
-    return parsed if isinstance(parsed, dict) else {"_raw": value}
+    return arguments_object(value)
 
 
 def _decode_tools(raw: Any) -> list[ir.Tool]:

@@ -29,11 +29,12 @@ from __future__ import annotations
 
 import secrets
 from enum import Enum
-from typing import Any, Literal, TypeGuard
+from typing import Any, Literal
 
 import orjson
 
 from relayproxy import ir
+from relayproxy.codecs.shared import MINIMAX_STATUS, count, is_int, str_or_empty
 from relayproxy.errors import RelayError, UpstreamStatusError
 from relayproxy.sse import SSEEvent, encode_event
 
@@ -76,7 +77,6 @@ _ERROR_STATUS = {
     "service_unavailable_error": 503,
     "overloaded_error": 503,
 }
-_MINIMAX_STATUS = {1002: 429, 1004: 401, 1008: 402, 2013: 400, 1026: 400}
 
 
 # -- wire vocabulary shared with the unary side: usage, finish reasons, ids, errors ---------------
@@ -86,19 +86,14 @@ def decode_usage(usage: Any) -> ir.Usage | None:
     """OpenAI usage (and its DeepSeek/Moonshot variants) -> normalised Usage; None if absent."""
     if not isinstance(usage, dict):
         return None
-    prompt = _count(usage.get("prompt_tokens"))
+    prompt = count(usage.get("prompt_tokens"))
     details = usage.get("prompt_tokens_details")
-    cached = _count(details.get("cached_tokens")) if isinstance(details, dict) else 0
+    cached = count(details.get("cached_tokens")) if isinstance(details, dict) else 0
     # Moonshot puts cached_tokens at the top level; DeepSeek reports prompt_cache_hit_tokens.
-    cached = cached or _count(usage.get("cached_tokens")) or _count(usage.get("prompt_cache_hit_tokens"))
+    cached = cached or count(usage.get("cached_tokens")) or count(usage.get("prompt_cache_hit_tokens"))
     out_details = usage.get("completion_tokens_details")
-    reasoning = _count(out_details.get("reasoning_tokens")) if isinstance(out_details, dict) else 0
-    return ir.Usage(prompt, min(cached, prompt), _count(usage.get("completion_tokens")), reasoning)
-
-
-def _count(value: Any) -> int:
-    """A token count, or 0 for anything that is not a non-negative integer."""
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+    reasoning = count(out_details.get("reasoning_tokens")) if isinstance(out_details, dict) else 0
+    return ir.Usage(prompt, min(cached, prompt), count(usage.get("completion_tokens")), reasoning)
 
 
 def encode_usage(usage: ir.Usage) -> dict[str, Any]:
@@ -138,7 +133,7 @@ def minimax_error(body: dict[str, Any]) -> tuple[int, str] | None:
     code = base.get("status_code") if isinstance(base, dict) else None
     if not isinstance(code, int) or isinstance(code, bool) or code == 0 or not isinstance(base, dict):
         return None
-    return _MINIMAX_STATUS.get(code, 502), str(base.get("status_msg") or f"upstream error {code}")
+    return MINIMAX_STATUS.get(code, 502), str(base.get("status_msg") or f"upstream error {code}")
 
 
 def chat_id(upstream_id: str) -> str:
@@ -301,9 +296,13 @@ class ChatStreamDecoder:
     def _tool_fragment(self, fragment: dict[str, Any]) -> list[ir.StreamEvent]:
         fn = fragment.get("function")
         fn = fn if isinstance(fn, dict) else {}
-        call_id, name, args = (_text(fragment.get("id")), _text(fn.get("name")), _text(fn.get("arguments")))
+        call_id, name, args = (
+            str_or_empty(fragment.get("id")),
+            str_or_empty(fn.get("name")),
+            str_or_empty(fn.get("arguments")),
+        )
         index = fragment.get("index")
-        ordinal, events = self._call_for(index if _is_int(index) else None, call_id, name)
+        ordinal, events = self._call_for(index if is_int(index) else None, call_id, name)
         if args:  # empty fragments carry nothing (and Anthropic clients would see a pointless delta)
             events.append(ir.ToolCallDelta(ordinal, args))
         return events
@@ -330,7 +329,10 @@ def _chunk_error(chunk: dict[str, Any]) -> tuple[int, str, str | None] | None:
     if err:
         if not isinstance(err, dict):
             return 502, str(err), None
-        etype, message = _text(err.get("type")) or None, _text(err.get("message")) or "upstream stream error"
+        etype, message = (
+            str_or_empty(err.get("type")) or None,
+            str_or_empty(err.get("message")) or "upstream stream error",
+        )
         return _error_status(err), message, etype
     found = minimax_error(chunk)
     return None if found is None else (found[0], found[1], None)
@@ -338,20 +340,12 @@ def _chunk_error(chunk: dict[str, Any]) -> tuple[int, str, str | None] | None:
 
 def _error_status(err: dict[str, Any]) -> int:
     code = err.get("code")
-    if _is_int(code) and 400 <= code <= 599:  # some compatible providers put the HTTP status here
+    if is_int(code) and 400 <= code <= 599:  # some compatible providers put the HTTP status here
         return code
     for key in (err.get("type"), code):
         if isinstance(key, str) and key in _ERROR_STATUS:
             return _ERROR_STATUS[key]
     return 502
-
-
-def _is_int(value: Any) -> TypeGuard[int]:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _text(value: Any) -> str:
-    return value if isinstance(value, str) else ""
 
 
 # -- encoder ------------------------------------------------------------------------------------
