@@ -1,4 +1,4 @@
-"""OpenAI Chat Completions streams: the chunk decoder, the chunk encoder and the passthrough tap.
+"""OpenAI Chat Completions streams: the chunk decoder and the passthrough tap (the encoder is re-exported).
 
 Theory of operation
 -------------------
@@ -13,16 +13,11 @@ fragments are keyed by their upstream ``index``; a fragment without one (Moonsho
 current call unless it brings a new id. The finish reason is held until ``[DONE]``, because usage
 arrives between the two and MessageStop must come after the last UsageUpdate.
 
-``ChatStreamEncoder`` (IR -> OpenAI client) writes what the openai SDK's ``.stream()`` helper can
-accumulate: the helper concatenates every string field it sees twice, so ``role`` goes only in the
-first chunk and a call's ``id``/``type``/``name`` only in its first fragment, and every tool delta
-carries ``index``. Finish and the optional usage chunk are written at MessageStop, whatever order
-the upstream protocol produced them in.
-
 ``StreamTap`` reads a same-protocol stream that passes through untouched.
 
-The wire vocabulary both halves need (usage, finish reasons, ids, the error shape) lives here, the
-lower of the two modules; ``openai_chat`` imports it.
+``ChatStreamEncoder`` (IR -> OpenAI client) lives in ``openai_chat_stream_encode``, and the wire
+vocabulary both halves of the codec need (usage, finish reasons, ids, the error shape) in
+``openai_chat_vocab``; both are re-exported here.
 """
 
 from __future__ import annotations
@@ -34,8 +29,21 @@ from typing import Any, Literal
 import orjson
 
 from relayproxy import ir
-from relayproxy.codecs.shared import MINIMAX_STATUS, count, is_int, str_or_empty
-from relayproxy.errors import RelayError, UpstreamStatusError
+from relayproxy.codecs.openai_chat_stream_encode import ChatStreamEncoder
+from relayproxy.codecs.openai_chat_vocab import (
+    DONE,
+    chat_id,
+    decode_finish,
+    decode_usage,
+    encode_error,
+    encode_usage,
+    fold_signature,
+    minimax_error,
+    reasoning_texts,
+    stream_error_body,
+    synth_call_id,
+)
+from relayproxy.codecs.shared import is_int, str_or_empty
 from relayproxy.sse import SSEEvent, encode_event
 
 __all__ = [
@@ -55,18 +63,6 @@ __all__ = [
     "synth_call_id",
 ]
 
-DONE = b"[DONE]"
-_DONE_EVENT = b"data: [DONE]\n\n"
-
-_FINISH = {
-    "stop": ir.FinishReason.STOP,
-    "length": ir.FinishReason.LENGTH,
-    "tool_calls": ir.FinishReason.TOOL_CALLS,
-    "function_call": ir.FinishReason.TOOL_CALLS,  # legacy
-    "content_filter": ir.FinishReason.CONTENT_FILTER,
-    # DeepSeek: generation was cut off by the provider; the answer is truncated, as with "length".
-    "insufficient_system_resource": ir.FinishReason.LENGTH,
-}
 _ERROR_STATUS = {
     "invalid_request_error": 400,
     "rate_limit_error": 429,
@@ -77,120 +73,6 @@ _ERROR_STATUS = {
     "service_unavailable_error": 503,
     "overloaded_error": 503,
 }
-
-
-# -- wire vocabulary shared with the unary side: usage, finish reasons, ids, errors ---------------
-
-
-def decode_usage(usage: Any) -> ir.Usage | None:
-    """OpenAI usage (and its DeepSeek/Moonshot variants) -> normalised Usage; None if absent."""
-    if not isinstance(usage, dict):
-        return None
-    prompt = count(usage.get("prompt_tokens"))
-    details = usage.get("prompt_tokens_details")
-    cached = count(details.get("cached_tokens")) if isinstance(details, dict) else 0
-    # Moonshot puts cached_tokens at the top level; DeepSeek reports prompt_cache_hit_tokens.
-    cached = cached or count(usage.get("cached_tokens")) or count(usage.get("prompt_cache_hit_tokens"))
-    out_details = usage.get("completion_tokens_details")
-    reasoning = count(out_details.get("reasoning_tokens")) if isinstance(out_details, dict) else 0
-    return ir.Usage(prompt, min(cached, prompt), count(usage.get("completion_tokens")), reasoning)
-
-
-def encode_usage(usage: ir.Usage) -> dict[str, Any]:
-    return {
-        "prompt_tokens": usage.input_tokens,
-        "completion_tokens": usage.output_tokens,
-        "total_tokens": usage.input_tokens + usage.output_tokens,
-        "prompt_tokens_details": {"cached_tokens": usage.cached_input_tokens},
-        "completion_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
-    }
-
-
-def decode_finish(reason: Any) -> ir.FinishReason | None:
-    """An upstream ``finish_reason`` -> IR; None when absent. Unknown words count as STOP."""
-    if not isinstance(reason, str) or not reason:
-        return None
-    return _FINISH.get(reason, ir.FinishReason.STOP)
-
-
-def reasoning_texts(fields: dict[str, Any]) -> list[str]:
-    """Reasoning text of a message or delta: DeepSeek/Kimi ``reasoning_content``, vLLM/OpenRouter
-    ``reasoning``, MiniMax ``reasoning_details[].text`` (the first one present: OpenRouter sends
-    ``reasoning`` and ``reasoning_details`` with the same text, which must not be doubled)."""
-    for key in ("reasoning_content", "reasoning"):
-        text = fields.get(key)
-        if isinstance(text, str) and text:
-            return [text]
-    details = fields.get("reasoning_details")
-    if not isinstance(details, list):
-        return []
-    return [d["text"] for d in details if isinstance(d, dict) and isinstance(d.get("text"), str) and d["text"]]
-
-
-def minimax_error(body: dict[str, Any]) -> tuple[int, str] | None:
-    """MiniMax reports errors as ``base_resp.status_code != 0`` inside an HTTP 200 body or chunk."""
-    base = body.get("base_resp")
-    code = base.get("status_code") if isinstance(base, dict) else None
-    if not isinstance(code, int) or isinstance(code, bool) or code == 0 or not isinstance(base, dict):
-        return None
-    return MINIMAX_STATUS.get(code, 502), str(base.get("status_msg") or f"upstream error {code}")
-
-
-def chat_id(upstream_id: str) -> str:
-    """The ``chatcmpl-`` id an OpenAI client sees for an upstream message id."""
-    if upstream_id.startswith("chatcmpl-"):
-        return upstream_id
-    return "chatcmpl-" + (upstream_id or secrets.token_hex(12))
-
-
-def synth_call_id() -> str:
-    return "call_" + secrets.token_hex(12)
-
-
-def fold_signature(call_id: str, signature: str | None) -> str:
-    """Carry a Gemini thoughtSignature inside the call id, the only field an OpenAI client echoes.
-    Example failure prevented: Gemini 3 rejects a replayed functionCall without its signature."""
-    if not signature or signature.replace("+", "-").replace("/", "_").rstrip("=") in call_id:
-        return call_id  # already inside (the Gemini codec's own ids carry it): folding twice only adds bytes
-    return f"{call_id}~{signature}"
-
-
-_TYPES = {
-    400: "invalid_request_error",
-    401: "invalid_request_error",
-    402: "insufficient_quota",
-    403: "permission_error",
-    404: "invalid_request_error",
-    413: "invalid_request_error",
-    429: "rate_limit_error",
-    503: "service_unavailable_error",
-    504: "timeout_error",
-}
-_CODES = {
-    401: "invalid_api_key",
-    402: "insufficient_quota",
-    404: "model_not_found",
-    429: "rate_limit_exceeded",
-}
-
-
-def encode_error(err: RelayError) -> tuple[int, dict[str, Any]]:
-    """An error in OpenAI's shape, so the openai SDK raises its matching class."""
-    status = err.status
-    if isinstance(err, UpstreamStatusError) and status < 500 and err.upstream_type:
-        etype = err.upstream_type
-    else:
-        etype = _TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
-    code = _CODES.get(status) if err.status != 404 or err.kind == "model_not_found" else "not_found"
-    param = getattr(err, "path", None)
-    return status, {"error": {"message": err.message, "type": etype, "param": param, "code": code or err.kind}}
-
-
-def stream_error_body(err: RelayError) -> dict[str, Any]:
-    """The error object of an in-band stream error; 5xx read as ``server_error``, as OpenAI sends."""
-    _, body = encode_error(err)
-    body["error"]["type"] = "server_error" if err.status >= 500 else body["error"]["type"]
-    return body
 
 
 # -- decoder ------------------------------------------------------------------------------------
@@ -346,96 +228,6 @@ def _error_status(err: dict[str, Any]) -> int:
         if isinstance(key, str) and key in _ERROR_STATUS:
             return _ERROR_STATUS[key]
     return 502
-
-
-# -- encoder ------------------------------------------------------------------------------------
-
-
-class ChatStreamEncoder:
-    """IR stream events -> ``chat.completion.chunk`` SSE bytes for an OpenAI client."""
-
-    def __init__(self, req: ir.ChatRequest, model: str) -> None:
-        self._model = model
-        self._include_usage = req.include_usage  # the client asked for the trailing usage chunk
-        self._id = ""  # set by the role chunk, which must be the first chunk
-        self._usage: ir.Usage | None = None  # last snapshot, written at MessageStop
-        self._closed = False  # [DONE] or an error went out: nothing may follow
-
-    def encode(self, ev: ir.StreamEvent) -> bytes:
-        if self._closed:
-            return b""
-        if isinstance(ev, ir.MessageStart):
-            self._usage = ev.usage or self._usage
-            return self._open(ev.id)
-        if type(ev) is ir.TextDelta and self._id:  # the bulk of a stream, without the match below
-            return self._delta({"content": ev.text}) if ev.text else b""
-        return self._open("") + self._body(ev)
-
-    def error(self, err: RelayError) -> bytes:
-        if self._closed:
-            return b""
-        self._closed = True  # the SDK raises APIError on this event; no [DONE] may follow
-        return b"data: " + orjson.dumps(stream_error_body(err)) + b"\n\n"
-
-    def ping(self) -> bytes:
-        return b": ping\n\n"
-
-    def finish(self) -> bytes:
-        return b""
-
-    def _body(self, ev: ir.StreamEvent) -> bytes:
-        match ev:
-            case ir.TextDelta(text=text) if text:
-                return self._delta({"content": text})
-            case ir.ThinkingDelta(text=text) if text:
-                return self._delta({"reasoning_content": text})  # non-standard; the SDK keeps extras
-            case ir.ToolCallStart():
-                return self._delta({"tool_calls": [_tool_head(ev)]})
-            case ir.ToolCallDelta(index=index, arguments=fragment) if fragment:
-                return self._delta({"tool_calls": [{"index": index, "function": {"arguments": fragment}}]})
-            case ir.UsageUpdate(usage=usage):
-                self._usage = usage
-            case ir.MessageStop(finish=finish):
-                return self._stop(finish)
-            case ir.StreamFailed(status=status, message=message, type=etype):
-                return self.error(UpstreamStatusError(status, message, upstream_type=etype))
-        return b""  # ThinkingSignature and empty fragments have nothing to say to an OpenAI client
-
-    def _open(self, upstream_id: str) -> bytes:
-        """The role chunk, once. Example failure prevented: ``role`` repeated later reads as
-        "assistantassistant" in the SDK's stream helper."""
-        if self._id:
-            return b""
-        self._id = chat_id(upstream_id)
-        return self._delta({"role": "assistant", "content": ""})
-
-    def _stop(self, finish: ir.FinishReason) -> bytes:
-        self._closed = True
-        out = self._delta({}, finish.value)
-        if self._include_usage:
-            out += self._chunk([], encode_usage(self._usage or ir.Usage()))
-        return out + _DONE_EVENT
-
-    def _delta(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
-        return self._chunk([{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}])
-
-    def _chunk(self, choices: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> bytes:
-        chunk: dict[str, Any] = {
-            "id": self._id,
-            "object": "chat.completion.chunk",
-            "created": 0,  # codecs have no clock; the SDK does not care
-            "model": self._model,
-            "choices": choices,
-        }
-        if self._include_usage:
-            chunk["usage"] = usage  # null on every chunk but the last, as OpenAI does
-        return b"data: %b\n\n" % orjson.dumps(chunk)
-
-
-def _tool_head(ev: ir.ToolCallStart) -> dict[str, Any]:
-    """A call's first fragment: the only one with id, type and name (the helper concatenates them)."""
-    call_id = fold_signature(ev.id, ev.signature)
-    return {"index": ev.index, "id": call_id, "type": "function", "function": {"name": ev.name, "arguments": ""}}
 
 
 # -- passthrough tap ----------------------------------------------------------------------------
