@@ -17,6 +17,7 @@ from relayproxy.errors import RelayError, UpstreamStatusError
 __all__ = [
     "DONE",
     "DONE_EVENT",
+    "TOOL_CHOICES",
     "chat_id",
     "decode_finish",
     "decode_usage",
@@ -31,6 +32,7 @@ __all__ = [
 
 DONE = b"[DONE]"
 DONE_EVENT = b"data: [DONE]\n\n"
+TOOL_CHOICES = ("none", "auto", "required")  # the tool_choice words
 
 _FINISH = {
     "stop": ir.FinishReason.STOP,
