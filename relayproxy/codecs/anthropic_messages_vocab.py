@@ -1,5 +1,6 @@
 """Anthropic Messages wire vocabulary: usage counters, stop reasons, error types and envelopes,
-message ids, tool-call ids carrying Gemini thought signatures, the SSE event bytes.
+message ids, tool-call ids carrying Gemini thought signatures, the SSE event bytes, the PDF media
+type and the empty tool schema.
 
 The unary codec (``anthropic_messages`` and its request modules) and the streams
 (``anthropic_messages_stream``, ``anthropic_messages_stream_encode``) all need these; this is the
@@ -20,9 +21,11 @@ from relayproxy.errors import RelayError, UpstreamStatusError
 
 __all__ = [
     "ERROR_TYPES",
+    "PDF",
     "decode_error",
     "decode_usage",
     "embedded_error",
+    "empty_schema",
     "encode_error",
     "encode_usage",
     "error_status",
@@ -210,6 +213,14 @@ def sse_event(name: str, payload: dict[str, Any]) -> bytes:
     """`encode_event` of the payload's JSON, which orjson writes on one line (JSON escapes line
     breaks in strings), so the data needs no splitting."""
     return b"".join((b"event: ", name.encode(), b"\ndata: ", orjson.dumps(payload), b"\n\n"))
+
+
+PDF = "application/pdf"  # a document that travels as an ir.Image (Gemini reads inline PDFs)
+
+
+def empty_schema() -> dict[str, Any]:
+    """The ``input_schema`` of a tool declared without parameters."""
+    return {"type": "object", "properties": {}}
 
 
 # -- error envelopes -------------------------------------------------------------------------------
