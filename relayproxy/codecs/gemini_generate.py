@@ -10,7 +10,7 @@ as it is, so a property named ``max_tokens`` or ``type`` survives.
 
 Gemini calls usually carry no id, and Gemini 3 wants each call's ``thoughtSignature`` back on later
 turns. Clients of the other protocols only echo a call id, so the id we hand them carries both
-facts (the id format is in gemini_generate_stream): the round trip is stateless. Requests to
+facts (the id format is in gemini_generate_vocab): the round trip is stateless. Requests to
 Gemini merge adjacent same-role turns, name every ``functionResponse`` (looked up from the call it
 answers) and send tool schemas as ``parametersJsonSchema``, the original JSON Schema (§7.3).
 """
