@@ -1,8 +1,13 @@
-"""Per-protocol codecs: pure functions over dicts and SSE events. One module per wire API.
+"""Per-protocol codecs: pure functions over dicts and SSE events. One codec module per wire API.
 
 Every codec module has the same public names, checked against ``Codec`` below (mypy checks the
 registry). Direction is in the verb: ``decode_*`` is wire -> IR, ``encode_*`` is IR -> wire.
-Codecs never import each other; they share only ``ir``, ``sse``, ``errors`` and ``codecs.shared``.
+A codec module (``openai_chat``, ``anthropic_messages``, ``gemini_generate``) holds responses and
+the entry points, and re-exports the rest from its siblings: ``<codec>_request_decode`` and
+``<codec>_request_encode`` (requests), ``<codec>_stream`` (upstream stream decoder, passthrough
+tap), ``<codec>_stream_encode`` (client stream encoder) and ``<codec>_vocab`` (the wire vocabulary
+all of them share). Codecs never import each other; they share only ``ir``, ``sse``, ``errors``
+and ``codecs.shared``.
 """
 
 from __future__ import annotations
@@ -71,7 +76,7 @@ class StreamTap(Protocol):
 
 
 class Codec(Protocol):
-    """The shape of a codec module (``relayproxy.codecs.openai_chat`` and its siblings)."""
+    """The shape of a codec module (``relayproxy.codecs.openai_chat``, ``anthropic_messages``, ``gemini_generate``)."""
 
     def decode_request(self, body: Any, *, model: str | None = ..., stream: bool | None = ...) -> ir.ChatRequest: ...
 
