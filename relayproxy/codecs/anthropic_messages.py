@@ -26,7 +26,6 @@ from relayproxy.codecs.anthropic_messages_request_encode import (
     prepare_passthrough,
     request_body,
 )
-from relayproxy.codecs.anthropic_messages_request_encode import _safe_id as _safe_id
 from relayproxy.codecs.anthropic_messages_stream import AnthropicStreamDecoder, AnthropicStreamTap
 from relayproxy.codecs.anthropic_messages_stream_encode import AnthropicStreamEncoder
 from relayproxy.codecs.anthropic_messages_vocab import (

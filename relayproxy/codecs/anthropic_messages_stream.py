@@ -29,48 +29,20 @@ from typing import Any
 import orjson
 
 from relayproxy import ir
-from relayproxy.codecs.anthropic_messages_stream_encode import AnthropicStreamEncoder
 from relayproxy.codecs.anthropic_messages_vocab import (
-    ERROR_TYPES,
-    decode_error,
-    decode_usage,
-    embedded_error,
-    encode_error,
-    encode_usage,
     error_status,
-    error_type,
     finish_reason,
-    fold_call_id,
     merge_usage,
-    message_id,
     normalise_usage,
     sse_event,
-    stop_reason,
     synthetic_tool_id,
     text_of,
-    unfold_call_id,
 )
 from relayproxy.sse import SSEEvent
 
 __all__ = [
-    "ERROR_TYPES",
     "AnthropicStreamDecoder",
-    "AnthropicStreamEncoder",
     "AnthropicStreamTap",
-    "decode_error",
-    "decode_usage",
-    "embedded_error",
-    "encode_error",
-    "encode_usage",
-    "error_status",
-    "error_type",
-    "finish_reason",
-    "fold_call_id",
-    "merge_usage",
-    "message_id",
-    "normalise_usage",
-    "stop_reason",
-    "unfold_call_id",
 ]
 
 # -- upstream decoder ----------------------------------------------------------------------------

@@ -21,25 +21,16 @@ from typing import Any
 import orjson
 
 from relayproxy import ir
-from relayproxy.codecs.gemini_generate_stream_encode import GeminiStreamEncoder
 from relayproxy.codecs.gemini_generate_vocab import (
-    SKIP_SIGNATURE,
-    CallRef,
     blocked,
-    call_id,
-    call_part,
     candidate_parts,
     decode_finish,
     decode_usage,
-    encode_finish,
-    encode_usage,
-    error_body,
     error_message,
     error_object,
     error_status,
     error_type,
     get,
-    parse_call_id,
     response_call,
     response_id,
     signature,
@@ -47,29 +38,8 @@ from relayproxy.codecs.gemini_generate_vocab import (
 from relayproxy.sse import SSEEvent
 
 __all__ = [
-    "SKIP_SIGNATURE",
-    "CallRef",
     "GeminiStreamDecoder",
-    "GeminiStreamEncoder",
     "GeminiStreamTap",
-    "blocked",
-    "call_id",
-    "call_part",
-    "candidate_parts",
-    "decode_finish",
-    "decode_usage",
-    "encode_finish",
-    "encode_usage",
-    "error_body",
-    "error_message",
-    "error_object",
-    "error_status",
-    "error_type",
-    "get",
-    "parse_call_id",
-    "response_call",
-    "response_id",
-    "signature",
 ]
 
 # -- stream decoder (Gemini upstream) ---------------------------------------------------------------

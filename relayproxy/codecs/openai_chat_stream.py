@@ -29,38 +29,20 @@ from typing import Any, Literal
 import orjson
 
 from relayproxy import ir
-from relayproxy.codecs.openai_chat_stream_encode import ChatStreamEncoder
 from relayproxy.codecs.openai_chat_vocab import (
     DONE,
-    chat_id,
     decode_finish,
     decode_usage,
-    encode_error,
-    encode_usage,
-    fold_signature,
     minimax_error,
     reasoning_texts,
-    stream_error_body,
     synth_call_id,
 )
 from relayproxy.codecs.shared import is_int, str_or_empty
 from relayproxy.sse import SSEEvent, encode_event
 
 __all__ = [
-    "DONE",
     "ChatStreamDecoder",
-    "ChatStreamEncoder",
     "StreamTap",
-    "chat_id",
-    "decode_finish",
-    "decode_usage",
-    "encode_error",
-    "encode_usage",
-    "fold_signature",
-    "minimax_error",
-    "reasoning_texts",
-    "stream_error_body",
-    "synth_call_id",
 ]
 
 _ERROR_STATUS = {

@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 
 from relayproxy import ir
 from relayproxy.codecs import anthropic_messages as am
-from relayproxy.codecs import anthropic_messages_stream as ams
+from relayproxy.codecs.anthropic_messages_request_encode import _safe_id
+from relayproxy.codecs.anthropic_messages_vocab import fold_call_id, unfold_call_id
 from relayproxy.errors import (
     InsufficientBalance,
     InvalidRequest,
@@ -74,7 +75,7 @@ def test_decode_system_blocks_and_hoisted_system_turns() -> None:
 
 
 def test_decode_every_content_block_kind() -> None:
-    folded = ams.fold_call_id("call_g1", "c2lnbmF0dXJl+/=")
+    folded = fold_call_id("call_g1", "c2lnbmF0dXJl+/=")
     body = {
         **OK,
         "messages": [
@@ -596,11 +597,11 @@ def test_history_with_tool_calls_but_no_tools_declares_them() -> None:
 
 def test_tool_id_sanitizing_is_deterministic_and_injective_enough() -> None:
     ids = ["a.b", "a/b", "a b", "é", ""]
-    safe = [am._safe_id(i) for i in ids]
-    assert safe == [am._safe_id(i) for i in ids]
+    safe = [_safe_id(i) for i in ids]
+    assert safe == [_safe_id(i) for i in ids]
     assert len(set(safe)) == len(ids)
     assert all(s and all(c.isascii() and (c.isalnum() or c in "_-") for c in s) for s in safe)
-    assert am._safe_id("toolu_01-ok") == "toolu_01-ok"
+    assert _safe_id("toolu_01-ok") == "toolu_01-ok"
 
 
 def test_json_schema_and_empty_tool_result() -> None:
@@ -730,7 +731,7 @@ def test_encode_response_is_what_the_sdk_parses() -> None:
     assert [b.type for b in message.content] == ["thinking", "text", "tool_use"]
     tool = message.content[2]
     assert tool.type == "tool_use" and tool.input == {"a": [1, "é"]}
-    assert ams.unfold_call_id(tool.id) == ("call_1", "gem/sig+==")
+    assert unfold_call_id(tool.id) == ("call_1", "gem/sig+==")
     assert (message.stop_reason, message.usage.input_tokens, message.usage.cache_read_input_tokens) == (
         "tool_use",
         60,
@@ -750,14 +751,14 @@ def test_encode_response_stop_sequence_and_no_usage() -> None:
 
 
 def test_fold_and_unfold_call_ids() -> None:
-    assert ams.fold_call_id("call_1", None) == "call_1"
-    folded = ams.fold_call_id("call_1", "skip_thought_signature_validator")
-    assert ams.unfold_call_id(folded) == ("call_1", "skip_thought_signature_validator")
+    assert fold_call_id("call_1", None) == "call_1"
+    folded = fold_call_id("call_1", "skip_thought_signature_validator")
+    assert unfold_call_id(folded) == ("call_1", "skip_thought_signature_validator")
     assert all(c.isalnum() or c in "_-" for c in folded)
-    assert ams.unfold_call_id("toolu_01") == ("toolu_01", None)
+    assert unfold_call_id("toolu_01") == ("toolu_01", None)
     # An id that already carries the signature as base64url (the Gemini codec's ids) is left alone.
-    assert ams.fold_call_id("gcall_c0p1_CiIB-_sig", "CiIB+/sig==") == "gcall_c0p1_CiIB-_sig"
-    assert ams.unfold_call_id("x__gts_%%%") == ("x__gts_%%%", None)
+    assert fold_call_id("gcall_c0p1_CiIB-_sig", "CiIB+/sig==") == "gcall_c0p1_CiIB-_sig"
+    assert unfold_call_id("x__gts_%%%") == ("x__gts_%%%", None)
 
 
 # -- errors --------------------------------------------------------------------------------------

@@ -21,8 +21,7 @@ from hypothesis import strategies as st
 
 from relayproxy import ir
 from relayproxy.codecs import gemini_generate as gem
-from relayproxy.codecs import gemini_generate_stream as gstream
-from relayproxy.codecs.gemini_generate_stream import call_id, parse_call_id
+from relayproxy.codecs.gemini_generate_vocab import CallRef, call_id, parse_call_id
 from relayproxy.errors import InsufficientBalance, RateLimited, RelayError, UpstreamStatusError
 from relayproxy.sse import SSEEvent, SSEFramer
 
@@ -117,7 +116,7 @@ def test_decoder_same_events_however_cut(name: str) -> None:
 
 def test_decoder_id_keeps_the_signature_for_the_replay() -> None:
     start = next(e for e in GOLDEN["tools"] if isinstance(e, ir.ToolCallStart))
-    assert parse_call_id(start.id) == gstream.CallRef(None, SIG)
+    assert parse_call_id(start.id) == CallRef(None, SIG)
 
 
 def test_decoder_edge_cases() -> None:
