@@ -1,5 +1,5 @@
 """`python -m relayproxy` runs the CLI."""
 
-from .cli import main
+from relayproxy.cli import main
 
 raise SystemExit(main())

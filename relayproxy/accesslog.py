@@ -23,7 +23,7 @@ from typing import Any, Literal, TypeAlias
 
 import orjson
 
-from .records import UsageRecord
+from relayproxy.records import UsageRecord
 
 __all__ = [
     "REDACTED",

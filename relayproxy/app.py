@@ -29,13 +29,13 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-from .config import Config
-from .gateway import Gateway
-from .keys import display_prefix, hash_key, new_key, new_key_id
-from .plan import Answer
-from .server import Server, ServerLimits
-from .store import Store
-from .upstream import Pool
+from relayproxy.config import Config
+from relayproxy.gateway import Gateway
+from relayproxy.keys import display_prefix, hash_key, new_key, new_key_id
+from relayproxy.plan import Answer
+from relayproxy.server import Server, ServerLimits
+from relayproxy.store import Store
+from relayproxy.upstream import Pool
 
 __all__ = [
     "CLEANUP_GRACE_S",

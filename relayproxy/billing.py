@@ -23,8 +23,8 @@ from enum import StrEnum
 from fractions import Fraction
 from typing import Any, TypeAlias
 
-from .config import Config, ModelConfig
-from .ir import Usage
+from relayproxy.config import Config, ModelConfig
+from relayproxy.ir import Usage
 
 __all__ = [
     "MAX_TOKENS",

@@ -11,14 +11,14 @@ from typing import Any
 
 import orjson
 
-from . import __version__
-from .app import create_key, run, run_gateway
-from .billing import format_usd, parse_usd, price_list
-from .config import Config, ConfigError, load_config, parse_listen
-from .errors import StoreError
-from .logsetup import configure_logging
-from .store import Store
-from .workers import serve_workers
+from relayproxy import __version__
+from relayproxy.app import create_key, run, run_gateway
+from relayproxy.billing import format_usd, parse_usd, price_list
+from relayproxy.config import Config, ConfigError, load_config, parse_listen
+from relayproxy.errors import StoreError
+from relayproxy.logsetup import configure_logging
+from relayproxy.store import Store
+from relayproxy.workers import serve_workers
 
 __all__ = ["main"]
 

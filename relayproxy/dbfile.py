@@ -15,8 +15,8 @@ from pathlib import Path
 
 import aiosqlite
 
-from . import ledger
-from .errors import StoreError
+from relayproxy import ledger
+from relayproxy.errors import StoreError
 
 __all__ = ["WalSync", "connect"]
 

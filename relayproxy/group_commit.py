@@ -46,7 +46,7 @@ from typing import Any, Generic, TypeVar
 
 import aiosqlite
 
-from .errors import StoreError
+from relayproxy.errors import StoreError
 
 __all__ = ["GroupCommit", "Op", "SyncDb", "drive", "sync_op"]
 

@@ -30,7 +30,7 @@ from typing import Any
 
 import aiosqlite
 
-from .billing import Booking
+from relayproxy.billing import Booking
 
 __all__ = [
     "MIGRATION",

@@ -32,9 +32,9 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any, Protocol, TypeGuard
 
-from .billing import MICROUSD_PER_USD, Booking
-from .config import BillingConfig
-from .errors import InvalidRequest, RelayError, UpstreamError
+from relayproxy.billing import MICROUSD_PER_USD, Booking
+from relayproxy.config import BillingConfig
+from relayproxy.errors import InvalidRequest, RelayError, UpstreamError
 
 if TYPE_CHECKING:
     import stripe

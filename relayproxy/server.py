@@ -24,9 +24,9 @@ import logging
 import socket
 from collections.abc import Awaitable, Callable
 
-from .http_types import HttpRequest, HttpResponse
-from .server_connection import ClientConnection, ConnState, should_keep_alive
-from .server_limits import ServerLimits
+from relayproxy.http_types import HttpRequest, HttpResponse
+from relayproxy.server_connection import ClientConnection, ConnState, should_keep_alive
+from relayproxy.server_limits import ServerLimits
 
 __all__ = [
     "ConnState",

@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, cast
 
 import h11
 
-from .http_types import HttpRequest, HttpResponse, header
-from .server_limits import HeadScanner, RequestRejected, body_allowed, check_request, split_target
+from relayproxy.http_types import HttpRequest, HttpResponse, header
+from relayproxy.server_limits import HeadScanner, RequestRejected, body_allowed, check_request, split_target
 
 if TYPE_CHECKING:
-    from .server import Server
+    from relayproxy.server import Server
 
 __all__ = ["ClientConnection", "ConnState", "should_keep_alive"]
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .http_types import Headers
+from relayproxy.http_types import Headers
 
 __all__ = [
     "HeadScanner",

@@ -30,11 +30,11 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
-from . import dbfile, ledger
-from .billing import Booking
-from .errors import StoreError
-from .group_commit import GroupCommit, SyncDb, drive, sync_op
-from .records import KeyInfo, Principal, UsageRecord
+from relayproxy import dbfile, ledger
+from relayproxy.billing import Booking
+from relayproxy.errors import StoreError
+from relayproxy.group_commit import GroupCommit, SyncDb, drive, sync_op
+from relayproxy.records import KeyInfo, Principal, UsageRecord
 
 __all__ = ["Admission", "Booking", "Store", "utc_iso", "utc_now"]
 
