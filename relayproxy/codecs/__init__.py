@@ -2,11 +2,11 @@
 
 Every codec module has the same public names, checked against ``Codec`` below (mypy checks the
 registry). Direction is in the verb: ``decode_*`` is wire -> IR, ``encode_*`` is IR -> wire.
-A codec module (``openai_chat``, ``anthropic_messages``, ``gemini_generate``) holds responses and
-the entry points, and re-exports the rest from its siblings: ``<codec>_request_decode`` and
-``<codec>_request_encode`` (requests), ``<codec>_stream`` (upstream stream decoder, passthrough
-tap), ``<codec>_stream_encode`` (client stream encoder) and ``<codec>_vocab`` (the wire vocabulary
-all of them share). Codecs never import each other; they share only ``ir``, ``sse``, ``errors``
+A codec is a package (``openai_chat``, ``anthropic_messages``, ``gemini_generate``) whose
+``__init__`` holds responses and the entry points and re-exports the rest from its private
+modules: ``_request_decode`` and ``_request_encode`` (requests), ``_stream_decode`` (upstream
+stream decoder, passthrough tap), ``_stream_encode`` (client stream encoder) and ``_vocab`` (the
+wire vocabulary all of them share). Codecs never import each other; they share only ``ir``, ``sse``, ``errors``
 and ``codecs.shared``.
 """
 

@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 
 from relayproxy import ir
 from relayproxy.codecs import anthropic_messages as am
-from relayproxy.codecs.anthropic_messages_request_encode import _safe_id
-from relayproxy.codecs.anthropic_messages_vocab import fold_call_id, unfold_call_id
+from relayproxy.codecs.anthropic_messages._request_encode import _safe_id
+from relayproxy.codecs.anthropic_messages._vocab import fold_call_id, unfold_call_id
 from relayproxy.errors import (
     InsufficientBalance,
     InvalidRequest,

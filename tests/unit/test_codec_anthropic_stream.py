@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from relayproxy import ir
 from relayproxy.codecs import anthropic_messages as am
-from relayproxy.codecs.anthropic_messages_vocab import unfold_call_id
+from relayproxy.codecs.anthropic_messages._vocab import unfold_call_id
 from relayproxy.errors import RateLimited, UpstreamStatusError, UpstreamTimeout
 from relayproxy.relay import Passthrough, Translate
 from relayproxy.sse import SSEEvent, SSEFramer

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from relayproxy import ir
 from relayproxy.codecs import gemini_generate as gem
-from relayproxy.codecs.gemini_generate_vocab import SKIP_SIGNATURE, call_id, parse_call_id
+from relayproxy.codecs.gemini_generate._vocab import SKIP_SIGNATURE, call_id, parse_call_id
 from relayproxy.errors import (
     GatewayError,
     InsufficientBalance,

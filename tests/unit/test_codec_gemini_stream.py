@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from relayproxy import ir
 from relayproxy.codecs import gemini_generate as gem
-from relayproxy.codecs.gemini_generate_vocab import CallRef, call_id, parse_call_id
+from relayproxy.codecs.gemini_generate._vocab import CallRef, call_id, parse_call_id
 from relayproxy.errors import InsufficientBalance, RateLimited, RelayError, UpstreamStatusError
 from relayproxy.sse import SSEEvent, SSEFramer
 

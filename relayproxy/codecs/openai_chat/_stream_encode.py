@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 from relayproxy import ir
-from relayproxy.codecs.openai_chat_vocab import DONE_EVENT, chat_id, encode_usage, fold_signature, stream_error_body
+from relayproxy.codecs.openai_chat._vocab import DONE_EVENT, chat_id, encode_usage, fold_signature, stream_error_body
 from relayproxy.errors import RelayError, UpstreamStatusError
 
 __all__ = ["ChatStreamEncoder"]

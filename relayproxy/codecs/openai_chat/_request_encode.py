@@ -13,7 +13,7 @@ import orjson
 
 from relayproxy import ir
 from relayproxy.codecs import UpstreamCall
-from relayproxy.codecs.openai_chat_vocab import TOOL_CHOICES, fold_signature
+from relayproxy.codecs.openai_chat._vocab import TOOL_CHOICES, fold_signature
 
 __all__ = ["CHAT_PATH", "encode_call", "encode_request", "prepare_passthrough"]
 

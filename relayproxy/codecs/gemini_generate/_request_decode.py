@@ -16,8 +16,8 @@ from typing import Any
 import orjson
 
 from relayproxy import ir
-from relayproxy.codecs.gemini_generate_vocab import call_id, parse_call_id
-from relayproxy.codecs.gemini_generate_vocab import get as _get
+from relayproxy.codecs.gemini_generate._vocab import call_id, parse_call_id
+from relayproxy.codecs.gemini_generate._vocab import get as _get
 from relayproxy.errors import InvalidRequest
 
 __all__ = ["append_part", "decode_request"]

@@ -28,12 +28,12 @@ import orjson
 
 from relayproxy import ir
 from relayproxy.codecs import UpstreamCall
-from relayproxy.codecs.openai_chat_request_decode import RequestInfo, check_request, decode_arguments, decode_request
-from relayproxy.codecs.openai_chat_request_encode import CHAT_PATH as CHAT_PATH
-from relayproxy.codecs.openai_chat_request_encode import encode_call, encode_request, prepare_passthrough
-from relayproxy.codecs.openai_chat_stream import ChatStreamDecoder, StreamTap
-from relayproxy.codecs.openai_chat_stream_encode import ChatStreamEncoder
-from relayproxy.codecs.openai_chat_vocab import (
+from relayproxy.codecs.openai_chat._request_decode import RequestInfo, check_request, decode_arguments, decode_request
+from relayproxy.codecs.openai_chat._request_encode import CHAT_PATH as CHAT_PATH
+from relayproxy.codecs.openai_chat._request_encode import encode_call, encode_request, prepare_passthrough
+from relayproxy.codecs.openai_chat._stream_decode import ChatStreamDecoder, StreamTap
+from relayproxy.codecs.openai_chat._stream_encode import ChatStreamEncoder
+from relayproxy.codecs.openai_chat._vocab import (
     DONE,
     chat_id,
     decode_finish,

@@ -17,7 +17,7 @@ import orjson
 
 from relayproxy import ir
 from relayproxy.codecs import UpstreamCall
-from relayproxy.codecs.gemini_generate_vocab import SKIP_SIGNATURE, parse_call_id
+from relayproxy.codecs.gemini_generate._vocab import SKIP_SIGNATURE, parse_call_id
 from relayproxy.errors import InvalidRequest
 
 __all__ = ["encode_image", "encode_request", "model_path", "prepare_passthrough", "request_body"]

@@ -18,7 +18,7 @@ import orjson
 
 from relayproxy import ir
 from relayproxy.codecs import UpstreamCall
-from relayproxy.codecs.anthropic_messages_vocab import PDF, empty_schema
+from relayproxy.codecs.anthropic_messages._vocab import PDF, empty_schema
 from relayproxy.errors import InvalidRequest
 
 __all__ = ["DEFAULT_MAX_TOKENS", "VERSION", "encode_request", "prepare_passthrough", "request_body"]

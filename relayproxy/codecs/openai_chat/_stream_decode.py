@@ -29,7 +29,7 @@ from typing import Any, Literal
 import orjson
 
 from relayproxy import ir
-from relayproxy.codecs.openai_chat_vocab import (
+from relayproxy.codecs.openai_chat._vocab import (
     DONE,
     decode_finish,
     decode_usage,

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any, TypeGuard
 
 from relayproxy import ir
-from relayproxy.codecs.anthropic_messages_vocab import PDF, empty_schema, unfold_call_id
+from relayproxy.codecs.anthropic_messages._vocab import PDF, empty_schema, unfold_call_id
 from relayproxy.codecs.shared import is_int
 from relayproxy.errors import InvalidRequest
 

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from relayproxy import ir
-from relayproxy.codecs.gemini_generate_vocab import (
+from relayproxy.codecs.gemini_generate._vocab import (
     call_part,
     encode_finish,
     encode_usage,

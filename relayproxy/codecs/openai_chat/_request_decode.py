@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from relayproxy import ir
-from relayproxy.codecs.openai_chat_vocab import TOOL_CHOICES, reasoning_texts
+from relayproxy.codecs.openai_chat._vocab import TOOL_CHOICES, reasoning_texts
 from relayproxy.codecs.shared import arguments_object
 from relayproxy.errors import InvalidRequest
 

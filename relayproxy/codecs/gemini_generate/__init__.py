@@ -28,17 +28,17 @@ import orjson
 
 from relayproxy import ir
 from relayproxy.codecs import UpstreamCall
-from relayproxy.codecs.gemini_generate_request_decode import append_part, decode_request
-from relayproxy.codecs.gemini_generate_request_encode import (
+from relayproxy.codecs.gemini_generate._request_decode import append_part, decode_request
+from relayproxy.codecs.gemini_generate._request_encode import (
     encode_image,
     encode_request,
     model_path,
     prepare_passthrough,
     request_body,
 )
-from relayproxy.codecs.gemini_generate_stream import GeminiStreamDecoder, GeminiStreamTap
-from relayproxy.codecs.gemini_generate_stream_encode import GeminiStreamEncoder
-from relayproxy.codecs.gemini_generate_vocab import (
+from relayproxy.codecs.gemini_generate._stream_decode import GeminiStreamDecoder, GeminiStreamTap
+from relayproxy.codecs.gemini_generate._stream_encode import GeminiStreamEncoder
+from relayproxy.codecs.gemini_generate._vocab import (
     blocked,
     call_part,
     candidate_parts,
@@ -55,7 +55,7 @@ from relayproxy.codecs.gemini_generate_vocab import (
     response_id,
     signature,
 )
-from relayproxy.codecs.gemini_generate_vocab import get as _get
+from relayproxy.codecs.gemini_generate._vocab import get as _get
 from relayproxy.errors import RelayError, UpstreamProtocolError, UpstreamStatusError
 
 __all__ = [

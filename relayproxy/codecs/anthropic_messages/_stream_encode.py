@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 
 from relayproxy import ir
-from relayproxy.codecs.anthropic_messages_vocab import (
+from relayproxy.codecs.anthropic_messages._vocab import (
     ERROR_TYPES,
     encode_usage,
     error_type,

@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 
 from relayproxy import ir
-from relayproxy.codecs.gemini_generate_vocab import (
+from relayproxy.codecs.gemini_generate._vocab import (
     blocked,
     candidate_parts,
     decode_finish,

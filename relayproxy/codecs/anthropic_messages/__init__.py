@@ -18,17 +18,17 @@ import orjson
 
 from relayproxy import ir
 from relayproxy.codecs import UpstreamCall
-from relayproxy.codecs.anthropic_messages_request_decode import decode_request
-from relayproxy.codecs.anthropic_messages_request_encode import (
+from relayproxy.codecs.anthropic_messages._request_decode import decode_request
+from relayproxy.codecs.anthropic_messages._request_encode import (
     DEFAULT_MAX_TOKENS,
     VERSION,
     encode_request,
     prepare_passthrough,
     request_body,
 )
-from relayproxy.codecs.anthropic_messages_stream import AnthropicStreamDecoder, AnthropicStreamTap
-from relayproxy.codecs.anthropic_messages_stream_encode import AnthropicStreamEncoder
-from relayproxy.codecs.anthropic_messages_vocab import (
+from relayproxy.codecs.anthropic_messages._stream_decode import AnthropicStreamDecoder, AnthropicStreamTap
+from relayproxy.codecs.anthropic_messages._stream_encode import AnthropicStreamEncoder
+from relayproxy.codecs.anthropic_messages._vocab import (
     decode_error,
     decode_usage,
     embedded_error,

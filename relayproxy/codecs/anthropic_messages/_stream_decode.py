@@ -29,7 +29,7 @@ from typing import Any
 import orjson
 
 from relayproxy import ir
-from relayproxy.codecs.anthropic_messages_vocab import (
+from relayproxy.codecs.anthropic_messages._vocab import (
     error_status,
     finish_reason,
     merge_usage,
