@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 from relayproxy.config import Config
 from relayproxy.gateway import Gateway
 from relayproxy.keys import display_prefix, hash_key, new_key, new_key_id
-from relayproxy.plan import Answer
+from relayproxy.policy.plan import Answer
 from relayproxy.server import Server, ServerLimits
 from relayproxy.store import Store
 from relayproxy.upstream import Pool

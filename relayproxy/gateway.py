@@ -37,12 +37,12 @@ from relayproxy.exchange import Exchange, Recorder, access, new_request_id
 from relayproxy.http_types import HttpRequest, HttpResponse, header, query_params
 from relayproxy.inference import Inference, Spawn, insufficient
 from relayproxy.keys import hash_key, looks_like_key
-from relayproxy.limits import Denied, KeyLimiter
 from relayproxy.metrics import CONTENT_TYPE, GatewayMetrics
 from relayproxy.payments import Payments
-from relayproxy.plan import parse_json
+from relayproxy.policy.limits import Denied, KeyLimiter
+from relayproxy.policy.plan import parse_json
+from relayproxy.policy.router import Endpoint, EndpointKind, match_endpoint, protocol_for
 from relayproxy.records import Outcome, Principal
-from relayproxy.router import Endpoint, EndpointKind, match_endpoint, protocol_for
 from relayproxy.store import Store, utc_iso
 from relayproxy.upstream import Pool
 

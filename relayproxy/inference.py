@@ -28,11 +28,11 @@ from relayproxy.errors import InsufficientBalance, UpstreamError, UpstreamProtoc
 from relayproxy.exchange import Charge, Exchange, Recorder, TrackedBody
 from relayproxy.http_types import HttpResponse, header
 from relayproxy.metrics import GatewayMetrics
-from relayproxy.plan import Answer, Opened, Plan, chose, output_limit, parse_json, plan, unwrap
-from relayproxy.retries import next_try, schedule
-from relayproxy.router import Endpoint, Route, resolve_model
+from relayproxy.policy.plan import Answer, Opened, Plan, chose, output_limit, parse_json, plan, unwrap
+from relayproxy.policy.retries import next_try, schedule
+from relayproxy.policy.router import Endpoint, Route, resolve_model
+from relayproxy.policy.tokens import estimate_input_tokens
 from relayproxy.streaming import StreamBody
-from relayproxy.tokens import estimate_input_tokens
 from relayproxy.upstream import Pool, UpstreamResponse
 
 __all__ = ["Inference", "Spawn", "insufficient"]

@@ -18,7 +18,7 @@ from relayproxy.codecs import StreamEncoder
 from relayproxy.errors import FramingError, RelayError, ShuttingDown, UpstreamProtocolError
 from relayproxy.exchange import Exchange, Recorder
 from relayproxy.metrics import GatewayMetrics
-from relayproxy.plan import Answer, Opened, Plan, output_limit, unwrap
+from relayproxy.policy.plan import Answer, Opened, Plan, output_limit, unwrap
 from relayproxy.records import Outcome
 from relayproxy.relay import Passthrough, Relay, Translate
 from relayproxy.upstream import UpstreamResponse

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relayproxy.limits import WINDOW_S, Admitted, Denied, DenyReason, KeyLimiter
+from relayproxy.policy.limits import WINDOW_S, Admitted, Denied, DenyReason, KeyLimiter
 
 
 def admit(limiter: KeyLimiter, key_id: str, now_s: float) -> Admitted:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from relayproxy.errors import InvalidRequest, UpstreamConnectError, UpstreamStatusError, UpstreamTimeout
-from relayproxy.retries import BACKOFF_S, next_try, retry_delay_s, schedule
+from relayproxy.policy.retries import BACKOFF_S, next_try, retry_delay_s, schedule
 
 
 def status(code: int, retry_after: str | None = None) -> UpstreamStatusError:

@@ -15,7 +15,7 @@ from relayproxy.config import Config
 from relayproxy.errors import InvalidRequest, ProviderUnavailable
 from relayproxy.exchange import Exchange
 from relayproxy.ir import ChatRequest
-from relayproxy.router import Endpoint, Route, resolve_model
+from relayproxy.policy.router import Endpoint, Route, resolve_model
 from relayproxy.upstream import UpstreamResponse
 
 __all__ = [
