@@ -13,7 +13,7 @@ import orjson
 
 from relayproxy import __version__
 from relayproxy.app import create_key, run, run_gateway
-from relayproxy.billing import format_usd, parse_usd, price_list
+from relayproxy.billing.pricing import format_usd, parse_usd, price_list
 from relayproxy.config import Config, ConfigError, load_config, parse_listen
 from relayproxy.errors import StoreError
 from relayproxy.logsetup import configure_logging

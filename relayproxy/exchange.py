@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 
 from relayproxy.accesslog import access_line
-from relayproxy.billing import clamp_usage, cost_microusd
+from relayproxy.billing.pricing import clamp_usage, cost_microusd
 from relayproxy.config import ModelConfig
 from relayproxy.http_types import HttpRequest
 from relayproxy.ir import Usage

@@ -18,7 +18,8 @@ from typing import Any
 import orjson
 
 from relayproxy.accesslog import access_line
-from relayproxy.billing import price_list, render_price_table_html
+from relayproxy.billing.payments import Payments
+from relayproxy.billing.pricing import price_list, render_price_table_html
 from relayproxy.codecs.catalog import MODEL_ENTRY, MODEL_LIST
 from relayproxy.codecs.registry import CODECS
 from relayproxy.config import Config
@@ -38,7 +39,6 @@ from relayproxy.http_types import HttpRequest, HttpResponse, header, query_param
 from relayproxy.inference import Inference, Spawn, insufficient
 from relayproxy.keys import hash_key, looks_like_key
 from relayproxy.metrics import CONTENT_TYPE, GatewayMetrics
-from relayproxy.payments import Payments
 from relayproxy.policy.limits import Denied, KeyLimiter
 from relayproxy.policy.plan import parse_json
 from relayproxy.policy.router import Endpoint, EndpointKind, match_endpoint, protocol_for

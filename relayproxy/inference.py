@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from relayproxy.billing import hold_microusd
+from relayproxy.billing.pricing import hold_microusd
 from relayproxy.codecs import Codec, UpstreamCall
 from relayproxy.codecs.registry import CODECS
 from relayproxy.config import Config

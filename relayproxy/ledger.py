@@ -30,7 +30,7 @@ from typing import Any
 
 import aiosqlite
 
-from relayproxy.billing import Booking
+from relayproxy.billing.pricing import Booking
 
 __all__ = [
     "MIGRATION",

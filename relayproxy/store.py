@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 import aiosqlite
 
 from relayproxy import dbfile, ledger
-from relayproxy.billing import Booking
+from relayproxy.billing.pricing import Booking
 from relayproxy.errors import StoreError
 from relayproxy.group_commit import GroupCommit, SyncDb, drive, sync_op
 from relayproxy.records import KeyInfo, Principal, UsageRecord

@@ -23,9 +23,9 @@ from typing import Any
 
 import pytest
 
+from relayproxy.billing.payments import PaymentProviderError, Payments, PaymentsDisabled, WebhookOutcome
 from relayproxy.config import BillingConfig
 from relayproxy.errors import InvalidRequest
-from relayproxy.payments import PaymentProviderError, Payments, PaymentsDisabled, WebhookOutcome
 from relayproxy.store import Store
 from tests.fakes.stripe import API_KEY, WEBHOOK_SECRET, FakeStripe, charge_refunded, event, sign
 
@@ -364,7 +364,7 @@ def test_stripe_library_loaded_only_with_a_secret(env: dict[str, str], loaded: b
         "import sys\n"
         "from relayproxy.app import run_gateway\n"
         "from relayproxy.config import BillingConfig\n"
-        "from relayproxy.payments import Payments\n"
+        "from relayproxy.billing.payments import Payments\n"
         "assert 'stripe' not in sys.modules\n"
         "Payments(BillingConfig(), None)\n"
         "print('stripe' in sys.modules)\n"

@@ -16,9 +16,7 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
-from relayproxy import billing
-from relayproxy.billing import (
+from relayproxy.billing.pricing import (
     clamp_usage,
     cost_microusd,
     customer_prices,
@@ -28,6 +26,8 @@ from relayproxy.billing import (
     price_list,
     render_price_table_html,
 )
+
+from relayproxy.billing import pricing as billing
 from relayproxy.config import ConfigError, ModelConfig, parse_config
 from relayproxy.ir import Usage
 

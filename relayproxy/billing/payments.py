@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any, Protocol, TypeGuard
 
-from relayproxy.billing import MICROUSD_PER_USD, Booking
+from relayproxy.billing.pricing import MICROUSD_PER_USD, Booking
 from relayproxy.config import BillingConfig
 from relayproxy.errors import InvalidRequest, RelayError, UpstreamError
 
