@@ -17,14 +17,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
 
-from relayproxy.accesslog import access_line
 from relayproxy.billing.pricing import clamp_usage, cost_microusd
 from relayproxy.config import ModelConfig
 from relayproxy.http_types import HttpRequest
 from relayproxy.ir import Usage
-from relayproxy.metrics import GatewayMetrics
 from relayproxy.records import Outcome, UsageRecord
 from relayproxy.store import Store, utc_now
+from relayproxy.telemetry.accesslog import access_line
+from relayproxy.telemetry.metrics import GatewayMetrics
 
 __all__ = ["Charge", "Exchange", "Recorder", "TrackedBody", "access", "new_request_id"]
 

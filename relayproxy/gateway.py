@@ -17,7 +17,6 @@ from typing import Any
 
 import orjson
 
-from relayproxy.accesslog import access_line
 from relayproxy.billing.payments import Payments
 from relayproxy.billing.pricing import price_list, render_price_table_html
 from relayproxy.codecs.catalog import MODEL_ENTRY, MODEL_LIST
@@ -38,12 +37,13 @@ from relayproxy.exchange import Exchange, Recorder, access, new_request_id
 from relayproxy.http_types import HttpRequest, HttpResponse, header, query_params
 from relayproxy.inference import Inference, Spawn, insufficient
 from relayproxy.keys import hash_key, looks_like_key
-from relayproxy.metrics import CONTENT_TYPE, GatewayMetrics
 from relayproxy.policy.limits import Denied, KeyLimiter
 from relayproxy.policy.plan import parse_json
 from relayproxy.policy.router import Endpoint, EndpointKind, match_endpoint, protocol_for
 from relayproxy.records import Outcome, Principal
 from relayproxy.store import Store, utc_iso
+from relayproxy.telemetry.accesslog import access_line
+from relayproxy.telemetry.metrics import CONTENT_TYPE, GatewayMetrics
 from relayproxy.upstream import Pool
 
 __all__ = ["Gateway"]

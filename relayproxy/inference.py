@@ -27,12 +27,12 @@ from relayproxy.config import Config
 from relayproxy.errors import InsufficientBalance, UpstreamError, UpstreamProtocolError
 from relayproxy.exchange import Charge, Exchange, Recorder, TrackedBody
 from relayproxy.http_types import HttpResponse, header
-from relayproxy.metrics import GatewayMetrics
 from relayproxy.policy.plan import Answer, Opened, Plan, chose, output_limit, parse_json, plan, unwrap
 from relayproxy.policy.retries import next_try, schedule
 from relayproxy.policy.router import Endpoint, Route, resolve_model
 from relayproxy.policy.tokens import estimate_input_tokens
 from relayproxy.streaming import StreamBody
+from relayproxy.telemetry.metrics import GatewayMetrics
 from relayproxy.upstream import Pool, UpstreamResponse
 
 __all__ = ["Inference", "Spawn", "insufficient"]

@@ -17,10 +17,10 @@ from typing import Any
 from relayproxy.codecs import StreamEncoder
 from relayproxy.errors import FramingError, RelayError, ShuttingDown, UpstreamProtocolError
 from relayproxy.exchange import Exchange, Recorder
-from relayproxy.metrics import GatewayMetrics
 from relayproxy.policy.plan import Answer, Opened, Plan, output_limit, unwrap
 from relayproxy.records import Outcome
 from relayproxy.relay import Passthrough, Relay, Translate
+from relayproxy.telemetry.metrics import GatewayMetrics
 from relayproxy.upstream import UpstreamResponse
 
 __all__ = ["OutputBudget", "OverHold", "StreamBody", "make_relay"]

@@ -26,9 +26,9 @@ import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
-from relayproxy.billing.pricing import Booking, price_list
 
 from relayproxy import cli
+from relayproxy.billing.pricing import Booking, price_list
 from relayproxy.config import load_config
 from relayproxy.errors import StoreError
 from relayproxy.ledger import Owner, _process_start

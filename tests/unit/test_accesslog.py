@@ -14,8 +14,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relayproxy import accesslog
-from relayproxy.accesslog import (
+from relayproxy.records import Outcome, UsageRecord
+from relayproxy.telemetry import accesslog
+from relayproxy.telemetry.accesslog import (
     REDACTED,
     RedactingFilter,
     RedactingFormatter,
@@ -23,7 +24,6 @@ from relayproxy.accesslog import (
     install_redaction,
     redact,
 )
-from relayproxy.records import Outcome, UsageRecord
 
 CANARY_KEY = "rp_" + "Q7x" * 10 + "zz"  # rp_ + 32 base62, as keys.new_key makes them
 CANARY_PROMPT = "CANARY-7f3e"

@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
+from relayproxy.billing import pricing as billing
 from relayproxy.billing.pricing import (
     clamp_usage,
     cost_microusd,
@@ -26,8 +28,6 @@ from relayproxy.billing.pricing import (
     price_list,
     render_price_table_html,
 )
-
-from relayproxy.billing import pricing as billing
 from relayproxy.config import ConfigError, ModelConfig, parse_config
 from relayproxy.ir import Usage
 

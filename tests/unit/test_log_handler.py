@@ -14,8 +14,8 @@ from collections.abc import Iterator
 import orjson
 import pytest
 
-from relayproxy.accesslog import REDACTED, RedactingFilter, RedactingFormatter, access_line
-from relayproxy.logsetup import BatchingStreamHandler, configure_logging
+from relayproxy.telemetry.accesslog import REDACTED, RedactingFilter, RedactingFormatter, access_line
+from relayproxy.telemetry.logsetup import BatchingStreamHandler, configure_logging
 
 CANARY_KEY = "rp_" + "Q7x" * 10 + "zz"
 

@@ -7,7 +7,7 @@ import math
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from relayproxy.metrics import (
+from relayproxy.telemetry.metrics import (
     CONTENT_TYPE,
     OVERFLOW,
     TTFB_BUCKETS_S,

@@ -10,7 +10,7 @@ import asyncio
 import logging
 from typing import IO
 
-from relayproxy.accesslog import RedactingFormatter, install_redaction
+from relayproxy.telemetry.accesslog import RedactingFormatter, install_redaction
 
 __all__ = ["BatchingStreamHandler", "configure_logging"]
 

@@ -1,0 +1,6 @@
+"""Telemetry: what the gateway tells its operator.
+
+``metrics`` (the ``/metrics`` registry), ``accesslog`` (one JSON line per request, and the
+redaction every log line goes through) and ``logsetup`` (the batched stderr output). It may import
+``records`` and the standard library; nothing here knows a protocol, a provider or the store.
+"""
