@@ -14,8 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relayproxy.server import default_render_error, should_keep_alive
-from relayproxy.server_limits import (
+from relayproxy.server.limits import (
     HeadScanner,
     RequestRejected,
     ServerLimits,
@@ -23,6 +22,7 @@ from relayproxy.server_limits import (
     check_request,
     split_target,
 )
+from relayproxy.server.listener import default_render_error, should_keep_alive
 
 LIMITS = ServerLimits()
 SMALL = ServerLimits(max_header_bytes=64, max_headers=3, max_request_line_bytes=24)

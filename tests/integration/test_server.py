@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from relayproxy.http_types import HttpRequest, HttpResponse, query_params
-from relayproxy.server import Server, ServerLimits
+from relayproxy.server.listener import Server, ServerLimits
 
 pytestmark = pytest.mark.anyio
 
@@ -956,7 +956,7 @@ def test_stream_chunks_are_framed_exactly_as_h11_frames_them(size: int) -> None:
     """The server frames streamed chunks itself (no h11 event per chunk): byte for byte h11's framing."""
     import h11
 
-    from relayproxy.server_connection import _frame_chunk
+    from relayproxy.server.connection import _frame_chunk
 
     conn = h11.Connection(h11.SERVER)
     conn.receive_data(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")

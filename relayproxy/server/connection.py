@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, cast
 import h11
 
 from relayproxy.http_types import HttpRequest, HttpResponse, header
-from relayproxy.server_limits import HeadScanner, RequestRejected, body_allowed, check_request, split_target
+from relayproxy.server.limits import HeadScanner, RequestRejected, body_allowed, check_request, split_target
 
 if TYPE_CHECKING:
-    from relayproxy.server import Server
+    from relayproxy.server.listener import Server
 
 __all__ = ["ClientConnection", "ConnState", "should_keep_alive"]
 

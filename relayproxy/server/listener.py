@@ -25,8 +25,8 @@ import socket
 from collections.abc import Awaitable, Callable
 
 from relayproxy.http_types import HttpRequest, HttpResponse
-from relayproxy.server_connection import ClientConnection, ConnState, should_keep_alive
-from relayproxy.server_limits import ServerLimits
+from relayproxy.server.connection import ClientConnection, ConnState, should_keep_alive
+from relayproxy.server.limits import ServerLimits
 
 __all__ = [
     "ConnState",

@@ -1,0 +1,7 @@
+"""The caller-facing HTTP/1.1 server: an h11 connection loop, its limits and timeouts.
+
+``listener`` accepts sockets and owns the connections' task group and drain; ``connection`` runs
+one h11 connection (keep-alive, backpressure, timeouts) and calls the handler once per request;
+``limits`` holds the byte-level request checks. It knows HTTP and nothing of LLMs, providers or
+billing: it imports only ``http_types`` and ``h11``.
+"""
