@@ -34,7 +34,7 @@ from relayproxy.gateway import Gateway
 from relayproxy.keys import display_prefix, hash_key, new_key, new_key_id
 from relayproxy.policy.plan import Answer
 from relayproxy.server.listener import Server, ServerLimits
-from relayproxy.store import Store
+from relayproxy.store.facade import Store
 from relayproxy.upstream import Pool
 
 __all__ = [

@@ -22,7 +22,7 @@ from relayproxy.config import ModelConfig
 from relayproxy.http_types import HttpRequest
 from relayproxy.ir import Usage
 from relayproxy.records import Outcome, UsageRecord
-from relayproxy.store import Store, utc_now
+from relayproxy.store.facade import Store, utc_now
 from relayproxy.telemetry.accesslog import access_line
 from relayproxy.telemetry.metrics import GatewayMetrics
 

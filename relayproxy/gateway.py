@@ -41,7 +41,7 @@ from relayproxy.policy.limits import Denied, KeyLimiter
 from relayproxy.policy.plan import parse_json
 from relayproxy.policy.router import Endpoint, EndpointKind, match_endpoint, protocol_for
 from relayproxy.records import Outcome, Principal
-from relayproxy.store import Store, utc_iso
+from relayproxy.store.facade import Store, utc_iso
 from relayproxy.telemetry.accesslog import access_line
 from relayproxy.telemetry.metrics import CONTENT_TYPE, GatewayMetrics
 from relayproxy.upstream import Pool

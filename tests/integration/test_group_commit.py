@@ -12,9 +12,9 @@ import aiosqlite
 import pytest
 
 from relayproxy.errors import StoreError
-from relayproxy.group_commit import GroupCommit
 from relayproxy.records import UsageRecord
-from relayproxy.store import Store
+from relayproxy.store.facade import Store
+from relayproxy.store.group_commit import GroupCommit
 
 pytestmark = pytest.mark.anyio
 

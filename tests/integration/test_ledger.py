@@ -31,9 +31,9 @@ from relayproxy import cli
 from relayproxy.billing.pricing import Booking, price_list
 from relayproxy.config import load_config
 from relayproxy.errors import StoreError
-from relayproxy.ledger import Owner, _process_start
 from relayproxy.records import UsageRecord
-from relayproxy.store import Store, utc_iso, utc_now
+from relayproxy.store.facade import Store, utc_iso, utc_now
+from relayproxy.store.ledger import Owner, _process_start
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
@@ -261,7 +261,7 @@ async def test_overdraft_race_in_process_admits_exactly_what_is_covered(store: S
 
 RACE_CHILD = """
 import asyncio, sys
-from relayproxy.store import Store
+from relayproxy.store.facade import Store
 
 async def main(db, worker, n):
     store = await Store.open(db)  # four processes migrate a fresh file at once
@@ -347,7 +347,7 @@ async def test_sweep_releases_holds_of_an_earlier_store_in_this_process(tmp_path
 
 HOLDER_CHILD = """
 import asyncio, sys
-from relayproxy.store import Store
+from relayproxy.store.facade import Store
 
 async def main(db):
     store = await Store.open(db)
@@ -399,7 +399,7 @@ async def test_sweep_can_release_stale_holds_whoever_owns_them(store: Store) -> 
 KILL_CHILD = """
 import asyncio, random, sys
 from relayproxy.records import UsageRecord
-from relayproxy.store import Store, utc_now
+from relayproxy.store.facade import Store, utc_now
 
 def say(*words):
     sys.stdout.write(" ".join(map(str, words)) + "\\n")  # one write per line

@@ -26,7 +26,7 @@ import pytest
 from relayproxy.billing.payments import PaymentProviderError, Payments, PaymentsDisabled, WebhookOutcome
 from relayproxy.config import BillingConfig
 from relayproxy.errors import InvalidRequest
-from relayproxy.store import Store
+from relayproxy.store.facade import Store
 from tests.fakes.stripe import API_KEY, WEBHOOK_SECRET, FakeStripe, charge_refunded, event, sign
 
 pytestmark = pytest.mark.anyio

@@ -30,11 +30,11 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
-from relayproxy import dbfile, ledger
 from relayproxy.billing.pricing import Booking
 from relayproxy.errors import StoreError
-from relayproxy.group_commit import GroupCommit, SyncDb, drive, sync_op
 from relayproxy.records import KeyInfo, Principal, UsageRecord
+from relayproxy.store import ledger, schema
+from relayproxy.store.group_commit import GroupCommit, SyncDb, drive, sync_op
 
 __all__ = ["Admission", "Booking", "Store", "utc_iso", "utc_now"]
 
@@ -71,7 +71,7 @@ class Store:
     committed, and run in submission order (so a read sees every write submitted before it).
     """
 
-    def __init__(self, db: aiosqlite.Connection, wal: dbfile.WalSync | None = None) -> None:
+    def __init__(self, db: aiosqlite.Connection, wal: schema.WalSync | None = None) -> None:
         self._db = db
         self._owner = ledger.Owner.current()
         self._wal = wal
@@ -80,7 +80,7 @@ class Store:
     @classmethod
     async def open(cls, path: str | Path) -> Store:
         """Open (creating and migrating) the database at ``path``."""
-        db, wal = await dbfile.connect(path)
+        db, wal = await schema.connect(path)
         return cls(db, wal)
 
     async def close(self) -> None:

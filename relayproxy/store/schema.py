@@ -15,8 +15,8 @@ from pathlib import Path
 
 import aiosqlite
 
-from relayproxy import ledger
 from relayproxy.errors import StoreError
+from relayproxy.store import ledger
 
 __all__ = ["WalSync", "connect"]
 
