@@ -29,8 +29,8 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-from relayproxy.config import Config
-from relayproxy.gateway import Gateway
+from relayproxy.config.settings import Config
+from relayproxy.gateway.handler import Gateway
 from relayproxy.keys import display_prefix, hash_key, new_key, new_key_id
 from relayproxy.policy.plan import Answer
 from relayproxy.server.listener import Server, ServerLimits

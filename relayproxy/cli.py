@@ -14,7 +14,7 @@ import orjson
 from relayproxy import __version__
 from relayproxy.app import create_key, run, run_gateway
 from relayproxy.billing.pricing import format_usd, parse_usd, price_list
-from relayproxy.config import Config, ConfigError, load_config, parse_listen
+from relayproxy.config.settings import Config, ConfigError, load_config, parse_listen
 from relayproxy.errors import StoreError
 from relayproxy.store.facade import Store
 from relayproxy.telemetry.logsetup import configure_logging

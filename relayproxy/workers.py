@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from relayproxy.app import CLEANUP_GRACE_S, CONTROL_DRAIN, CONTROL_STOP, prepare_service, run, run_gateway
-from relayproxy.config import Config, ConfigError, parse_config
+from relayproxy.config.settings import Config, ConfigError, parse_config
 from relayproxy.telemetry.logsetup import configure_logging
 
 __all__ = ["RestartPolicy", "Supervisor", "bind_listener", "serve_workers", "worker_command", "worker_main"]

@@ -33,7 +33,7 @@ from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any, Protocol, TypeGuard
 
 from relayproxy.billing.pricing import MICROUSD_PER_USD, Booking
-from relayproxy.config import BillingConfig
+from relayproxy.config.settings import BillingConfig
 from relayproxy.errors import InvalidRequest, RelayError, UpstreamError
 
 if TYPE_CHECKING:

@@ -23,7 +23,7 @@ from enum import StrEnum
 from fractions import Fraction
 from typing import Any, TypeAlias
 
-from relayproxy.config import Config, ModelConfig
+from relayproxy.config.settings import Config, ModelConfig
 from relayproxy.ir import Usage
 
 __all__ = [

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from relayproxy.config import ModelConfig
+from relayproxy.config.settings import ModelConfig
 
 __all__ = ["MODEL_ENTRY", "MODEL_LIST"]
 

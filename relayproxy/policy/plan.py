@@ -11,9 +11,9 @@ import orjson
 
 from relayproxy.codecs import Codec, UpstreamCall
 from relayproxy.codecs.registry import CODECS
-from relayproxy.config import Config
+from relayproxy.config.settings import Config
 from relayproxy.errors import InvalidRequest, ProviderUnavailable
-from relayproxy.exchange import Exchange
+from relayproxy.gateway.exchange import Exchange
 from relayproxy.ir import ChatRequest
 from relayproxy.policy.router import Endpoint, Route, resolve_model
 from relayproxy.upstream import UpstreamResponse

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from enum import Enum
 from urllib.parse import unquote
 
-from relayproxy.config import Config, ModelConfig, ProviderConfig
+from relayproxy.config.settings import Config, ModelConfig, ProviderConfig
 from relayproxy.errors import ProviderUnavailable, UnknownModel
 from relayproxy.http_types import Headers, header
 

@@ -29,7 +29,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from relayproxy import cli
 from relayproxy.billing.pricing import Booking, price_list
-from relayproxy.config import load_config
+from relayproxy.config.settings import load_config
 from relayproxy.errors import StoreError
 from relayproxy.records import UsageRecord
 from relayproxy.store.facade import Store, utc_iso, utc_now

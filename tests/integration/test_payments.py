@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from relayproxy.billing.payments import PaymentProviderError, Payments, PaymentsDisabled, WebhookOutcome
-from relayproxy.config import BillingConfig
+from relayproxy.config.settings import BillingConfig
 from relayproxy.errors import InvalidRequest
 from relayproxy.store.facade import Store
 from tests.fakes.stripe import API_KEY, WEBHOOK_SECRET, FakeStripe, charge_refunded, event, sign
@@ -363,7 +363,7 @@ def test_stripe_library_loaded_only_with_a_secret(env: dict[str, str], loaded: b
     script = (
         "import sys\n"
         "from relayproxy.app import run_gateway\n"
-        "from relayproxy.config import BillingConfig\n"
+        "from relayproxy.config.settings import BillingConfig\n"
         "from relayproxy.billing.payments import Payments\n"
         "assert 'stripe' not in sys.modules\n"
         "Payments(BillingConfig(), None)\n"

@@ -28,7 +28,7 @@ from relayproxy.billing.pricing import (
     price_list,
     render_price_table_html,
 )
-from relayproxy.config import ConfigError, ModelConfig, parse_config
+from relayproxy.config.settings import ConfigError, ModelConfig, parse_config
 from relayproxy.ir import Usage
 
 D = Fraction(3, 10)

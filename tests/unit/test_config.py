@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from relayproxy.config import ConfigError, load_config, parse_config
+from relayproxy.config.settings import ConfigError, load_config, parse_config
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 BASE: dict[str, Any] = {

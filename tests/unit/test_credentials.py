@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from relayproxy.credentials import CredentialError, credential_name, read_secret
+from relayproxy.config.credentials import CredentialError, credential_name, read_secret
 
 
 @pytest.fixture

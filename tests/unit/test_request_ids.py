@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import time
 
-from relayproxy.exchange import new_request_id
+from relayproxy.gateway.exchange import new_request_id
 
 
 def test_request_ids_are_unique_and_well_formed() -> None:

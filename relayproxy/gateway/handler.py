@@ -21,7 +21,7 @@ from relayproxy.billing.payments import Payments
 from relayproxy.billing.pricing import price_list, render_price_table_html
 from relayproxy.codecs.catalog import MODEL_ENTRY, MODEL_LIST
 from relayproxy.codecs.registry import CODECS
-from relayproxy.config import Config
+from relayproxy.config.settings import Config
 from relayproxy.errors import (
     ClientError,
     GatewayError,
@@ -33,9 +33,9 @@ from relayproxy.errors import (
     Unauthorized,
     UpstreamError,
 )
-from relayproxy.exchange import Exchange, Recorder, access, new_request_id
+from relayproxy.gateway.exchange import Exchange, Recorder, access, new_request_id
+from relayproxy.gateway.inference import Inference, Spawn, insufficient
 from relayproxy.http_types import HttpRequest, HttpResponse, header, query_params
-from relayproxy.inference import Inference, Spawn, insufficient
 from relayproxy.keys import hash_key, looks_like_key
 from relayproxy.policy.limits import Denied, KeyLimiter
 from relayproxy.policy.plan import parse_json

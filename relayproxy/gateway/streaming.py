@@ -16,7 +16,7 @@ from typing import Any
 
 from relayproxy.codecs import StreamEncoder
 from relayproxy.errors import FramingError, RelayError, ShuttingDown, UpstreamProtocolError
-from relayproxy.exchange import Exchange, Recorder
+from relayproxy.gateway.exchange import Exchange, Recorder
 from relayproxy.policy.plan import Answer, Opened, Plan, output_limit, unwrap
 from relayproxy.records import Outcome
 from relayproxy.relay import Passthrough, Relay, Translate

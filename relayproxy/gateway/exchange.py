@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 
 from relayproxy.billing.pricing import clamp_usage, cost_microusd
-from relayproxy.config import ModelConfig
+from relayproxy.config.settings import ModelConfig
 from relayproxy.http_types import HttpRequest
 from relayproxy.ir import Usage
 from relayproxy.records import Outcome, UsageRecord

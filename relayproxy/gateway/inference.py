@@ -23,15 +23,15 @@ import orjson
 from relayproxy.billing.pricing import hold_microusd
 from relayproxy.codecs import Codec, UpstreamCall
 from relayproxy.codecs.registry import CODECS
-from relayproxy.config import Config
+from relayproxy.config.settings import Config
 from relayproxy.errors import InsufficientBalance, UpstreamError, UpstreamProtocolError
-from relayproxy.exchange import Charge, Exchange, Recorder, TrackedBody
+from relayproxy.gateway.exchange import Charge, Exchange, Recorder, TrackedBody
+from relayproxy.gateway.streaming import StreamBody
 from relayproxy.http_types import HttpResponse, header
 from relayproxy.policy.plan import Answer, Opened, Plan, chose, output_limit, parse_json, plan, unwrap
 from relayproxy.policy.retries import next_try, schedule
 from relayproxy.policy.router import Endpoint, Route, resolve_model
 from relayproxy.policy.tokens import estimate_input_tokens
-from relayproxy.streaming import StreamBody
 from relayproxy.telemetry.metrics import GatewayMetrics
 from relayproxy.upstream import Pool, UpstreamResponse
 

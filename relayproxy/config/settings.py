@@ -11,7 +11,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from relayproxy.credentials import CredentialError, read_secret
+from relayproxy.config.credentials import CredentialError, read_secret
 
 __all__ = [
     "PROTOCOLS",
