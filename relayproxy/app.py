@@ -31,8 +31,8 @@ from typing import Any, TypeVar
 
 from relayproxy.config.settings import Config
 from relayproxy.gateway.handler import Gateway
+from relayproxy.gateway.opening import Answer
 from relayproxy.keys import display_prefix, hash_key, new_key, new_key_id
-from relayproxy.policy.plan import Answer
 from relayproxy.server.listener import Server, ServerLimits
 from relayproxy.store.facade import Store
 from relayproxy.upstream import Pool

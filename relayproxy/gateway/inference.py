@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Coroutine
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -26,9 +27,10 @@ from relayproxy.codecs.registry import CODECS
 from relayproxy.config.settings import Config
 from relayproxy.errors import InsufficientBalance, UpstreamError, UpstreamProtocolError
 from relayproxy.gateway.exchange import Charge, Exchange, Recorder, TrackedBody
+from relayproxy.gateway.opening import Answer, Opened, unwrap
 from relayproxy.gateway.streaming import StreamBody
 from relayproxy.http_types import HttpResponse, header
-from relayproxy.policy.plan import Answer, Opened, Plan, chose, output_limit, parse_json, plan, unwrap
+from relayproxy.policy.plan import Plan, decode, output_limit, parse_json, plan
 from relayproxy.policy.retries import next_try, schedule
 from relayproxy.policy.router import Endpoint, Route, resolve_model
 from relayproxy.policy.tokens import estimate_input_tokens
@@ -73,7 +75,12 @@ class Inference:
 
     def prepare(self, ex: Exchange, ep: Endpoint) -> list[Plan]:
         """Decode, route and plan the request (no I/O; raises RelayErrors for bad requests)."""
-        return plan(self._config, ex, ep, parse_json(ex.req.body))
+        body = parse_json(ex.req.body)
+        req = decode(ep, body)
+        ex.record.model, ex.record.stream = req.model, req.stream
+        plans = plan(self._config, ep, body, req)
+        chose(ex, plans[0])
+        return plans
 
     def hold_amount(self, plans: list[Plan]) -> int:
         """The request's maximum cost, to be held before any upstream call: the dearest of the
@@ -245,3 +252,10 @@ async def _captured(opening: Coroutine[Any, Any, Opened]) -> Answer:
         return await opening
     except Exception as exc:  # noqa: BLE001 - handed back to the request task, which raises it
         return exc
+
+
+def chose(ex: Exchange, p: Plan) -> None:
+    """Record which provider serves the request (a fallback's, if it came to that)."""
+    ex.record.provider, ex.record.upstream_protocol = p.route.provider.name, p.route.provider.protocol
+    if ex.charge is not None and ex.charge.model is not p.route.model:  # a fallback's model
+        ex.charge = replace(ex.charge, model=p.route.model)

@@ -17,7 +17,8 @@ from typing import Any
 from relayproxy.codecs import StreamEncoder
 from relayproxy.errors import FramingError, RelayError, ShuttingDown, UpstreamProtocolError
 from relayproxy.gateway.exchange import Exchange, Recorder
-from relayproxy.policy.plan import Answer, Opened, Plan, output_limit, unwrap
+from relayproxy.gateway.opening import Answer, Opened, unwrap
+from relayproxy.policy.plan import Plan, output_limit
 from relayproxy.records import Outcome
 from relayproxy.relay import Passthrough, Relay, Translate
 from relayproxy.telemetry.metrics import GatewayMetrics

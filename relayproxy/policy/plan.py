@@ -13,29 +13,18 @@ from relayproxy.codecs import Codec, UpstreamCall
 from relayproxy.codecs.registry import CODECS
 from relayproxy.config.settings import Config
 from relayproxy.errors import InvalidRequest, ProviderUnavailable
-from relayproxy.gateway.exchange import Exchange
 from relayproxy.ir import ChatRequest
 from relayproxy.policy.router import Endpoint, Route, resolve_model
-from relayproxy.upstream import UpstreamResponse
 
 __all__ = [
-    "Answer",
-    "Opened",
     "Plan",
-    "chose",
+    "decode",
     "fallback_routes",
     "output_limit",
     "parse_json",
     "plan",
     "plan_route",
-    "unwrap",
 ]
-
-#: An upstream that answered 200: the plan that reached it (the requested model or a fallback).
-Opened = tuple["Plan", UpstreamResponse]
-#: What a spawned upstream opening ends with: the answer, or the error it raised (captured,
-#: because an exception escaping a TaskGroup child would cancel the whole group).
-Answer = Opened | Exception
 
 
 @dataclass(slots=True)
@@ -60,16 +49,18 @@ def parse_json(body: bytes) -> Any:
         raise InvalidRequest(f"the request body is not valid JSON ({exc})") from None
 
 
-def plan(config: Config, ex: Exchange, ep: Endpoint, body: Any) -> list[Plan]:
-    """Decode, route and build the upstream calls: the requested model's, then one per configured
+def decode(ep: Endpoint, body: Any) -> ChatRequest:
+    """The client's request in the canonical model (raises InvalidRequest naming the bad field)."""
+    client: Codec = CODECS[ep.protocol]
+    return client.decode_request(body, model=ep.model, stream=ep.stream)
+
+
+def plan(config: Config, ep: Endpoint, body: Any, req: ChatRequest) -> list[Plan]:
+    """Route and build the upstream calls: the requested model's, then one per configured
     fallback whose provider is available. Pure: raises RelayErrors, does no I/O."""
     client: Codec = CODECS[ep.protocol]
-    req = client.decode_request(body, model=ep.model, stream=ep.stream)
-    ex.record.model, ex.record.stream = req.model, req.stream
     primary = resolve_model(config, req.model)
-    plans = [plan_route(ep, body, client, req, route) for route in [primary, *fallback_routes(config, primary)]]
-    chose(ex, plans[0])
-    return plans
+    return [plan_route(ep, body, client, req, route) for route in [primary, *fallback_routes(config, primary)]]
 
 
 def fallback_routes(config: Config, primary: Route) -> list[Route]:
@@ -80,13 +71,6 @@ def fallback_routes(config: Config, primary: Route) -> list[Route]:
         except ProviderUnavailable:
             continue  # a fallback whose provider has no key is skipped, not an error
     return routes
-
-
-def chose(ex: Exchange, p: Plan) -> None:
-    """Record which provider serves the request (a fallback's, if it came to that)."""
-    ex.record.provider, ex.record.upstream_protocol = p.route.provider.name, p.route.provider.protocol
-    if ex.charge is not None and ex.charge.model is not p.route.model:  # a fallback's model
-        ex.charge = replace(ex.charge, model=p.route.model)
 
 
 def plan_route(ep: Endpoint, body: Any, client: Codec, req: ChatRequest, route: Route) -> Plan:
@@ -106,9 +90,3 @@ def plan_route(ep: Endpoint, body: Any, client: Codec, req: ChatRequest, route: 
 
 def output_limit(p: Plan) -> int:
     return p.req.max_output_tokens or p.route.model.max_output_tokens
-
-
-def unwrap(result: Answer) -> Opened:
-    if isinstance(result, Exception):
-        raise result
-    return result
