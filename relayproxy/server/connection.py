@@ -1,7 +1,8 @@
 """One client connection of the HTTP/1.1 server: an ``asyncio.Protocol`` driving h11.
 
-See ``server.py`` for the states a connection moves through. This module holds the per-connection
-protocol; ``server.py`` holds the listener, the TaskGroup and shutdown.
+See ``listener`` for the states a connection moves through. This module holds the per-connection
+protocol and the small ``Host`` interface it needs of the listener; ``listener`` holds the
+listening socket, the TaskGroup and shutdown, and implements ``Host``.
 """
 
 from __future__ import annotations
@@ -10,17 +11,21 @@ import asyncio
 import enum
 import logging
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from http import HTTPStatus
-from typing import TYPE_CHECKING, cast
+from typing import Any, Protocol, cast
 
 import h11
 
 from relayproxy.http_types import HttpRequest, HttpResponse, header
-from relayproxy.server.limits import HeadScanner, RequestRejected, body_allowed, check_request, split_target
-
-if TYPE_CHECKING:
-    from relayproxy.server.listener import Server
+from relayproxy.server.limits import (
+    HeadScanner,
+    RequestRejected,
+    ServerLimits,
+    body_allowed,
+    check_request,
+    split_target,
+)
 
 __all__ = ["ClientConnection", "ConnState", "should_keep_alive"]
 
@@ -37,6 +42,29 @@ _QUOTED_BYTES = re.compile(r"(?:bytearray\()?b['\"]")
 def should_keep_alive(h11_state: object, draining: bool) -> bool:
     """After a response: reuse the connection only if h11 agrees and the server is not draining."""
     return h11_state is h11.DONE and not draining
+
+
+class Host(Protocol):
+    """What a connection needs of the listener that accepted it (``listener.Server``)."""
+
+    limits: ServerLimits
+    handler: Callable[[HttpRequest], Awaitable[HttpResponse]]
+    render_error: Callable[[int, str, HttpRequest | None], HttpResponse]
+
+    @property
+    def draining(self) -> bool: ...
+
+    def adopt(self, conn: ClientConnection) -> bool: ...
+
+    def forget(self, conn: ClientConnection) -> None: ...
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None] | None: ...
+
+    def check_drained(self) -> None: ...
+
+    def request_started(self) -> None: ...
+
+    def request_ended(self) -> None: ...
 
 
 class ConnState(enum.Enum):
@@ -95,7 +123,7 @@ class ClientConnection(asyncio.Protocol):
     )
     _transport: asyncio.Transport
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: Host) -> None:
         self._server = server
         self._limits = server.limits
         self._loop = asyncio.get_running_loop()
@@ -126,7 +154,7 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's is one, though not by subclass
-        if not self._server._adopt(self):
+        if not self._server.adopt(self):
             self._state = ConnState.CLOSED
             self._transport.abort()
             return
@@ -163,7 +191,7 @@ class ClientConnection(asyncio.Protocol):
         self._cancel_timer()
         if self._task is not None:
             self._task.cancel()
-        self._server._forget(self)
+        self._server.forget(self)
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -291,21 +319,21 @@ class ClientConnection(asyncio.Protocol):
             self._chunks = []
         self._body_len = 0
         self._state = ConnState.HANDLING
-        tg = self._server._tg
-        if tg is None:  # the server is stopping
+        task = self._server.spawn(self._respond(req))
+        if task is None:  # the server is stopping
             self.abort()
             return
-        self._task = tg.create_task(self._respond(req))
+        self._task = task
 
     # -- answering -----------------------------------------------------------------------------
 
     async def _respond(self, req: HttpRequest) -> None:
         server = self._server
-        server._active += 1
+        server.request_started()
         try:
             answered = await self._answer(req)
         finally:
-            server._active -= 1
+            server.request_ended()
         if answered:
             self._end_cycle()
 

@@ -22,7 +22,8 @@ import enum
 import json
 import logging
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 from relayproxy.http_types import HttpRequest, HttpResponse
 from relayproxy.server.connection import ClientConnection, ConnState, should_keep_alive
@@ -207,12 +208,26 @@ class Server:
     def _new_connection(self) -> ClientConnection:
         return ClientConnection(self)
 
-    def _adopt(self, conn: ClientConnection) -> bool:
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None] | None:
+        """Run one request's answer in the server's task group; None (and the coroutine closed)
+        once the server is stopping."""
+        if self._tg is None:
+            coro.close()
+            return None
+        return self._tg.create_task(coro)
+
+    def request_started(self) -> None:
+        self._active += 1
+
+    def request_ended(self) -> None:
+        self._active -= 1
+
+    def adopt(self, conn: ClientConnection) -> bool:
         if self._tg is None:
             return False
         self._connections.add(conn)
         return True
 
-    def _forget(self, conn: ClientConnection) -> None:
+    def forget(self, conn: ClientConnection) -> None:
         self._connections.discard(conn)
         self.check_drained()
