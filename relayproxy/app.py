@@ -129,9 +129,8 @@ async def prepare_service(config: Config) -> None:
 
 def run(main: Coroutine[Any, Any, T], event_loop: str) -> T:
     """Run ``main`` to completion on a new event loop of the kind ``[server] event_loop`` names:
-    ``uvloop`` (libuv, in C: 9-15 % less CPU per stream and up to 6 % more unary requests per
-    core in ``make bench``; the README gives its cost past saturation), ``asyncio`` (the standard
-    library's), or ``auto``, uvloop when installed."""
+    ``uvloop`` (libuv, in C: less CPU per stream; the A/B is in bench/README.md and the README),
+    ``asyncio`` (the standard library's), or ``auto``, uvloop when installed."""
     with asyncio.Runner(loop_factory=_loop_factory(event_loop)) as runner:
         return runner.run(main)
 

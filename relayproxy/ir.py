@@ -42,7 +42,7 @@ __all__ = [
 
 @dataclass(slots=True, frozen=True)
 class Usage:
-    """Token counts normalised to INTERFACE.md meanings.
+    """Token counts normalised to the meanings a usage record gives them.
 
     ``input_tokens`` counts every prompt token (cache reads and writes included);
     ``cached_input_tokens`` is the part of it read from cache; ``output_tokens`` counts every

@@ -40,7 +40,7 @@ class KeyInfo:
 
 @dataclass(slots=True)
 class UsageRecord:
-    """One row per request, with the INTERFACE.md fields."""
+    """One row per request: the fields of a usage record as `relayproxy usage --json` shows them (README)."""
 
     request_id: str
     created_at: str

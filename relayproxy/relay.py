@@ -11,7 +11,8 @@ starts and ends on event boundaries and the tap keeps every event in it (the com
 chunk object itself is returned: no copy, no re-serialisation. Otherwise the kept events' raw
 byte spans are returned, joined (an event that lay inside the chunk is a memoryview slice of it,
 so only the join copies), with the tap's rewrite in place of an event it fixed (a provider quirk
-the client's SDK would trip on, protocols.md §8.8) and without the events it dropped.
+the client's SDK would trip on: tool-call deltas without ``index``, a ``role`` repeated on every
+delta, usage inside ``choices[0]``, Anthropic events without ``usage``) and without the events it dropped.
 
 Translate (different protocols, or a different framing): framer -> the upstream codec's
 StreamDecoder -> IR events -> the client codec's StreamEncoder -> bytes. After an in-band

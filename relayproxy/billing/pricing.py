@@ -108,7 +108,8 @@ def _rates(model: ModelConfig, discount: Fraction) -> _Rates:
 
 
 def cost_microusd(usage: Usage, model: ModelConfig, discount: Fraction) -> int:
-    """The INTERFACE.md cost of ``usage``, rounded down to whole micro-USD; never negative.
+    """The customer cost of ``usage`` (list price per 1M tokens x (1 - discount), cached input at its
+    own price), rounded down to whole micro-USD; never negative.
 
     Counts are taken defensively (negative -> 0, cached capped at input) even though callers are
     expected to pass the output of ``clamp_usage``.
@@ -187,7 +188,7 @@ def format_usd(amount_microusd: int) -> str:
 
 
 def price_list(config: Config) -> dict[str, Any]:
-    """The INTERFACE.md ``GET /models`` JSON: list and customer prices per model, USD per 1M tokens."""
+    """The public ``GET /models`` JSON: list and customer prices per model, USD per 1M tokens."""
     discount = config.billing.discount
     data = [
         {

@@ -67,7 +67,8 @@ def protocol_for(path: str, headers: Headers, query: str = "") -> str:
     """The caller's protocol as far as path, headers and query tell (also used for error bodies).
 
     ``GET /v1/models`` is shared by all three SDKs: ``x-goog-api-key`` or ``?key=`` means Gemini,
-    ``anthropic-version`` means Anthropic, anything else OpenAI (protocols.md §5).
+    ``anthropic-version`` means Anthropic, anything else OpenAI (the headers each SDK sends on
+    its model-list call).
     """
     if path.startswith(("/v1/messages", "/v1/v1/messages")):
         return "anthropic"

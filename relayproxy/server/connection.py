@@ -354,7 +354,7 @@ class ClientConnection(asyncio.Protocol):
                 return True
             except _ClientGone:
                 return False
-            except Exception:  # noqa: BLE001 -- the per-request boundary (STYLE §1.6.5)
+            except Exception:  # noqa: BLE001 -- the per-request boundary: a bug fails one request, never the server
                 # Method and path only: headers and bodies carry keys and prompts.
                 _log.exception("request %s %s failed", req.method, req.path)
                 if failed or self._h11.our_state is not h11.SEND_RESPONSE:

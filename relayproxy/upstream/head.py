@@ -3,8 +3,8 @@
 This replaces h11 on the client side (the body is cut by `relayproxy.upstream.body`). h11 is a
 general state machine: each request it validates and renders through event objects, a header
 normaliser and a state-machine pass, and each response head through a line buffer, a regex per
-line and the same passes again, about 0.1 ms per request on a cold cache, which is most of what
-the upstream leg adds to the time to first byte. The client only ever sends one complete request
+line and the same passes again, which was most of what the upstream leg added to the time to
+first byte (figures in bench/README.md). The client only ever sends one complete request
 and then reads one response (after any 1xx), so both directions are one function each, with the
 same grammar h11 applies (the regexes below are h11's, from RFC 9110/9112), the same checks on
 Content-Length and Transfer-Encoding, and h11's 16 KiB cap on a response head. Property tests
