@@ -99,6 +99,15 @@ async def _bootstrap(store: Store, config: Config) -> None:
 def _report_missing_keys(config: Config) -> None:
     for provider in config.missing_keys():
         names = ", ".join(sorted(m.name for m in config.models.values() if m.provider == provider.name))
+        if provider.key_problem:
+            log.warning(
+                "provider %s is disabled: %s; fix it or set %s to serve %s",
+                provider.name,
+                provider.key_problem,
+                provider.api_key_env,
+                names or "its models",
+            )
+            continue
         log.warning(
             "provider %s is disabled: set %s to serve %s",
             provider.name,

@@ -11,7 +11,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from relayproxy.config.credentials import CredentialError, read_secret
+from relayproxy.config.credentials import CredentialError, credential_name, read_secret
 
 __all__ = [
     "PROTOCOLS",
@@ -84,14 +84,12 @@ class ProviderConfig:
     # False: same-protocol streams are re-encoded through the canonical model instead of passing
     # through, which repairs a provider's stream quirks (Moonshot's index-less tool deltas).
     passthrough: bool = True
-
-    def api_key(self) -> str | None:
-        """The upstream key: the environment variable, else the systemd credential file named after
-        it (``$CREDENTIALS_DIRECTORY/<name in lower case>``), else None."""
-        try:
-            return read_secret(self.api_key_env)
-        except CredentialError as exc:
-            raise ConfigError(f"[providers.{self.name}] api_key_env: {exc}") from None
+    # The upstream key, read once when the config is loaded: the environment variable, else the
+    # systemd credential file named after it (``$CREDENTIALS_DIRECTORY/<name in lower case>``).
+    # None disables the provider (its models answer 503); ``key_problem`` then says why when the
+    # credential file exists but cannot be used ("" when the key is simply not set).
+    api_key: str | None = field(default=None, repr=False)
+    key_problem: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,8 +138,8 @@ class Config:
     limits: Limits = field(default_factory=Limits)
 
     def missing_keys(self) -> list[ProviderConfig]:
-        """Providers whose API key variable is not set in the environment."""
-        return [p for p in self.providers.values() if p.api_key() is None]
+        """Providers without a usable API key (disabled), as resolved when the config was loaded."""
+        return [p for p in self.providers.values() if p.api_key is None]
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:
@@ -272,7 +270,16 @@ def _provider(name: str, t: Any) -> ProviderConfig:
     if not base_url.startswith(("http://", "https://")):
         raise ConfigError(f'[{where}] base_url: must start with https:// (or http://), got "{base_url}"')
     passthrough = _get(t, where, "passthrough", bool, True)
-    return ProviderConfig(name, protocol, base_url, _require(t, where, "api_key_env", str), passthrough)
+    key_env = _require(t, where, "api_key_env", str)
+    try:
+        credential_name(key_env)  # a name that cannot be a variable is a mistake in the file
+    except CredentialError as exc:
+        raise ConfigError(f"[{where}] api_key_env: {exc}") from None
+    try:
+        key, problem = read_secret(key_env), ""
+    except CredentialError as exc:  # the file exists but is unusable: the provider is disabled
+        key, problem = None, str(exc)
+    return ProviderConfig(name, protocol, base_url, key_env, passthrough, key, problem)
 
 
 def _model(name: str, t: Any, providers: dict[str, ProviderConfig]) -> ModelConfig:

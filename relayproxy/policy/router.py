@@ -129,7 +129,7 @@ def resolve_model(config: Config, name: str) -> Route:
     if model is None:
         raise UnknownModel(f"The model '{name}' does not exist on this gateway. GET /v1/models lists them.")
     provider = config.providers[model.provider]
-    key = provider.api_key()
+    key = provider.api_key
     if key is None:
         raise ProviderUnavailable(
             f"The provider '{provider.name}' serving '{model.name}' is not configured: "
