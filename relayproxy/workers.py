@@ -30,11 +30,13 @@ import json
 import logging
 import os
 import select
+import shutil
 import signal
 import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 import tomllib
 from collections.abc import Callable, Sequence
@@ -44,6 +46,7 @@ from pathlib import Path
 from relayproxy.app import CLEANUP_GRACE_S, CONTROL_DRAIN, CONTROL_STOP, prepare_service, run, run_gateway
 from relayproxy.config.settings import Config, ConfigError, parse_config
 from relayproxy.telemetry.logsetup import configure_logging
+from relayproxy.telemetry.metrics import MULTIPROC_ENV, mark_worker_dead
 
 __all__ = ["RestartPolicy", "Supervisor", "bind_listener", "serve_workers", "worker_command", "worker_main"]
 
@@ -116,6 +119,7 @@ class Supervisor:
         config_path: Path = Path("config.toml"),
         policy: RestartPolicy | None = None,
         command: Callable[[int, int, Path], list[str]] = worker_command,
+        metrics_dir: str | None = None,
     ) -> None:
         self._sock: socket.socket | None = sock
         self._fd = sock.fileno()
@@ -125,6 +129,10 @@ class Supervisor:
         self._config_path = config_path
         self._policy = policy or RestartPolicy()
         self._command = command
+        # Every worker writes its metrics there (prometheus_client's multi-process mode), so any
+        # worker's /metrics shows the whole service.
+        self._metrics_dir = metrics_dir
+        self._env = {**os.environ, MULTIPROC_ENV: metrics_dir} if metrics_dir is not None else None
         self._stops = 0  # stop requests so far: 1 drain, 2 stop at once
         self._stop_deadline = 0.0
         self._status = 0
@@ -158,7 +166,7 @@ class Supervisor:
         slot.restart_at = None
         cmd = self._command(slot.index, self._fd, self._config_path)
         try:
-            proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, pass_fds=(self._fd,))
+            proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, pass_fds=(self._fd,), env=self._env)
         except OSError as exc:  # fork refused (TasksMax, memory): counts as a crash of this slot
             self._on_exit(slot, f"could not be started ({exc})")
             return
@@ -183,6 +191,8 @@ class Supervisor:
                 continue
             slot.proc = None
             _close_pipe(proc)
+            if self._metrics_dir is not None:
+                mark_worker_dead(proc.pid, self._metrics_dir)  # its streams no longer count as active
             how = f"(pid {proc.pid}) {_describe_exit(proc.returncode)}"
             if self._stops:
                 log.log(logging.INFO if proc.returncode == 0 else logging.WARNING, "worker %d %s", slot.index, how)
@@ -321,10 +331,19 @@ def serve_workers(config: Config, host: str, port: int, workers: int) -> int:
     config, text = _snapshot(config)
     sock = bind_listener(host, port)  # first: a taken port fails the start before anything else
     asyncio.run(prepare_service(config))  # exactly one first-start key, before any worker exists
-    supervisor = Supervisor(
-        sock, workers, drain_s=config.timeouts.drain_s, config_text=text, config_path=config.path.resolve()
-    )
-    return supervisor.run()
+    metrics_dir = tempfile.mkdtemp(prefix="relayproxy-metrics-")  # fresh per service start
+    try:
+        supervisor = Supervisor(
+            sock,
+            workers,
+            drain_s=config.timeouts.drain_s,
+            config_text=text,
+            config_path=config.path.resolve(),
+            metrics_dir=metrics_dir,
+        )
+        return supervisor.run()
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 def _snapshot(config: Config) -> tuple[Config, bytes]:

@@ -1,28 +1,35 @@
-"""A tiny Prometheus registry: counters, gauges and fixed-bucket histograms, rendered as text 0.0.4.
+"""The gateway's Prometheus metrics, kept by ``prometheus_client`` and rendered as text 0.0.4.
 
-Theory of operation. Pure: no asyncio, no I/O, no clock, no locks (one event loop per process
-calls it). Each metric keeps one dict from a tuple of label values to its number(s), so the hot
-path is a dict lookup and an add; no string is formatted until ``render()``. A histogram keeps
-per-bucket (not cumulative) counts and makes them cumulative at render time.
+``prometheus_client`` holds the numbers: in one process, in memory; with ``[server] workers = N``
+in its multi-process mode, where every worker writes its values to files in the directory
+``PROMETHEUS_MULTIPROC_DIR`` names (the supervisor makes a fresh one per service start, marks
+each dead worker, and removes it at the end), so a scrape answered by any worker shows the whole
+service: counters and histograms summed over every worker that ran, ``active_streams`` over the
+live ones.
 
-Label values come from outside (a model name a client sent, say). A metric holds at most
-``max_series`` label sets; past that, new label sets are counted under the value ``__overflow__``
-for every label, so a client inventing names cannot grow memory or the scrape without bound.
-Callers should still pass only known values (configured model names, enum members).
-
-One registry per process: with ``[server] workers = N`` each worker has its own, and
-``/metrics`` shows the view of the worker that answered the scrape.
+This module adds what the gateway needs on top: label sets are capped (a metric holds at most
+``max_series`` of them; past that, new ones are counted under the value ``__overflow__`` for every
+label, so a client inventing model names cannot grow memory or the scrape without bound), names,
+labels and buckets are checked when a metric is made, and the text is written with integral
+numbers as integers (``6``, not ``6.0``).
 """
 
 from __future__ import annotations
 
 import math
-from bisect import bisect_left
+import os
 from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import prometheus_client
+from prometheus_client import CollectorRegistry
+from prometheus_client.metrics_core import Metric
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 __all__ = [
     "CONTENT_TYPE",
     "DURATION_BUCKETS_S",
+    "MULTIPROC_ENV",
     "OVERFLOW",
     "TTFB_BUCKETS_S",
     "Counter",
@@ -30,11 +37,14 @@ __all__ = [
     "Gauge",
     "Histogram",
     "Registry",
+    "mark_worker_dead",
 ]
 
 CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 OVERFLOW = "__overflow__"
 MAX_SERIES = 2000
+#: The variable ``prometheus_client`` reads at import to select its multi-process mode.
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 #: Whole requests: LLM calls run from well under a second to many minutes.
 DURATION_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
@@ -42,6 +52,11 @@ DURATION_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120
 TTFB_BUCKETS_S = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 
 Labels = tuple[str, ...]
+
+
+def mark_worker_dead(pid: int, directory: str) -> None:
+    """A worker of the service ended: its live gauges leave the sums (its counters stay)."""
+    mark_process_dead(pid, directory)
 
 
 class _Metric:
@@ -58,6 +73,21 @@ class _Metric:
         self.labelnames = tuple(labelnames)
         self.max_series = max_series
         self._overflow: Labels = (OVERFLOW,) * len(self.labelnames)
+        self.impl: Any = self._make()  # the prometheus_client metric (registered by Registry)
+        self._children: dict[Labels, Any] = {} if self.labelnames else {(): self.impl}
+
+    def _make(self) -> Any:
+        raise NotImplementedError
+
+    def _child(self, labels: Labels) -> Any:
+        """The series for ``labels`` (the hot path: one dict lookup once it exists)."""
+        child = self._children.get(labels)
+        if child is None:
+            key = self._new_key(labels, len(self._children))
+            child = self._children.get(key)
+            if child is None:
+                child = self._children[key] = self.impl.labels(*key)
+        return child
 
     def _new_key(self, labels: Labels, size: int) -> Labels:
         """The key for a label set seen for the first time (checked here, off the hot path)."""
@@ -67,13 +97,16 @@ class _Metric:
             raise TypeError(f"{self.name}: label values must be str, got {labels!r}")
         return labels if size < self.max_series else self._overflow
 
-    def render_lines(self) -> Iterator[str]:
-        yield f"# HELP {self.name} {_escape_help(self.help)}"
-        yield f"# TYPE {self.name} {self.kind}"
-        yield from self._samples()
-
-    def _samples(self) -> Iterator[str]:
-        raise NotImplementedError
+    def _read(self, labels: Labels, sample_name: str) -> float:
+        """This process's value of one series (0 when it was never touched)."""
+        child = self._children.get(labels)
+        if child is None:
+            return 0
+        for family in child.collect():
+            for sample in family.samples:
+                if sample.name == sample_name:
+                    return float(sample.value)
+        return 0
 
 
 class Counter(_Metric):
@@ -81,66 +114,40 @@ class Counter(_Metric):
 
     kind = "counter"
 
-    def __init__(self, name: str, help_text: str, labelnames: Sequence[str] = (), max_series: int = MAX_SERIES):
-        super().__init__(name, help_text, labelnames, max_series)
-        self._values: dict[Labels, float] = {} if self.labelnames else {(): 0}
+    def _make(self) -> Any:
+        return prometheus_client.Counter(self.name, self.help, self.labelnames, registry=None)
 
     def inc(self, *labels: str, by: float = 1) -> None:
-        values = self._values
-        if labels in values:
-            values[labels] += by if by >= 0 else _negative(self.name)
-        else:
-            key = self._new_key(labels, len(values))
-            values[key] = values.get(key, 0) + (by if by >= 0 else _negative(self.name))
+        if by < 0:
+            raise ValueError(f"{self.name} is a counter: it cannot go down")
+        self._child(labels).inc(by)
 
     def value(self, *labels: str) -> float:
-        return self._values.get(labels, 0)
-
-    def _samples(self) -> Iterator[str]:
-        for labels, value in self._values.items():
-            yield f"{self.name}{_label_text(self.labelnames, labels)} {_number(value)}"
+        return self._read(labels, self.name.removesuffix("_total") + "_total")
 
 
 class Gauge(_Metric):
-    """A number that goes up and down (active streams). ``inc``, ``dec``, ``set``."""
+    """A number that goes up and down (active streams). ``inc``, ``dec``, ``set``. With workers,
+    the scrape shows the sum over the live workers."""
 
     kind = "gauge"
 
-    def __init__(self, name: str, help_text: str, labelnames: Sequence[str] = (), max_series: int = MAX_SERIES):
-        super().__init__(name, help_text, labelnames, max_series)
-        self._values: dict[Labels, float] = {} if self.labelnames else {(): 0}
+    def _make(self) -> Any:
+        return prometheus_client.Gauge(
+            self.name, self.help, self.labelnames, registry=None, multiprocess_mode="livesum"
+        )
 
     def inc(self, *labels: str, by: float = 1) -> None:
-        values = self._values
-        if labels in values:
-            values[labels] += by
-        else:
-            key = self._new_key(labels, len(values))
-            values[key] = values.get(key, 0) + by
+        self._child(labels).inc(by)
 
     def dec(self, *labels: str, by: float = 1) -> None:
-        self.inc(*labels, by=-by)
+        self._child(labels).dec(by)
 
     def set(self, value: float, *labels: str) -> None:
-        key = labels if labels in self._values else self._new_key(labels, len(self._values))
-        self._values[key] = value
+        self._child(labels).set(value)
 
     def value(self, *labels: str) -> float:
-        return self._values.get(labels, 0)
-
-    def _samples(self) -> Iterator[str]:
-        for labels, value in self._values.items():
-            yield f"{self.name}{_label_text(self.labelnames, labels)} {_number(value)}"
-
-
-class _Series:
-    """One label set of a histogram: per-bucket counts (the last one is +Inf), sum."""
-
-    __slots__ = ("counts", "total")
-
-    def __init__(self, buckets: int) -> None:
-        self.counts = [0] * (buckets + 1)
-        self.total = 0.0
+        return self._read(labels, self.name)
 
 
 class Histogram(_Metric):
@@ -156,49 +163,39 @@ class Histogram(_Metric):
         buckets: Iterable[float] = DURATION_BUCKETS_S,
         max_series: int = MAX_SERIES,
     ):
-        super().__init__(name, help_text, labelnames, max_series)
         bounds = tuple(float(b) for b in buckets if b != math.inf)
         if not bounds or list(bounds) != sorted(set(bounds)) or any(math.isnan(b) for b in bounds):
             raise ValueError(f"{name}: buckets must be distinct, increasing numbers")
         self.buckets = bounds
-        self._series: dict[Labels, _Series] = {} if self.labelnames else {(): _Series(len(bounds))}
+        super().__init__(name, help_text, labelnames, max_series)
+
+    def _make(self) -> Any:
+        return prometheus_client.Histogram(
+            self.name, self.help, self.labelnames, registry=None, buckets=(*self.buckets, math.inf)
+        )
 
     def observe(self, value: float, *labels: str) -> None:
-        series = self._series.get(labels)
-        if series is None:
-            key = self._new_key(labels, len(self._series))
-            series = self._series.setdefault(key, _Series(len(self.buckets)))
-        # bisect_left: a value equal to a bound belongs to that bucket (le = "less or equal").
-        series.counts[bisect_left(self.buckets, value)] += 1
-        series.total += value
+        self._child(labels).observe(value)
 
     def count(self, *labels: str) -> int:
-        series = self._series.get(labels)
-        return sum(series.counts) if series else 0
-
-    def _samples(self) -> Iterator[str]:
-        names = (*self.labelnames, "le")
-        bounds = [*(_number(b) for b in self.buckets), "+Inf"]
-        for labels, series in self._series.items():
-            cumulative = 0
-            for bound, n in zip(bounds, series.counts, strict=True):
-                cumulative += n
-                yield f"{self.name}_bucket{_label_text(names, (*labels, bound))} {cumulative}"
-            text = _label_text(self.labelnames, labels)
-            yield f"{self.name}_sum{text} {_number(series.total)}"
-            yield f"{self.name}_count{text} {cumulative}"
+        return int(self._read(labels, self.name + "_count"))
 
 
 class Registry:
-    """Metrics in registration order; ``render()`` is the body of ``GET /metrics``."""
+    """Metrics by name; ``render()`` is the body of ``GET /metrics``: this process's numbers, or
+    in multi-process mode (``PROMETHEUS_MULTIPROC_DIR`` set when the process started) every
+    worker's, merged by ``prometheus_client``."""
 
     def __init__(self) -> None:
         self._metrics: dict[str, _Metric] = {}
+        self._local = CollectorRegistry(auto_describe=True)
+        self._multiproc_dir = os.environ.get(MULTIPROC_ENV) or None
 
     def register(self, metric: _Metric) -> None:
         if metric.name in self._metrics:
             raise ValueError(f"metric {metric.name} is already registered")
         self._metrics[metric.name] = metric
+        self._local.register(metric.impl)
 
     def counter(self, name: str, help_text: str, labelnames: Sequence[str] = ()) -> Counter:
         metric = Counter(name, help_text, labelnames)
@@ -217,8 +214,14 @@ class Registry:
         self.register(metric)
         return metric
 
+    def collect(self) -> Iterable[Metric]:
+        if self._multiproc_dir is not None:
+            merged: Iterable[Metric] = MultiProcessCollector(None, self._multiproc_dir).collect()
+            return merged
+        return self._local.collect()
+
     def render(self) -> bytes:
-        lines = [line for metric in self._metrics.values() for line in metric.render_lines()]
+        lines = [line for family in self.collect() for line in _family_lines(family)]
         return ("\n".join(lines) + "\n").encode() if lines else b""
 
 
@@ -270,8 +273,20 @@ def _valid_name(name: str) -> bool:
     )
 
 
-def _negative(name: str) -> float:
-    raise ValueError(f"{name} is a counter: it cannot go down")
+def _family_lines(family: Metric) -> Iterator[str]:
+    """One family in text format 0.0.4 (``_created`` samples left out: nothing here uses them)."""
+    name = family.name + "_total" if family.type == "counter" else family.name
+    yield f"# HELP {name} {_escape_help(family.documentation)}"
+    yield f"# TYPE {name} {family.type}"
+    for sample in family.samples:
+        if sample.name.endswith("_created"):
+            continue
+        labels = {k: _bound(v) if k == "le" else v for k, v in sample.labels.items()}
+        yield f"{sample.name}{_label_text(tuple(labels), tuple(labels.values()))} {_number(sample.value)}"
+
+
+def _bound(le: str) -> str:
+    return "+Inf" if le == "+Inf" else _number(float(le))
 
 
 def _escape_help(text: str) -> str:
