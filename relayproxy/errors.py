@@ -6,17 +6,25 @@ the adapter that met them; nothing outside an adapter sees a foreign exception t
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
+
 __all__ = [
+    "SERVER_ERRORS",
     "ClientError",
     "FramingError",
     "GatewayError",
+    "HeaderFieldsTooLarge",
+    "HttpVersionNotSupported",
     "InsufficientBalance",
     "InvalidRequest",
+    "MethodNotAllowed",
     "NotFound",
     "PayloadTooLarge",
     "ProviderUnavailable",
     "RateLimited",
     "RelayError",
+    "RequestTimeout",
     "ShuttingDown",
     "StoreError",
     "Unauthorized",
@@ -26,6 +34,8 @@ __all__ = [
     "UpstreamProtocolError",
     "UpstreamStatusError",
     "UpstreamTimeout",
+    "UriTooLong",
+    "server_error",
 ]
 
 
@@ -83,6 +93,34 @@ class UnknownModel(NotFound):
 class PayloadTooLarge(ClientError):
     status = 413
     kind = "payload_too_large"
+
+
+# What the HTTP server refuses before a handler sees the request (framing, limits, timeouts).
+
+
+class MethodNotAllowed(ClientError):
+    status = 405
+    kind = "method_not_allowed"
+
+
+class RequestTimeout(ClientError):
+    status = 408
+    kind = "request_timeout"
+
+
+class UriTooLong(ClientError):
+    status = 414
+    kind = "uri_too_long"
+
+
+class HeaderFieldsTooLarge(ClientError):
+    status = 431
+    kind = "header_fields_too_large"
+
+
+class HttpVersionNotSupported(ClientError):
+    status = 505
+    kind = "http_version_not_supported"
 
 
 class RateLimited(ClientError):
@@ -179,3 +217,23 @@ class StoreError(GatewayError):
 
 class FramingError(Exception):
     """A sans-IO parser met input it cannot frame (e.g. an SSE line over the size cap)."""
+
+
+#: The error for each status the HTTP server answers by itself (500: a bug while responding).
+SERVER_ERRORS: Mapping[int, type[RelayError]] = MappingProxyType(
+    {
+        400: ClientError,
+        405: MethodNotAllowed,
+        408: RequestTimeout,
+        413: PayloadTooLarge,
+        414: UriTooLong,
+        431: HeaderFieldsTooLarge,
+        500: RelayError,
+        505: HttpVersionNotSupported,
+    }
+)
+
+
+def server_error(status: int, message: str) -> RelayError:
+    """The error the HTTP server means by ``status`` (a 400 for a status it never sends)."""
+    return SERVER_ERRORS.get(status, ClientError)(message)

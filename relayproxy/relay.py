@@ -26,7 +26,7 @@ from typing import Any
 from relayproxy import ir
 from relayproxy.codecs import StreamDecoder, StreamEncoder, StreamTap
 from relayproxy.errors import UpstreamStatusError
-from relayproxy.sse import SSEEvent, SSEFramer
+from relayproxy.sse import MAX_EVENT_BYTES, SSEEvent, SSEFramer
 
 __all__ = ["Passthrough", "Relay", "Translate"]
 
@@ -34,7 +34,7 @@ __all__ = ["Passthrough", "Relay", "Translate"]
 class Passthrough:
     """Zero-copy same-protocol relay: ``feed(chunk)`` returns what the client should receive."""
 
-    def __init__(self, tap: StreamTap, *, max_event_bytes: int = 8 * 1024 * 1024) -> None:
+    def __init__(self, tap: StreamTap, *, max_event_bytes: int = MAX_EVENT_BYTES) -> None:
         self._framer = SSEFramer(max_event_bytes)
         self._tap = tap
         self.relayed_bytes = 0  # upstream bytes seen (the output budget's measure)
@@ -88,7 +88,7 @@ class Translate:
     """Cross-protocol relay: upstream SSE -> IR stream events -> the client's wire format."""
 
     def __init__(
-        self, decoder: StreamDecoder, encoder: StreamEncoder, *, max_event_bytes: int = 8 * 1024 * 1024
+        self, decoder: StreamDecoder, encoder: StreamEncoder, *, max_event_bytes: int = MAX_EVENT_BYTES
     ) -> None:
         self._framer = SSEFramer(max_event_bytes)
         self._decoder = decoder

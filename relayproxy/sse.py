@@ -34,7 +34,10 @@ from dataclasses import dataclass
 
 from relayproxy.errors import FramingError
 
-__all__ = ["SSEEvent", "SSEFramer", "encode_event"]
+__all__ = ["MAX_EVENT_BYTES", "SSEEvent", "SSEFramer", "encode_event"]
+
+#: The most one event may hold (a base64 image in a Gemini chunk fits; an endless line does not).
+MAX_EVENT_BYTES = 8 * 1024 * 1024
 
 _LF, _CR = 0x0A, 0x0D
 _EOL = (_LF, _CR)
@@ -103,7 +106,7 @@ class SSEFramer:
     `max_event_bytes`, however they were chunked. Blank lines between events cost no memory.
     """
 
-    def __init__(self, max_event_bytes: int = 8 * 1024 * 1024) -> None:
+    def __init__(self, max_event_bytes: int = MAX_EVENT_BYTES) -> None:
         self._max_event_bytes = max_event_bytes
         self._pending = bytearray()  # the unfinished event, from its first line on
         self._scan = 0  # where the block-end search in _pending resumes

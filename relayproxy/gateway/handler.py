@@ -32,6 +32,7 @@ from relayproxy.errors import (
     RelayError,
     Unauthorized,
     UpstreamError,
+    server_error,
 )
 from relayproxy.gateway.exchange import Exchange, Recorder, access, new_request_id
 from relayproxy.gateway.inference import Inference, Spawn, insufficient
@@ -51,15 +52,6 @@ __all__ = ["Gateway"]
 log = logging.getLogger("relayproxy.gateway")
 
 _JSON = (b"content-type", b"application/json")
-_SERVER_ERROR_KINDS = {
-    400: "invalid_request",
-    405: "method_not_allowed",
-    408: "request_timeout",
-    413: "payload_too_large",
-    414: "uri_too_long",
-    431: "header_fields_too_large",
-    505: "http_version_not_supported",
-}
 
 Handler = Callable[[Exchange, Endpoint], Awaitable[HttpResponse]]
 
@@ -134,10 +126,7 @@ class Gateway:
     def render_server_error(self, status: int, message: str, req: HttpRequest | None) -> HttpResponse:
         """Errors the HTTP server detects itself (framing, limits, timeouts), in the caller's dialect."""
         protocol = protocol_for(req.path, req.headers, req.query) if req is not None else "openai"
-        err = ClientError(message)
-        err.status = status
-        err.kind = _SERVER_ERROR_KINDS.get(status, "invalid_request")
-        return self._error_response(protocol, err, new_request_id())
+        return self._error_response(protocol, server_error(status, message), new_request_id())
 
     # -- endpoints ------------------------------------------------------------------------------
 

@@ -3,5 +3,6 @@
 ``listener`` accepts sockets and owns the connections' task group and drain; ``connection`` runs
 one h11 connection (keep-alive, backpressure, timeouts) and calls the handler once per request;
 ``limits`` holds the byte-level request checks. It knows HTTP and nothing of LLMs, providers or
-billing: it imports only ``http_types`` and ``h11``.
+billing: it imports only ``http_types``, ``errors`` (the error each refusal means), ``config`` (the
+defaults of its limits) and ``h11``.
 """

@@ -23,6 +23,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from relayproxy.config.settings import Limits, Timeouts
 from relayproxy.http_types import Headers
 
 __all__ = [
@@ -39,20 +40,25 @@ _MAX_CONTENT_LENGTH_DIGITS = 20  # h11's own cap; longer values are refused, not
 # Control characters other than HTAB, CR, LF. h11 refuses only NUL and whitespace controls in
 # field values, so DEL or \x01 would reach the handler (and an upstream) unnoticed.
 _CTL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# The defaults of [limits] and [timeouts]: written once, in config.settings.
+_LIMITS, _TIMEOUTS = Limits(), Timeouts()
 
 
 @dataclass(frozen=True, slots=True)
 class ServerLimits:
     """Limits and timeouts of the HTTP server. Statuses: what the client gets when it is exceeded."""
 
-    max_header_bytes: int = 16384  # whole head (request line + headers + blank line), raw bytes -> 431
-    max_headers: int = 100  # header lines -> 431
+    # the whole head (request line + headers + blank line), raw bytes -> 431
+    max_header_bytes: int = _LIMITS.max_header_bytes
+    max_headers: int = _LIMITS.max_headers  # header lines -> 431
     max_request_line_bytes: int = 8192  # request line without its CRLF -> 414
-    max_body_bytes: int = 32 * 1024 * 1024  # declared CL over it -> 413 unread; chunked -> 413 + close
-    header_read_s: float = 10.0  # deadline for the whole head, from connection open / first byte -> 408
-    body_read_s: float = 60.0  # deadline for the whole body -> 408
-    keepalive_idle_s: float = 75.0  # idle keep-alive connection closed silently
-    client_write_stall_s: float = 60.0  # a write that cannot drain for this long: client is gone
+    max_body_bytes: int = _LIMITS.max_body_bytes  # declared CL over it -> 413 unread; chunked -> 413 + close
+    # deadline for the whole head, from connection open / first byte -> 408
+    header_read_s: float = _TIMEOUTS.header_read_s
+    body_read_s: float = _TIMEOUTS.body_read_s  # deadline for the whole body -> 408
+    keepalive_idle_s: float = _TIMEOUTS.keepalive_idle_s  # idle keep-alive connection closed silently
+    # a write that cannot drain for this long: the client is gone
+    client_write_stall_s: float = _TIMEOUTS.client_write_stall_s
     lingering_close_s: float = 2.0  # after our last byte, drop what the client still sends this long
 
 

@@ -25,6 +25,7 @@ import socket
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
+from relayproxy.errors import SERVER_ERRORS
 from relayproxy.http_types import HttpRequest, HttpResponse
 from relayproxy.server.connection import ClientConnection, ConnState, should_keep_alive
 from relayproxy.server.limits import ServerLimits
@@ -50,17 +51,6 @@ ErrorRenderer = Callable[[int, str, HttpRequest | None], HttpResponse]
 
 _DEFAULT_LIMITS = ServerLimits()
 _BACKLOG = 1024
-_ERROR_CODES = {
-    400: "invalid_request",
-    405: "method_not_allowed",
-    408: "request_timeout",
-    413: "payload_too_large",
-    414: "uri_too_long",
-    431: "header_fields_too_large",
-    500: "internal_error",
-    501: "not_implemented",
-    505: "http_version_not_supported",
-}
 
 
 class ServerState(enum.Enum):
@@ -74,7 +64,8 @@ class ServerState(enum.Enum):
 def default_render_error(status: int, message: str, request: HttpRequest | None) -> HttpResponse:
     """An OpenAI-style JSON error: {"error": {"message", "type", "code"}}."""
     kind = "invalid_request_error" if status < 500 else "server_error"
-    code = _ERROR_CODES.get(status, "error")
+    error = SERVER_ERRORS.get(status)
+    code = error.kind if error is not None else "error"
     body = json.dumps({"error": {"message": message, "type": kind, "code": code}}).encode()
     return HttpResponse(status, [(b"content-type", b"application/json")], body)
 
