@@ -15,6 +15,7 @@ upstream can never produce a negative cost (a credit) or an absurd charge.
 
 from __future__ import annotations
 
+import functools
 import html
 import math
 from dataclasses import dataclass, replace
@@ -82,17 +83,15 @@ def customer_prices(model: ModelConfig, discount: Fraction) -> Prices:
 
 _Rates: TypeAlias = tuple[int, int, int, int]  # input, cached input, output numerators; denominator > 0
 
-# id(model) -> (model, discount, rates). An entry holds its model, so no other object can have that
-# id while it is cached; the discount is checked on every hit. Bounded: configs are few and long-lived.
-_RATES: dict[int, tuple[ModelConfig, Fraction, _Rates]] = {}
+
+# Memoised (two calls per request, Fraction arithmetic each): configs are few and long-lived, and
+# both arguments are frozen values, so an entry can never go stale.
 _RATES_MAX = 1024
 
 
+@functools.lru_cache(maxsize=_RATES_MAX)
 def _rates(model: ModelConfig, discount: Fraction) -> _Rates:
     """``customer_prices(model, discount)`` as integer numerators over their least common denominator."""
-    hit = _RATES.get(id(model))
-    if hit is not None and hit[0] is model and (hit[1] is discount or hit[1] == discount):
-        return hit[2]
     p = customer_prices(model, discount)
     den = math.lcm(p.input.denominator, p.cached_input.denominator, p.output.denominator)
     rates = (
@@ -101,9 +100,6 @@ def _rates(model: ModelConfig, discount: Fraction) -> _Rates:
         p.output.numerator * (den // p.output.denominator),
         den,
     )
-    if len(_RATES) >= _RATES_MAX:
-        _RATES.clear()
-    _RATES[id(model)] = (model, discount, rates)
     return rates
 
 

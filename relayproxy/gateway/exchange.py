@@ -10,7 +10,6 @@ disconnects, possibly while cleanup is running: a queued write cannot be cancell
 from __future__ import annotations
 
 import logging
-import os
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -32,18 +31,16 @@ __all__ = ["Charge", "Exchange", "Recorder", "TrackedBody", "access", "new_reque
 access = logging.getLogger("relayproxy.access")
 
 
-# Request ids need to be unique, not secret: a PRNG seeded from the OS (96 random bits per id) costs
-# a fraction of a getrandom() system call per request. Reseeded in every forked child, so workers
-# forked from one parent never share a sequence.
-_ids = random.Random(os.urandom(32))
-os.register_at_fork(after_in_child=lambda: _ids.seed(os.urandom(32)))
+# Request ids need to be unique, not secret: the random module's generator (seeded from the OS,
+# and reseeded by it in every forked child, so workers never share a sequence) costs a fraction of
+# a getrandom() system call per request.
 
 
 def new_request_id() -> str:
     """``req_`` + 24 hex digits: the time in ms, then 48 random bits. Ids made later sort later,
     so the ledger's and the usage table's indexes on them grow at their right edge (a request's
     rows then share index pages with its neighbours' instead of dirtying a random page each)."""
-    return f"req_{time.time_ns() // 1_000_000:012x}{_ids.getrandbits(48):012x}"
+    return f"req_{time.time_ns() // 1_000_000:012x}{random.getrandbits(48):012x}"
 
 
 @dataclass(slots=True, frozen=True)

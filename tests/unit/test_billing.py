@@ -217,7 +217,7 @@ def test_rates_follow_the_discount_and_the_model_object() -> None:
 def test_rate_cache_is_bounded() -> None:
     for i in range(billing._RATES_MAX + 10):
         cost_microusd(Usage(1, 0, 0, 0), model(1.0 + i, 1.0), D)
-    assert len(billing._RATES) <= billing._RATES_MAX
+    assert billing._rates.cache_info().currsize <= billing._RATES_MAX
 
 
 # -- clamping untrusted usage -------------------------------------------------------------------------
