@@ -16,6 +16,7 @@ from relayproxy.app import create_key, run, run_gateway
 from relayproxy.billing.pricing import format_usd, parse_usd, price_list
 from relayproxy.config.settings import Config, ConfigError, load_config, parse_listen
 from relayproxy.errors import StoreError
+from relayproxy.store.backends import open_store_for
 from relayproxy.store.facade import Store
 from relayproxy.telemetry.logsetup import configure_logging
 from relayproxy.workers import serve_workers
@@ -102,7 +103,7 @@ def _run(
 
     def run(config: Config, args: argparse.Namespace) -> int:
         async def go() -> int:
-            store = await Store.open(config.server.database)
+            store = await open_store_for(config)
             try:
                 return await fn(store, args)
             finally:

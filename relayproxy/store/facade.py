@@ -371,7 +371,7 @@ async def _settle_txn(db: aiosqlite.Connection, rec: UsageRecord, charge: int, n
         await ledger.release(db, rec.request_id, now)
         return int(done[0])
     charged = await ledger.settle_hold(db, rec.request_id, charge, now)
-    await _insert_usage(db, _as_charged(rec, charge, charged))
+    await _insert_usage(db, as_charged(rec, charge, charged))
     return charged or 0
 
 
@@ -392,7 +392,7 @@ async def _insert_usage(db: aiosqlite.Connection, rec: UsageRecord) -> None:
     await db.execute(_INSERT_USAGE, [getattr(rec, f) for f in _USAGE_FIELDS])
 
 
-def _as_charged(rec: UsageRecord, asked: int, charged: int | None) -> UsageRecord:
+def as_charged(rec: UsageRecord, asked: int, charged: int | None) -> UsageRecord:
     """The record as stored: its cost is what was really charged."""
     got = charged or 0
     if got == asked:
