@@ -339,6 +339,18 @@ class Store:
         """The invariant, on one consistent snapshot: [] when the ledger and balances agree."""
         return await self._read(ledger.check)
 
+    # -- whole tables (``db copy``) ---------------------------------------------------------------
+
+    async def export_rows(self, table: str, columns: tuple[str, ...]) -> list[tuple[Any, ...]]:
+        """Every row of ``table`` (a name from store/copy.py, never user input), in key order."""
+        return [tuple(row) for row in await self._all(f"SELECT {','.join(columns)} FROM {table} ORDER BY 1")]
+
+    async def import_rows(self, table: str, columns: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
+        """Insert ``rows`` into ``table`` as they are, in one transaction."""
+        sql = f"INSERT INTO {table}({','.join(columns)}) VALUES ({','.join('?' * len(columns))})"
+
+        await self._commits.run(lambda conn: conn.executemany(sql, rows), durable=True)
+
 
 @dataclass(frozen=True, slots=True)
 class Admission:

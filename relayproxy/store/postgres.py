@@ -405,6 +405,18 @@ class PgStore(Store):
 
         return await self._run(txn)
 
+    async def export_rows(self, table: str, columns: tuple[str, ...]) -> list[tuple[Any, ...]]:
+        return [tuple(row) for row in await self._all(f"SELECT {','.join(columns)} FROM {table} ORDER BY 1")]
+
+    async def import_rows(self, table: str, columns: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
+        async def txn(c: _Conn) -> None:
+            await c.copy_records_to_table(table, records=rows, columns=list(columns))
+            sequence = await c.fetchval("SELECT pg_get_serial_sequence($1, $2)", table, columns[0])
+            if sequence is not None and rows:  # an identity column continues after the copied keys
+                await c.execute(f"SELECT setval($1, (SELECT max({columns[0]}) FROM {table}))", sequence)
+
+        await self._run(txn)
+
 
 class _Duplicate(Exception):
     pass
