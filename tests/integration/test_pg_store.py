@@ -4,6 +4,10 @@ several gateways on one database."""
 from __future__ import annotations
 
 import asyncio
+import json
+import signal
+import socket
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -14,6 +18,7 @@ from relayproxy.records import UsageRecord
 from relayproxy.store.backends import open_store
 from relayproxy.store.copy import TABLES, copy_store
 from relayproxy.store.facade import Store, utc_now
+from tests.integration.procs import DripUpstream, GatewayProcess, run_cli, start_gateway, write_config
 
 
 @pytest.fixture
@@ -119,3 +124,85 @@ def test_cli_migrate_and_db_copy(tmp_path: Path, pg_url: str, capsys: pytest.Cap
     assert asyncio.run(balance()) == (2_000_000, 0)
     assert cli.main(["--config", str(config), "db", "copy", "--to", str(tmp_path / "copy.db")]) == 1
     assert "not empty" in capsys.readouterr().err
+
+
+# -- two gateways, one database ---------------------------------------------------------------------
+
+# 100 output tokens at $2,000 per 1M list, 50 % below list: exactly $0.10 held and $0.10 charged,
+# since the drip upstream sends as many tokens as max_tokens allows (input is free).
+PRICED = "drip-100-0"
+
+
+def _two_gateways(tmp_path: Path, upstream: DripUpstream, pg_url: str) -> tuple[list[GatewayProcess], str]:
+    gateways, key = [], ""
+    for name in ("a", "b"):
+        home = tmp_path / name
+        home.mkdir()
+        config = home / "config.toml"
+        write_config(config, upstream.port, [], billing={"discount": 0.5}, limits={"per_key_concurrency": 1000})
+        text = config.read_text().replace('database = "relay.db"', f'database = "{pg_url}"\nhold_lease_s = 3')
+        config.write_text(
+            text
+            + f'[models."{PRICED}"]\nprovider = "drip"\ninput_price = 0.0\noutput_price = 2000.0\n'
+            + "max_output_tokens = 1000\n"
+        )
+        if name == "a":
+            created = run_cli(config, "keys", "create", "--account", "shared")
+            assert created.returncode == 0, created.stderr
+            key = created.stdout.strip()
+            funded = run_cli(config, "credits", "add", "--account", "shared", "--usd", "2")
+            assert funded.returncode == 0, funded.stderr
+        gateways.append(start_gateway(config))
+    return gateways, key
+
+
+def _post(port: int, key: str, max_tokens: int = 100) -> int:
+    body = json.dumps(
+        {"model": PRICED, "stream": True, "max_tokens": max_tokens, "messages": [{"role": "user", "content": "hi"}]}
+    )
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\nauthorization: Bearer {key}\r\n"
+        f"content-type: application/json\r\ncontent-length: {len(body)}\r\nconnection: close\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+        sock.sendall(head.encode() + body.encode())
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    return int(data[9:12])
+
+
+def test_two_gateways_on_one_database_admit_exactly_what_the_credit_covers(tmp_path: Path, pg_url: str) -> None:
+    with DripUpstream() as upstream:
+        gateways, key = _two_gateways(tmp_path, upstream, pg_url)
+        try:
+            ports = [gw.port for gw in gateways]
+            with ThreadPoolExecutor(max_workers=100) as pool:
+                statuses = list(pool.map(lambda i: _post(ports[i % 2], key), range(300)))
+            config = tmp_path / "a" / "config.toml"
+            shown = run_cli(config, "credits", "show", "--account", "shared", "--json")
+            checked = run_cli(config, "ledger", "check")
+        finally:
+            for gw in gateways:
+                gw.signal(signal.SIGTERM)
+                gw.wait(30)
+    assert sorted(set(statuses)) == [200, 402], statuses
+    assert statuses.count(200) == 20  # $2.00 / $0.10, spread over both gateways
+    assert json.loads(shown.stdout) == {"account": "shared", "balance_microusd": 0, "held_microusd": 0}
+    assert checked.returncode == 0, checked.stdout
+
+
+def test_a_key_revoked_through_one_gateway_is_refused_by_the_other(tmp_path: Path, pg_url: str) -> None:
+    with DripUpstream() as upstream:
+        gateways, key = _two_gateways(tmp_path, upstream, pg_url)
+        try:
+            a, b = (gw.port for gw in gateways)
+            assert _post(b, key, max_tokens=1) == 200
+            listed = run_cli(tmp_path / "a" / "config.toml", "keys", "list", "--account", "shared", "--json")
+            key_id = json.loads(listed.stdout.splitlines()[0])["id"]
+            assert run_cli(tmp_path / "a" / "config.toml", "keys", "revoke", key_id).returncode == 0
+            assert _post(b, key, max_tokens=1) == 401
+            assert _post(a, key, max_tokens=1) == 401
+        finally:
+            for gw in gateways:
+                gw.close()
