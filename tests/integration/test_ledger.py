@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ import asyncpg
 import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
 
 from relayproxy import cli
 from relayproxy.billing.pricing import Booking, price_list
@@ -37,6 +37,7 @@ from relayproxy.store.backends import open_store
 from relayproxy.store.facade import Store, utc_iso, utc_now
 from relayproxy.store.ledger import Owner, _process_start
 from relayproxy.store.postgres import PgStore
+from tests.pgcluster import PgCluster
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
@@ -527,14 +528,19 @@ ACCOUNTS = ("a", "b")
 class LedgerMachine(RuleBasedStateMachine):
     """Random grants, top-ups, duplicate webhooks, holds, settlements, releases, refunds and
     crash-restarts against a model; the invariant and the model's balances hold after every step
-    (hardening case 33)."""
+    (hardening case 33). On SQLite by default; ``new_database`` set: on a fresh PostgreSQL
+    database per example."""
+
+    new_database: Callable[[], str] | None = None
 
     def __init__(self) -> None:
         super().__init__()
         self.tmp = tempfile.TemporaryDirectory()
-        self.path = Path(self.tmp.name) / "ledger.db"
+        self.path: str | Path = (
+            type(self).new_database() if type(self).new_database else Path(self.tmp.name) / "ledger.db"  # type: ignore[misc]
+        )
         self.runner = asyncio.Runner()
-        self.store = self.run(Store.open(self.path))
+        self.store = self.run(open_store(self.path))
         self.ids = {
             name: self.run(self.store.grant(name, 1, "")) and self.run(self.store.ensure_account(name))
             for name in ACCOUNTS
@@ -641,7 +647,10 @@ class LedgerMachine(RuleBasedStateMachine):
     @rule()
     def crash_restart(self) -> None:
         self.run(self.store.close())
-        self.store = self.run(Store.open(self.path))
+        self.store = self.run(open_store(self.path))
+        if isinstance(self.store, PgStore):  # the dead store's lease has run out (as if lease_s had passed)
+            self.run(sql(self.store, Path(), "UPDATE leases SET expires_at = now() - interval '1 s'"))
+            self.run(self.store._renew())  # this store's own lease stays live
         assert self.run(self.store.release_orphan_holds()) == len(self.holds)
         self.holds.clear()
         self.held = dict.fromkeys(ACCOUNTS, 0)
@@ -655,6 +664,13 @@ class LedgerMachine(RuleBasedStateMachine):
 
 TestLedgerMachine = LedgerMachine.TestCase
 TestLedgerMachine.settings = settings(max_examples=40, stateful_step_count=30, deadline=None)
+
+
+def test_ledger_machine_on_postgres(pg_cluster: PgCluster) -> None:
+    class OnPostgres(LedgerMachine):
+        new_database = staticmethod(pg_cluster.new_database)
+
+    run_state_machine_as_test(OnPostgres, settings=settings(max_examples=25, stateful_step_count=30, deadline=None))
 
 
 @pytest.mark.slow
