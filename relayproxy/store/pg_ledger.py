@@ -10,7 +10,6 @@ import hmac
 from dataclasses import fields
 from typing import Any, TypeAlias
 
-from relayproxy.errors import StoreError
 from relayproxy.records import Principal, UsageRecord
 from relayproxy.store.facade import as_charged, utc_now
 from relayproxy.store.ledger import account_problems
@@ -150,8 +149,8 @@ async def settle(c: _Conn, rec: UsageRecord, charge: int, now: str) -> int:
         await release(c, rec.request_id, now)
         return int(done)
     charged = await settle_hold(c, rec.request_id, charge, now)
-    if not await insert_usage(c, as_charged(rec, charge, charged)):  # a concurrent replay won
-        raise StoreError(f"request {rec.request_id} settled concurrently")
+    if not await insert_usage(c, as_charged(rec, charge, charged)):  # a concurrent replay settled it first
+        return int(await c.fetchval("SELECT cost_microusd FROM usage WHERE request_id = $1", rec.request_id))
     return charged or 0
 
 

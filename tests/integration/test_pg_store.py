@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from relayproxy import cli
+from relayproxy.billing.pricing import Booking
 from relayproxy.errors import StoreError
 from relayproxy.records import UsageRecord
 from relayproxy.store.backends import open_store
@@ -206,3 +207,41 @@ def test_a_key_revoked_through_one_gateway_is_refused_by_the_other(tmp_path: Pat
         finally:
             for gw in gateways:
                 gw.close()
+
+
+@pytest.mark.anyio
+async def test_two_stores_on_one_database_credit_one_stripe_event_once(pg_url: str) -> None:
+    first, second = await open_store(pg_url), await open_store(pg_url)
+    account = await first.ensure_account("payer")
+
+    async def deliver(store: Store) -> object:
+        return await store.credit_topup(
+            account,
+            700_000,
+            event_id="evt_same",
+            event_type="checkout.session.completed",
+            payment_key="checkout:cs_same",
+            payment_ref="pi_same",
+        )
+
+    results = await asyncio.gather(*(deliver(s) for s in (first, second) for _ in range(10)))
+    assert sorted(str(r) for r in results).count(str(Booking.BOOKED)) == 1
+    assert await second.balance("payer") == (700_000, 0)
+    assert await first.ledger_check() == []
+    await first.close()
+    await second.close()
+
+
+@pytest.mark.anyio
+async def test_concurrent_settlements_of_one_request_charge_once(pg_url: str) -> None:
+    first, second = await open_store(pg_url), await open_store(pg_url)
+    await first.grant("alice", 1_000_000)
+    account = await first.ensure_account("alice")
+    assert await first.hold(account, "r1", 300_000)
+    rec = UsageRecord("r1", utc_now(), outcome="completed", cost_microusd=200_000, billed=True, reason="billed")
+    charged = await asyncio.gather(*(s.settle(rec, 200_000) for s in (first, second) for _ in range(5)))
+    assert charged == [200_000] * 10
+    assert await first.balance("alice") == (800_000, 0)
+    assert await second.ledger_check() == []
+    await first.close()
+    await second.close()
