@@ -34,6 +34,7 @@ from relayproxy.gateway.handler import Gateway
 from relayproxy.gateway.opening import Answer
 from relayproxy.keys import display_prefix, hash_key, new_key, new_key_id
 from relayproxy.server.listener import Server, ServerLimits
+from relayproxy.store.backends import open_store_for
 from relayproxy.store.facade import Store
 from relayproxy.upstream import Pool
 
@@ -129,7 +130,7 @@ async def _startup_once(store: Store, config: Config) -> None:
 
 async def prepare_service(config: Config) -> None:
     """The once-per-service start-up, on its own store connection (the supervisor's)."""
-    store = await Store.open(config.server.database)
+    store = await open_store_for(config)
     try:
         await _startup_once(store, config)
     finally:
@@ -174,7 +175,7 @@ async def run_gateway(
     """
     outside = asyncio.all_tasks()  # the caller's tasks: not ours to wait for when stopping
     log.info("event loop: %s", type(asyncio.get_running_loop()).__module__.split(".")[0])
-    store = await Store.open(config.server.database)
+    store = await open_store_for(config)
     pool = Pool()
     try:
         if startup:

@@ -1,4 +1,4 @@
-"""The `relayproxy` command line: serve, keys, usage, credits, ledger, models, --version."""
+"""The `relayproxy` command line: serve, keys, usage, credits, ledger, models, migrate, db copy, --version."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import asyncio
 import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -16,6 +17,8 @@ from relayproxy.app import create_key, run, run_gateway
 from relayproxy.billing.pricing import format_usd, parse_usd, price_list
 from relayproxy.config.settings import Config, ConfigError, load_config, parse_listen
 from relayproxy.errors import StoreError
+from relayproxy.store.backends import is_url, open_store, open_store_for
+from relayproxy.store.copy import copy_store
 from relayproxy.store.facade import Store
 from relayproxy.telemetry.logsetup import configure_logging
 from relayproxy.workers import serve_workers
@@ -75,7 +78,43 @@ def _parser() -> argparse.ArgumentParser:
     usage.add_argument("--json", action="store_true")
     usage.set_defaults(func=_run(_usage))
     _add_money_commands(sub, common)
+    _add_db_commands(sub, common)
     return parser
+
+
+def _add_db_commands(sub: Any, common: argparse.ArgumentParser) -> None:
+    migrate = sub.add_parser("migrate", parents=[common], help="create or upgrade the store's schema, then exit")
+    migrate.set_defaults(func=_run(_migrate))
+    db = sub.add_parser("db", parents=[common], help="the store as a whole").add_subparsers(title="db commands")
+    copy = db.add_parser("copy", parents=[common], help="copy the configured store into an empty one at URL")
+    copy.add_argument("--to", required=True, metavar="URL", help="a SQLite path or a postgresql:// URL")
+    copy.set_defaults(func=_db_copy)
+
+
+async def _migrate(store: Store, args: argparse.Namespace) -> int:
+    _out("schema up to date")  # opening the store migrated it (under the backend's lock)
+    return 0
+
+
+def _db_copy(config: Config, args: argparse.Namespace) -> int:
+    target_url = args.to if is_url(args.to) else Path(args.to).resolve()
+
+    async def go() -> int:
+        source = await open_store_for(config)
+        try:
+            s = config.server
+            target = await open_store(target_url, pool_size=2, password_env=s.database_password_env)
+            try:
+                counts = await copy_store(source, target)
+            finally:
+                await target.close()
+        finally:
+            await source.close()
+        _out(", ".join(f"{table}: {n}" for table, n in counts.items()))
+        _out("db copy: done; ledger check ok on both")
+        return 0
+
+    return asyncio.run(go())
 
 
 def _serve(config: Config, args: argparse.Namespace) -> int:
@@ -102,7 +141,7 @@ def _run(
 
     def run(config: Config, args: argparse.Namespace) -> int:
         async def go() -> int:
-            store = await Store.open(config.server.database)
+            store = await open_store_for(config)
             try:
                 return await fn(store, args)
             finally:

@@ -6,3 +6,27 @@ from hypothesis import HealthCheck, settings
 # slow example into a failure.
 settings.register_profile("relayproxy", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("relayproxy")
+
+from collections.abc import Iterator  # noqa: E402
+
+import pytest  # noqa: E402
+
+from tests.pgcluster import PgCluster, pg_bindir  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PgCluster]:
+    """One throwaway PostgreSQL for the session (skipped when no PostgreSQL is installed)."""
+    bindir = pg_bindir()
+    if bindir is None:
+        pytest.skip("PostgreSQL binaries not found (apt-get install postgresql): PostgreSQL backend tests skipped")
+    cluster = PgCluster(bindir)
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def pg_url(pg_cluster: PgCluster) -> str:
+    """The URL of a fresh, empty PostgreSQL database for one test."""
+    return pg_cluster.new_database()

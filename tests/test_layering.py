@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "relayproxy"
 CONTRACTS = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
 PURE = next(c for c in CONTRACTS if c["type"] == "forbidden")["source_modules"]
-FORBIDDEN = {"asyncio", "socket", "ssl", "h11", "aiosqlite", "sqlite3", "logging", "stripe"}
+FORBIDDEN = {"asyncio", "socket", "ssl", "h11", "aiosqlite", "sqlite3", "asyncpg", "logging", "stripe"}
 
 
 def module_name(path: Path) -> str:

@@ -42,8 +42,11 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8080
     workers: int = 1
-    database: Path = Path("relayproxy.db")
+    database: Path | str = Path("relayproxy.db")  # a SQLite path, or a postgresql:// URL (a str)
     event_loop: str = "auto"  # auto (uvloop when installed) | uvloop | asyncio
+    database_password_env: str = "PGPASSWORD"
+    database_pool_size: int = 10
+    hold_lease_s: float = 15.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,12 +192,25 @@ def parse_listen(value: str, where: str = "[server] listen") -> tuple[str, int]:
 
 
 def _server(t: dict[str, Any], base: Path) -> ServerConfig:
-    _check_keys(t, "server", {"listen", "workers", "database", "event_loop"})
+    _check_keys(
+        t,
+        "server",
+        {"listen", "workers", "database", "event_loop", "database_password_env", "database_pool_size", "hold_lease_s"},
+    )
     host, port = parse_listen(_get(t, "server", "listen", str, "127.0.0.1:8080"))
     workers = _get(t, "server", "workers", int, 1)
     if workers < 1:
         raise ConfigError(f"[server] workers: must be 1 or more, got {workers}")
-    db = Path(_get(t, "server", "database", str, "relayproxy.db"))
+    db_text = _get(t, "server", "database", str, "relayproxy.db")
+    pool_size = _get(t, "server", "database_pool_size", int, 10)
+    if pool_size < 1:
+        raise ConfigError(f"[server] database_pool_size: must be 1 or more, got {pool_size}")
+    lease = _get(t, "server", "hold_lease_s", float, 15.0)
+    if not 1 <= lease <= 3600:
+        raise ConfigError(f"[server] hold_lease_s: must be between 1 and 3600 seconds, got {lease}")
+    db: Path | str = db_text if db_text.startswith(("postgresql://", "postgres://")) else Path(db_text)
+    if isinstance(db, Path) and not db.is_absolute():
+        db = base / db
     event_loop = _get(t, "server", "event_loop", str, "auto")
     if event_loop not in EVENT_LOOPS:
         raise ConfigError(f"[server] event_loop: must be one of {', '.join(EVENT_LOOPS)}, got {event_loop!r}")
@@ -204,8 +220,11 @@ def _server(t: dict[str, Any], base: Path) -> ServerConfig:
         host=host,
         port=port,
         workers=workers,
-        database=db if db.is_absolute() else base / db,
+        database=db,
         event_loop=event_loop,
+        database_password_env=_get(t, "server", "database_password_env", str, "PGPASSWORD"),
+        database_pool_size=pool_size,
+        hold_lease_s=float(lease),
     )
 
 

@@ -339,6 +339,18 @@ class Store:
         """The invariant, on one consistent snapshot: [] when the ledger and balances agree."""
         return await self._read(ledger.check)
 
+    # -- whole tables (``db copy``) ---------------------------------------------------------------
+
+    async def export_rows(self, table: str, columns: tuple[str, ...]) -> list[tuple[Any, ...]]:
+        """Every row of ``table`` (a name from store/copy.py, never user input), in key order."""
+        return [tuple(row) for row in await self._all(f"SELECT {','.join(columns)} FROM {table} ORDER BY 1")]
+
+    async def import_rows(self, table: str, columns: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
+        """Insert ``rows`` into ``table`` as they are, in one transaction."""
+        sql = f"INSERT INTO {table}({','.join(columns)}) VALUES ({','.join('?' * len(columns))})"
+
+        await self._commits.run(lambda conn: conn.executemany(sql, rows), durable=True)
+
 
 @dataclass(frozen=True, slots=True)
 class Admission:
@@ -371,7 +383,7 @@ async def _settle_txn(db: aiosqlite.Connection, rec: UsageRecord, charge: int, n
         await ledger.release(db, rec.request_id, now)
         return int(done[0])
     charged = await ledger.settle_hold(db, rec.request_id, charge, now)
-    await _insert_usage(db, _as_charged(rec, charge, charged))
+    await _insert_usage(db, as_charged(rec, charge, charged))
     return charged or 0
 
 
@@ -392,7 +404,7 @@ async def _insert_usage(db: aiosqlite.Connection, rec: UsageRecord) -> None:
     await db.execute(_INSERT_USAGE, [getattr(rec, f) for f in _USAGE_FIELDS])
 
 
-def _as_charged(rec: UsageRecord, asked: int, charged: int | None) -> UsageRecord:
+def as_charged(rec: UsageRecord, asked: int, charged: int | None) -> UsageRecord:
     """The record as stored: its cost is what was really charged."""
     got = charged or 0
     if got == asked:

@@ -321,12 +321,12 @@ async def check(db: aiosqlite.Connection) -> list[str]:
     )
     async with db.execute(sql) as cur:
         for _, name, balance, held, entries_balance, entries_held, open_holds, refunds in await cur.fetchall():
-            problems += _account_problems(name, balance, held, entries_balance, entries_held, open_holds, refunds)
+            problems += account_problems(name, balance, held, entries_balance, entries_held, open_holds, refunds)
     problems += await _request_problems(db)
     return problems
 
 
-def _account_problems(name: str, *values: int) -> list[str]:
+def account_problems(name: str, *values: int) -> list[str]:
     balance, held, entries_balance, entries_held, open_holds, refunds = values
     out = []
     if balance != entries_balance:

@@ -17,23 +17,27 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
 
 from relayproxy import cli
 from relayproxy.billing.pricing import Booking, price_list
 from relayproxy.config.settings import load_config
 from relayproxy.errors import StoreError
 from relayproxy.records import UsageRecord
+from relayproxy.store.backends import open_store
 from relayproxy.store.facade import Store, utc_iso, utc_now
 from relayproxy.store.ledger import Owner, _process_start
+from relayproxy.store.postgres import PgStore
+from tests.pgcluster import PgCluster
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
@@ -43,9 +47,13 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    s = await Store.open(tmp_path / "relay.db")
+@pytest.fixture(params=["sqlite", "postgres"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    """The store on each backend: SQLite in a temp file, PostgreSQL in a fresh database."""
+    if request.param == "postgres":
+        s = await open_store(request.getfixturevalue("pg_url"), lease_s=2)
+    else:
+        s = await open_store(tmp_path / "relay.db")
     yield s
     assert await s.ledger_check() == []
     await s.close()
@@ -61,11 +69,28 @@ async def funded(store: Store, usd_micro: int = 1_000_000, name: str = "alice") 
     return await store.ensure_account(name)
 
 
-def entries(db: Path, where: str = "1", args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    with sqlite3.connect(db) as conn:
-        return conn.execute(
-            f"SELECT kind, amount_microusd, business_key FROM ledger WHERE {where} ORDER BY seq", args
-        ).fetchall()
+async def sql(store: Store, tmp_path: Path, statement: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Run ``statement`` (``?`` placeholders) directly on the store's database, beside the store."""
+    if isinstance(store, PgStore):
+        parts = statement.split("?")
+        statement = parts[0] + "".join(f"${i}{part}" for i, part in enumerate(parts[1:], 1))
+        async with store._pool.acquire() as conn:
+            return [tuple(row) for row in await conn.fetch(statement, *args)]
+    with sqlite3.connect(tmp_path / "relay.db") as conn:
+        return conn.execute(statement, args).fetchall()
+
+
+def _database_of(store: Store, tmp_path: Path) -> str:
+    """What ``open_store`` opens for another process on the same database as ``store``."""
+    return store.url if isinstance(store, PgStore) else str(tmp_path / "relay.db")
+
+
+async def entries(
+    store: Store, tmp_path: Path, where: str = "true", args: tuple[Any, ...] = ()
+) -> list[tuple[Any, ...]]:
+    return await sql(
+        store, tmp_path, f"SELECT kind, amount_microusd, business_key FROM ledger WHERE {where} ORDER BY seq", args
+    )
 
 
 # -- holds and settlement -------------------------------------------------------------------------
@@ -78,7 +103,7 @@ async def test_hold_then_settle_charges_the_actual_and_releases_the_rest(store: 
     assert await store.balance("alice") == (1_000_000, 300_000)
     assert await store.settle(record("r1", 120_000), 120_000) == 120_000
     assert await store.balance("alice") == (880_000, 0)
-    assert entries(tmp_path / "relay.db", "request_id = ?", ("r1",)) == [
+    assert await entries(store, tmp_path, "request_id = ?", ("r1",)) == [
         ("hold", 300_000, "req:r1:hold"),
         ("charge", 120_000, "req:r1:charge"),
         ("release", 180_000, "req:r1:release"),
@@ -141,7 +166,7 @@ async def test_hold_refuses_what_is_not_covered(store: Store, tmp_path: Path) ->
     assert await store.hold(account, "exact", 100)
     assert not await store.hold(account, "zero-but-nothing-left", 1)
     assert not await store.hold(9999, "no-such-account", 0)
-    assert entries(tmp_path / "relay.db", "kind = 'hold'") == [("hold", 100, "req:exact:hold")]
+    assert await entries(store, tmp_path, "kind = 'hold'") == [("hold", 100, "req:exact:hold")]
     await store.release("exact")
 
 
@@ -225,21 +250,20 @@ async def test_admit_over_the_abort_cap_holds_nothing(store: Store) -> None:
 @pytest.mark.anyio
 async def test_ledger_is_append_only(store: Store, tmp_path: Path) -> None:
     await funded(store)
-    with sqlite3.connect(tmp_path / "relay.db") as conn, pytest.raises(sqlite3.IntegrityError, match="append-only"):
-        conn.execute("UPDATE ledger SET amount_microusd = 0")
-    with sqlite3.connect(tmp_path / "relay.db") as conn, pytest.raises(sqlite3.IntegrityError, match="append-only"):
-        conn.execute("DELETE FROM ledger")
+    refused = (sqlite3.IntegrityError, asyncpg.RaiseError)
+    with pytest.raises(refused, match="append-only"):
+        await sql(store, tmp_path, "UPDATE ledger SET amount_microusd = 0")
+    with pytest.raises(refused, match="append-only"):
+        await sql(store, tmp_path, "DELETE FROM ledger")
 
 
 @pytest.mark.anyio
-async def test_ledger_check_lists_every_broken_rule(tmp_path: Path) -> None:
-    s = await Store.open(tmp_path / "relay.db")
-    account = await funded(s)
-    await s.hold(account, "r1", 10_000)
-    with sqlite3.connect(tmp_path / "relay.db") as conn:
-        conn.execute("UPDATE accounts SET balance_microusd = 5, held_microusd = 7")
-    problems = await s.ledger_check()
-    await s.close()
+async def test_ledger_check_lists_every_broken_rule(store: Store, tmp_path: Path) -> None:
+    account = await funded(store)
+    await store.hold(account, "r1", 10_000)
+    await sql(store, tmp_path, "UPDATE accounts SET balance_microusd = 5, held_microusd = 7")
+    problems = await store.ledger_check()
+    await sql(store, tmp_path, "UPDATE accounts SET balance_microusd = 1000000, held_microusd = 10000")
     assert problems == [
         "account alice: balance_microusd 5 != sum of entries 1000000",
         "account alice: held_microusd 7 != sum of open holds 10000",
@@ -347,10 +371,10 @@ async def test_sweep_releases_holds_of_an_earlier_store_in_this_process(tmp_path
 
 HOLDER_CHILD = """
 import asyncio, sys
-from relayproxy.store.facade import Store
+from relayproxy.store.backends import open_store
 
 async def main(db):
-    store = await Store.open(db)
+    store = await open_store(db, lease_s=2)
     account = await store.ensure_account("alice")
     print(await store.hold(account, "live-1", 100_000), flush=True)
     await asyncio.to_thread(sys.stdin.readline)  # a request in flight until told otherwise
@@ -362,7 +386,8 @@ asyncio.run(main(sys.argv[1]))
 @pytest.mark.anyio
 async def test_sweep_leaves_live_workers_alone_and_releases_dead_ones(store: Store, tmp_path: Path) -> None:
     await funded(store)
-    child = spawn(HOLDER_CHILD, tmp_path / "relay.db")
+    on_pg = isinstance(store, PgStore)
+    child = spawn(HOLDER_CHILD, _database_of(store, tmp_path))
     assert child.stdout is not None and child.stdout.readline().strip() == "True"
     assert await store.release_orphan_holds() == 0  # another worker starting must not free it
     assert await store.balance("alice") == (1_000_000, 100_000)
@@ -370,7 +395,13 @@ async def test_sweep_leaves_live_workers_alone_and_releases_dead_ones(store: Sto
     child.stdin.write("done\n")
     child.stdin.flush()
     await asyncio.to_thread(os.waitid, os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)  # a zombie: exited, not reaped
-    assert await store.release_orphan_holds() == 1
+    if on_pg:  # its lease (2 s) runs out; this store's housekeeping then releases the hold by itself
+        for _ in range(50):
+            if await store.balance("alice") == (1_000_000, 0):
+                break
+            await asyncio.sleep(0.2)
+    else:
+        assert await store.release_orphan_holds() == 1
     assert await store.balance("alice") == (1_000_000, 0)
     reap(child)
 
@@ -497,14 +528,19 @@ ACCOUNTS = ("a", "b")
 class LedgerMachine(RuleBasedStateMachine):
     """Random grants, top-ups, duplicate webhooks, holds, settlements, releases, refunds and
     crash-restarts against a model; the invariant and the model's balances hold after every step
-    (hardening case 33)."""
+    (hardening case 33). On SQLite by default; ``new_database`` set: on a fresh PostgreSQL
+    database per example."""
+
+    new_database: Callable[[], str] | None = None
 
     def __init__(self) -> None:
         super().__init__()
         self.tmp = tempfile.TemporaryDirectory()
-        self.path = Path(self.tmp.name) / "ledger.db"
+        self.path: str | Path = (
+            type(self).new_database() if type(self).new_database else Path(self.tmp.name) / "ledger.db"  # type: ignore[misc]
+        )
         self.runner = asyncio.Runner()
-        self.store = self.run(Store.open(self.path))
+        self.store = self.run(open_store(self.path))
         self.ids = {
             name: self.run(self.store.grant(name, 1, "")) and self.run(self.store.ensure_account(name))
             for name in ACCOUNTS
@@ -611,7 +647,10 @@ class LedgerMachine(RuleBasedStateMachine):
     @rule()
     def crash_restart(self) -> None:
         self.run(self.store.close())
-        self.store = self.run(Store.open(self.path))
+        self.store = self.run(open_store(self.path))
+        if isinstance(self.store, PgStore):  # the dead store's lease has run out (as if lease_s had passed)
+            self.run(sql(self.store, Path(), "UPDATE leases SET expires_at = now() - interval '1 s'"))
+            self.run(self.store._renew())  # this store's own lease stays live
         assert self.run(self.store.release_orphan_holds()) == len(self.holds)
         self.holds.clear()
         self.held = dict.fromkeys(ACCOUNTS, 0)
@@ -625,6 +664,13 @@ class LedgerMachine(RuleBasedStateMachine):
 
 TestLedgerMachine = LedgerMachine.TestCase
 TestLedgerMachine.settings = settings(max_examples=40, stateful_step_count=30, deadline=None)
+
+
+def test_ledger_machine_on_postgres(pg_cluster: PgCluster) -> None:
+    class OnPostgres(LedgerMachine):
+        new_database = staticmethod(pg_cluster.new_database)
+
+    run_state_machine_as_test(OnPostgres, settings=settings(max_examples=25, stateful_step_count=30, deadline=None))
 
 
 @pytest.mark.slow

@@ -1,0 +1,186 @@
+"""The PostgreSQL ledger's statements: they run inside a transaction the caller (postgres.py) opened.
+
+The same rules as ledger.py's for SQLite (its docstring has the theory): guarded holds, business
+keys that make every replay a no-op, and rows locked in one order: a hold row before its account.
+"""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import fields
+from typing import Any, TypeAlias
+
+from relayproxy.records import Principal, UsageRecord
+from relayproxy.store.facade import as_charged, utc_now
+from relayproxy.store.ledger import account_problems
+
+_Conn: TypeAlias = Any  # asyncpg.Connection (asyncpg ships no type hints)
+
+USAGE_FIELDS = tuple(f.name for f in fields(UsageRecord))
+INSERT_USAGE_SQL = (
+    f"INSERT INTO usage({','.join(USAGE_FIELDS)}) VALUES ({','.join(f'${i + 1}' for i in range(len(USAGE_FIELDS)))})"
+    " ON CONFLICT (request_id) DO NOTHING"
+)
+
+
+async def principal(c: _Conn, key_hash: bytes, aborts_since: str | None) -> Principal | None:
+    row = await c.fetchrow(
+        "SELECT k.hash, k.revoked_at, a.id, a.name, k.id, (SELECT COUNT(*) FROM usage u"
+        " WHERE u.key_id = k.id AND u.created_at >= $1 AND u.outcome = 'client_disconnected')"
+        " FROM api_keys k JOIN accounts a ON a.id = k.account_id WHERE k.hash = $2",
+        aborts_since or "9999",
+        key_hash,
+    )
+    if row is None:
+        return None
+    stored, revoked, account_id, account, key_id, aborts = row
+    if revoked is not None or not hmac.compare_digest(bytes(stored), key_hash):
+        return None
+    return Principal(int(account_id), str(account), str(key_id), int(aborts))
+
+
+async def ensure_account(c: _Conn, name: str) -> int:
+    await c.execute(
+        "INSERT INTO accounts(name, created_at) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING", name, utc_now()
+    )
+    return int(await c.fetchval("SELECT id FROM accounts WHERE name = $1", name))
+
+
+async def insert_usage(c: _Conn, rec: UsageRecord) -> bool:
+    status = await c.execute(INSERT_USAGE_SQL, *[getattr(rec, f) for f in USAGE_FIELDS])
+    return bool(status == "INSERT 0 1")
+
+
+async def entry(
+    c: _Conn,
+    account_id: int,
+    kind: str,
+    amount: int,
+    key: str,
+    now: str,
+    *,
+    request_id: str | None = None,
+    payment_ref: str | None = None,
+    note: str = "",
+) -> bool:
+    status = await c.execute(
+        "INSERT INTO ledger(account_id, kind, amount_microusd, business_key, request_id, payment_ref, note,"
+        " created_at) VALUES ($1,$2,$3,$4,$5,$6,$7,$8) ON CONFLICT DO NOTHING",
+        account_id,
+        kind,
+        amount,
+        key,
+        request_id,
+        payment_ref,
+        note,
+        now,
+    )
+    return bool(status == "INSERT 0 1")
+
+
+async def move(c: _Conn, account_id: int, balance: int, held: int) -> None:
+    await c.execute(
+        "UPDATE accounts SET balance_microusd = balance_microusd + $1, held_microusd = held_microusd + $2"
+        " WHERE id = $3",
+        balance,
+        held,
+        account_id,
+    )
+
+
+async def new_event(c: _Conn, event_id: str, event_type: str, now: str) -> bool:
+    status = await c.execute(
+        "INSERT INTO stripe_events(event_id, type, received_at) VALUES ($1,$2,$3) ON CONFLICT DO NOTHING",
+        event_id,
+        event_type,
+        now,
+    )
+    return bool(status == "INSERT 0 1")
+
+
+async def hold(c: _Conn, account_id: int, request_id: str, amount: int, owner: str, now: str) -> bool:
+    if await c.fetchval("SELECT 1 FROM ledger WHERE business_key = $1", f"req:{request_id}:hold"):
+        return bool(await c.fetchval("SELECT 1 FROM holds WHERE request_id = $1", request_id))
+    row = await c.fetchrow(
+        "UPDATE accounts SET held_microusd = held_microusd + $1"
+        " WHERE id = $2 AND balance_microusd - held_microusd >= $1 RETURNING held_microusd",
+        amount,
+        account_id,
+    )
+    if row is None:
+        return False
+    await entry(c, account_id, "hold", amount, f"req:{request_id}:hold", now, request_id=request_id)
+    await c.execute(
+        "INSERT INTO holds(request_id, account_id, amount_microusd, owner, created_at) VALUES ($1,$2,$3,$4,$5)",
+        request_id,
+        account_id,
+        amount,
+        owner,
+        now,
+    )
+    return True
+
+
+async def settle_hold(c: _Conn, request_id: str, charge: int, now: str) -> int | None:
+    """Claim the hold row first (then the account row: the one lock order), charge, release."""
+    row = await c.fetchrow("DELETE FROM holds WHERE request_id = $1 RETURNING account_id, amount_microusd", request_id)
+    if row is None:
+        return None
+    account_id, held = int(row[0]), int(row[1])
+    charged = min(max(charge, 0), held)
+    if charged:
+        await entry(c, account_id, "charge", charged, f"req:{request_id}:charge", now, request_id=request_id)
+    if held - charged:
+        await entry(c, account_id, "release", held - charged, f"req:{request_id}:release", now, request_id=request_id)
+    await move(c, account_id, -charged, -held)
+    return charged
+
+
+async def release(c: _Conn, request_id: str, now: str) -> int | None:
+    row = await c.fetchrow("SELECT amount_microusd FROM holds WHERE request_id = $1", request_id)
+    if row is None or await settle_hold(c, request_id, 0, now) is None:
+        return None
+    return int(row[0])
+
+
+async def settle(c: _Conn, rec: UsageRecord, charge: int, now: str) -> int:
+    done = await c.fetchval("SELECT cost_microusd FROM usage WHERE request_id = $1", rec.request_id)
+    if done is not None:
+        await release(c, rec.request_id, now)
+        return int(done)
+    charged = await settle_hold(c, rec.request_id, charge, now)
+    if not await insert_usage(c, as_charged(rec, charge, charged)):  # a concurrent replay settled it first
+        return int(await c.fetchval("SELECT cost_microusd FROM usage WHERE request_id = $1", rec.request_id))
+    return charged or 0
+
+
+BALANCE_EFFECT = (
+    "CASE kind WHEN 'grant' THEN 1 WHEN 'topup' THEN 1 WHEN 'charge' THEN -1 WHEN 'refund' THEN -1 ELSE 0 END"
+)
+HELD_EFFECT = "CASE kind WHEN 'hold' THEN 1 WHEN 'release' THEN -1 WHEN 'charge' THEN -1 ELSE 0 END"
+
+
+async def check(c: _Conn) -> list[str]:
+    problems: list[str] = []
+    rows = await c.fetch(
+        f"SELECT a.name, a.balance_microusd, a.held_microusd,"
+        f" (SELECT COALESCE(SUM(amount_microusd * {BALANCE_EFFECT}), 0) FROM ledger WHERE account_id = a.id),"
+        f" (SELECT COALESCE(SUM(amount_microusd * {HELD_EFFECT}), 0) FROM ledger WHERE account_id = a.id),"
+        f" (SELECT COALESCE(SUM(amount_microusd), 0) FROM holds WHERE account_id = a.id),"
+        f" (SELECT COUNT(*) FROM ledger WHERE account_id = a.id AND kind = 'refund')"
+        f" FROM accounts a ORDER BY a.id"
+    )
+    for name, *values in rows:
+        problems += account_problems(name, *(int(v) for v in values))
+    rows = await c.fetch(
+        "SELECT l.request_id, SUM(CASE kind WHEN 'hold' THEN amount_microusd ELSE 0 END),"
+        " SUM(CASE WHEN kind IN ('charge', 'release') THEN amount_microusd ELSE 0 END),"
+        " COALESCE((SELECT amount_microusd FROM holds h WHERE h.request_id = l.request_id), 0)"
+        " FROM ledger l WHERE l.request_id IS NOT NULL GROUP BY l.request_id"
+    )
+    problems += [
+        f"request {rid}: held {held}, settled {settled}, still open {still_open}"
+        for rid, held, settled, still_open in rows
+        if held != settled + still_open
+    ]
+    return problems

@@ -1,0 +1,428 @@
+"""The PostgreSQL backend of the store (asyncpg): the same interface and ledger rules as SQLite's.
+
+Every store call is one transaction on a connection of this process's pool (``pool_size``,
+plus one connection for the lease housekeeping). Each connection runs with a
+``statement_timeout`` and an ``idle_in_transaction_session_timeout``, so a stuck or abandoned
+transaction cannot keep a row lock; every money transaction runs in a task shielded from the
+caller's cancellation, so it always commits or rolls back whole.
+
+Ledger rules across processes and machines. Admission reserves credit with one guarded
+``UPDATE accounts … WHERE balance - held >= $h`` in the same transaction that reads the key (so
+revocation is instant); settlement is one transaction that first claims the hold row
+(``DELETE … RETURNING``: a replay finds nothing and changes nothing) and then the account row,
+the one order every transaction locks rows in. Stripe events are exactly-once through the
+``stripe_events`` primary key and the ledger's unique business keys (``ON CONFLICT DO NOTHING``).
+
+Holds belong to an owner (one opened store) with a row in ``leases`` that the store renews every
+third of ``lease_s``; any live store releases (never bills) the holds of owners whose lease has
+expired, so the holds of a dead process are freed within about two lease times.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeAlias, TypeVar
+
+import asyncpg
+
+from relayproxy.billing.pricing import Booking
+from relayproxy.errors import StoreError
+from relayproxy.records import KeyInfo, Principal, UsageRecord
+from relayproxy.store import pg_ledger as q
+from relayproxy.store import pg_schema
+from relayproxy.store.facade import Admission, Store, utc_iso, utc_now
+
+__all__ = ["PgStore", "is_url"]
+
+T = TypeVar("T")
+log = logging.getLogger("relayproxy.store")
+
+_SERVER_SETTINGS = {"statement_timeout": "10000", "idle_in_transaction_session_timeout": "15000"}
+_Conn: TypeAlias = Any  # asyncpg.Connection (asyncpg ships no type hints)
+Txn = Callable[[_Conn], Awaitable[T]]
+
+
+def is_url(database: str | Path) -> bool:
+    return isinstance(database, str) and database.startswith(("postgresql://", "postgres://"))
+
+
+def _password(env: str) -> str | None:
+    """The password from ``env`` or a systemd credential of that name; None: asyncpg's own
+    lookup (PGPASSWORD, ~/.pgpass) applies."""
+    if env in os.environ:
+        return os.environ[env]
+    creds = os.environ.get("CREDENTIALS_DIRECTORY")
+    if creds and (Path(creds) / env).is_file():
+        return (Path(creds) / env).read_text().strip()
+    return None
+
+
+class PgStore(Store):
+    """The store over one PostgreSQL database; see the module docstring."""
+
+    def __init__(self, pool: asyncpg.Pool, url: str, lease_s: float) -> None:  # no SQLite state: no super()
+        self._pool = pool
+        self.url = url  # for another process to open the same database (never holds a password)
+        self._lease_s = lease_s
+        self._owner_id = uuid.uuid4().hex
+        self._pending: set[asyncio.Task[Any]] = set()
+        self._keeper: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def connect(
+        cls, url: str, *, pool_size: int = 10, lease_s: float = 15.0, password_env: str = "PGPASSWORD"
+    ) -> PgStore:
+        try:
+            pool = await asyncpg.create_pool(
+                url,
+                password=_password(password_env),
+                min_size=1,
+                max_size=pool_size + 1,  # one for the lease housekeeping
+                server_settings=_SERVER_SETTINGS,
+                command_timeout=30,
+            )
+        except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
+            raise StoreError(f"cannot open database {_redact(url)}: {exc}") from exc
+        store = cls(pool, url, lease_s)
+        try:
+            await store._run(pg_schema.migrate)
+            await store._renew()
+        except StoreError:
+            await pool.close()
+            raise
+        store._keeper = asyncio.get_running_loop().create_task(store._keep_lease())
+        return store
+
+    async def close(self) -> None:
+        await self.flush()
+        if self._keeper is not None:
+            self._keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._keeper
+        with contextlib.suppress(Exception):
+            await self._run(
+                lambda c: c.execute(
+                    "DELETE FROM leases WHERE owner = $1 AND NOT EXISTS (SELECT 1 FROM holds WHERE owner = $1)",
+                    self._owner_id,
+                )
+            )
+        await self._pool.close()
+
+    async def flush(self) -> None:
+        while self._pending:
+            await asyncio.gather(*self._pending, return_exceptions=True)
+
+    async def ping(self) -> bool:
+        try:
+            await self._run(lambda c: c.fetchval("SELECT 1"))
+        except StoreError:
+            return False
+        return True
+
+    # -- running transactions --------------------------------------------------------------------
+
+    async def _run(self, txn: Txn[T]) -> T:
+        """``txn`` as one transaction on a pooled connection; StoreError when the database fails."""
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                return await txn(conn)
+        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StoreError(f"database error: {exc}") from exc
+
+    def _spawn(self, txn: Txn[T]) -> asyncio.Task[T]:
+        task = asyncio.get_running_loop().create_task(self._run(txn))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+        return task
+
+    async def _money(self, txn: Txn[T]) -> T:
+        """A money transaction: runs to its end even when the caller is cancelled."""
+        return await asyncio.shield(self._spawn(txn))
+
+    async def _all(self, sql: str, args: Any = ()) -> list[Any]:
+        return await self._run(lambda c: c.fetch(sql, *args))
+
+    # -- accounts and keys ----------------------------------------------------------------------
+
+    async def account_count(self) -> int:
+        return int(await self._run(lambda c: c.fetchval("SELECT COUNT(*) FROM accounts")))
+
+    async def ensure_account(self, name: str) -> int:
+        return await self._run(lambda c: q.ensure_account(c, name))
+
+    async def add_key(self, account: str, key_id: str, prefix: str, key_hash: bytes, label: str) -> KeyInfo:
+        created = utc_now()
+
+        async def txn(c: _Conn) -> None:
+            account_id = await q.ensure_account(c, account)
+            await c.execute(
+                "INSERT INTO api_keys(id, account_id, prefix, hash, label, created_at) VALUES ($1,$2,$3,$4,$5,$6)",
+                key_id,
+                account_id,
+                prefix,
+                key_hash,
+                label,
+                created,
+            )
+
+        await self._run(txn)
+        return KeyInfo(key_id, prefix, label, account, created, None)
+
+    async def list_keys(self, account: str | None = None) -> list[KeyInfo]:
+        sql = (
+            "SELECT k.id, k.prefix, k.label, a.name, k.created_at, k.revoked_at"
+            " FROM api_keys k JOIN accounts a ON a.id = k.account_id"
+        )
+        rows = await (
+            self._all(sql + " WHERE a.name = $1 ORDER BY k.created_at", (account,))
+            if account
+            else self._all(sql + " ORDER BY k.created_at")
+        )
+        return [KeyInfo(*row) for row in rows]
+
+    async def revoke_key(self, key_id: str) -> bool:
+        status = await self._run(
+            lambda c: c.execute(
+                "UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL", utc_now(), key_id
+            )
+        )
+        return bool(status == "UPDATE 1")
+
+    async def authenticate(self, key_hash: bytes, aborts_since: str | None = None) -> Principal | None:
+        return await self._run(lambda c: q.principal(c, key_hash, aborts_since))
+
+    async def admit(
+        self, key_hash: bytes, request_id: str, hold_microusd: int | None, *, aborts_since: str | None, abort_cap: int
+    ) -> Admission:
+        if hold_microusd is not None and hold_microusd < 0:
+            raise ValueError(f"hold amount must be 0 or more, got {hold_microusd}")
+        now = utc_now()
+
+        async def txn(c: _Conn) -> Admission:
+            principal = await q.principal(c, key_hash, aborts_since if abort_cap > 0 else None)
+            if principal is None or hold_microusd is None or 0 < abort_cap <= principal.recent_aborts:
+                return Admission(principal, None)
+            held = await q.hold(c, principal.account_id, request_id, hold_microusd, self._owner_id, now)
+            return Admission(principal, held)
+
+        return await self._money(txn)
+
+    # -- usage ------------------------------------------------------------------------------------
+
+    async def record_usage(self, rec: UsageRecord) -> None:
+        await self._run(lambda c: q.insert_usage(c, rec))
+
+    async def list_usage(self, account: str | None = None, limit: int = 50) -> list[UsageRecord]:
+        cols = ",".join(q.USAGE_FIELDS)
+        if account:
+            rows = await self._all(
+                f"SELECT {cols} FROM usage WHERE account = $1 ORDER BY seq DESC LIMIT $2", (account, limit)
+            )
+        else:
+            rows = await self._all(f"SELECT {cols} FROM usage ORDER BY seq DESC LIMIT $1", (limit,))
+        return [UsageRecord(*row) for row in rows]
+
+    async def get_usage(self, request_id: str) -> UsageRecord | None:
+        rows = await self._all(f"SELECT {','.join(q.USAGE_FIELDS)} FROM usage WHERE request_id = $1", (request_id,))
+        return UsageRecord(*rows[0]) if rows else None
+
+    async def recent_aborts(self, key_id: str, since_iso: str) -> int:
+        rows = await self._all(
+            "SELECT COUNT(*) FROM usage WHERE key_id = $1 AND created_at >= $2 AND outcome = 'client_disconnected'",
+            (key_id, since_iso),
+        )
+        return int(rows[0][0])
+
+    # -- credit -----------------------------------------------------------------------------------
+
+    async def hold(self, account_id: int, request_id: str, amount_microusd: int) -> bool:
+        if amount_microusd < 0:
+            raise ValueError(f"hold amount must be 0 or more, got {amount_microusd}")
+        now = utc_now()
+        return await self._money(lambda c: q.hold(c, account_id, request_id, amount_microusd, self._owner_id, now))
+
+    def settle_soon(self, rec: UsageRecord, charge_microusd: int) -> asyncio.Future[int]:
+        now = utc_now()
+        return self._spawn(lambda c: q.settle(c, rec, charge_microusd, now))
+
+    async def settle(self, rec: UsageRecord, charge_microusd: int) -> int:
+        now = utc_now()
+        return await self._money(lambda c: q.settle(c, rec, charge_microusd, now))
+
+    async def release(self, request_id: str) -> int:
+        now = utc_now()
+
+        async def txn(c: _Conn) -> int:
+            return await q.release(c, request_id, now) or 0
+
+        return await self._money(txn)
+
+    async def release_orphan_holds(self, stale_after_s: float | None = None) -> int:
+        """Release (never bill) holds whose owner's lease has expired (or is missing), and with
+        ``stale_after_s`` any hold older than that. Returns how many were released."""
+        stale = utc_iso(datetime.now(UTC) - timedelta(seconds=stale_after_s)) if stale_after_s is not None else ""
+        rows = await self._all(
+            "SELECT h.request_id FROM holds h LEFT JOIN leases l ON l.owner = h.owner"
+            " WHERE (h.owner <> $1 AND (l.owner IS NULL OR l.expires_at < now())) OR h.created_at < $2",
+            (self._owner_id, stale),
+        )
+        released = 0
+        for (request_id,) in rows:  # one transaction each: a concurrent sweep makes the others no-ops
+            released += await self._money(partial(q.release, request_id=str(request_id), now=utc_now())) is not None
+        return released
+
+    async def _renew(self) -> None:
+        await self._run(
+            lambda c: c.execute(
+                "INSERT INTO leases(owner, expires_at) VALUES ($1, now() + make_interval(secs => $2))"
+                " ON CONFLICT (owner) DO UPDATE SET expires_at = EXCLUDED.expires_at",
+                self._owner_id,
+                self._lease_s,
+            )
+        )
+
+    async def _keep_lease(self) -> None:
+        """Renew this store's lease and release the holds of owners whose lease ran out."""
+        while True:
+            await asyncio.sleep(self._lease_s / 3)
+            try:
+                await self._renew()
+                released = await self.release_orphan_holds()
+                if released:
+                    log.warning("released %d credit holds of a gateway whose lease expired (never billed)", released)
+                await self._run(
+                    lambda c: c.execute(
+                        "DELETE FROM leases l WHERE expires_at < now() - interval '1 hour'"
+                        " AND NOT EXISTS (SELECT 1 FROM holds h WHERE h.owner = l.owner)"
+                    )
+                )
+            except StoreError as exc:
+                log.warning("lease renewal failed: %s", exc)
+
+    async def grant(self, account: str, amount_microusd: int, note: str = "") -> int:
+        if amount_microusd <= 0:
+            raise ValueError(f"a grant must be positive, got {amount_microusd} micro-USD")
+        now = utc_now()
+
+        async def txn(c: _Conn) -> int:
+            account_id = await q.ensure_account(c, account)
+            await q.entry(c, account_id, "grant", amount_microusd, f"grant:{uuid.uuid4()}", now, note=note)
+            return int(
+                await c.fetchval(
+                    "UPDATE accounts SET balance_microusd = balance_microusd + $1 WHERE id = $2"
+                    " RETURNING balance_microusd",
+                    amount_microusd,
+                    account_id,
+                )
+            )
+
+        return await self._money(txn)
+
+    async def balance(self, account: str) -> tuple[int, int] | None:
+        rows = await self._all("SELECT balance_microusd, held_microusd FROM accounts WHERE name = $1", (account,))
+        return (int(rows[0][0]), int(rows[0][1])) if rows else None
+
+    async def credit_topup(
+        self,
+        account_id: int,
+        amount_microusd: int,
+        *,
+        event_id: str,
+        event_type: str,
+        payment_key: str,
+        payment_ref: str,
+    ) -> Booking:
+        if amount_microusd < 0:
+            raise ValueError(f"a top-up must be 0 or more, got {amount_microusd}")
+        now = utc_now()
+
+        async def txn(c: _Conn) -> Booking:
+            if not await c.fetchval("SELECT 1 FROM accounts WHERE id = $1", account_id):
+                return Booking.UNKNOWN_ACCOUNT
+            if not await q.new_event(c, event_id, event_type, now):
+                return Booking.DUPLICATE
+            if not await q.entry(
+                c, account_id, "topup", amount_microusd, payment_key, now, payment_ref=payment_ref, note=event_id
+            ):
+                raise _Duplicate  # roll the event row back too, as SQLite's caller sees it
+            await q.move(c, account_id, amount_microusd, 0)
+            return Booking.BOOKED
+
+        try:
+            return await self._money(txn)
+        except _Duplicate:
+            return Booking.DUPLICATE
+
+    async def book_refund(
+        self, payment_ref: str, refunded_total_microusd: int, *, event_id: str, event_type: str
+    ) -> Booking:
+        now = utc_now()
+
+        async def txn(c: _Conn) -> Booking:
+            topup = await c.fetchrow(
+                "SELECT account_id, amount_microusd FROM ledger WHERE kind = 'topup' AND payment_ref = $1", payment_ref
+            )
+            if topup is None:
+                return Booking.UNKNOWN_PAYMENT
+            account_id, target = int(topup[0]), min(refunded_total_microusd, int(topup[1]))
+            if not await q.new_event(c, event_id, event_type, now):
+                return Booking.DUPLICATE
+            await c.execute("SELECT 1 FROM accounts WHERE id = $1 FOR UPDATE", account_id)  # one refund at a time
+            done = await c.fetchval(
+                "SELECT COALESCE(SUM(amount_microusd), 0) FROM ledger WHERE kind = 'refund' AND payment_ref = $1",
+                payment_ref,
+            )
+            delta = target - int(done)
+            if delta <= 0:
+                return Booking.DUPLICATE
+            await q.entry(
+                c,
+                account_id,
+                "refund",
+                delta,
+                f"refund:{payment_ref}:{target}",
+                now,
+                payment_ref=payment_ref,
+                note=event_id,
+            )
+            await q.move(c, account_id, -delta, 0)
+            return Booking.BOOKED
+
+        return await self._money(txn)
+
+    async def ledger_check(self) -> list[str]:
+        async def txn(c: _Conn) -> list[str]:
+            await c.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            return await q.check(c)
+
+        return await self._run(txn)
+
+    async def export_rows(self, table: str, columns: tuple[str, ...]) -> list[tuple[Any, ...]]:
+        return [tuple(row) for row in await self._all(f"SELECT {','.join(columns)} FROM {table} ORDER BY 1")]
+
+    async def import_rows(self, table: str, columns: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
+        async def txn(c: _Conn) -> None:
+            await c.copy_records_to_table(table, records=rows, columns=list(columns))
+            sequence = await c.fetchval("SELECT pg_get_serial_sequence($1, $2)", table, columns[0])
+            if sequence is not None and rows:  # an identity column continues after the copied keys
+                await c.execute(f"SELECT setval($1, (SELECT max({columns[0]}) FROM {table}))", sequence)
+
+        await self._run(txn)
+
+
+class _Duplicate(Exception):
+    pass
+
+
+def _redact(url: str) -> str:
+    scheme, _, rest = url.partition("://")
+    creds, at, host = rest.rpartition("@")
+    return f"{scheme}://{creds.split(':')[0]}@{host}" if at else url
