@@ -7,6 +7,7 @@ import asyncio
 import json
 import signal
 import socket
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -19,7 +20,14 @@ from relayproxy.records import UsageRecord
 from relayproxy.store.backends import open_store
 from relayproxy.store.copy import TABLES, copy_store
 from relayproxy.store.facade import Store, utc_now
-from tests.integration.procs import DripUpstream, GatewayProcess, run_cli, start_gateway, write_config
+from tests.integration.procs import (
+    DripUpstream,
+    GatewayProcess,
+    run_cli,
+    start_gateway,
+    stream_in_thread,
+    write_config,
+)
 
 
 @pytest.fixture
@@ -134,13 +142,17 @@ def test_cli_migrate_and_db_copy(tmp_path: Path, pg_url: str, capsys: pytest.Cap
 PRICED = "drip-100-0"
 
 
-def _two_gateways(tmp_path: Path, upstream: DripUpstream, pg_url: str) -> tuple[list[GatewayProcess], str]:
+def _two_gateways(
+    tmp_path: Path, upstream: DripUpstream, pg_url: str, models: tuple[str, ...] = ()
+) -> tuple[list[GatewayProcess], str]:
     gateways, key = [], ""
     for name in ("a", "b"):
         home = tmp_path / name
         home.mkdir()
         config = home / "config.toml"
-        write_config(config, upstream.port, [], billing={"discount": 0.5}, limits={"per_key_concurrency": 1000})
+        write_config(
+            config, upstream.port, list(models), billing={"discount": 0.5}, limits={"per_key_concurrency": 1000}
+        )
         text = config.read_text().replace('database = "relay.db"', f'database = "{pg_url}"\nhold_lease_s = 3')
         config.write_text(
             text
@@ -245,3 +257,31 @@ async def test_concurrent_settlements_of_one_request_charge_once(pg_url: str) ->
     assert await second.ledger_check() == []
     await first.close()
     await second.close()
+
+
+def test_kill_9_of_one_gateway_the_other_releases_its_holds_within_the_lease(tmp_path: Path, pg_url: str) -> None:
+    with DripUpstream() as upstream:
+        gateways, key = _two_gateways(tmp_path, upstream, pg_url, ("drip-1000-50",))
+        a, b = gateways
+        try:
+            streams = [stream_in_thread(a.port, key, "drip-1000-50") for _ in range(10)]
+            for _, result in streams:
+                assert result.started.wait(20) and result.status == 200
+            config = tmp_path / "b" / "config.toml"
+            held = json.loads(run_cli(config, "credits", "show", "--account", "shared", "--json").stdout)
+            assert held["held_microusd"] > 0
+            a.signal(signal.SIGKILL)
+            a.wait(10)
+            deadline = time.monotonic() + 2 * 3 + 10  # 2 x hold_lease_s, plus slack for a loaded machine
+            while time.monotonic() < deadline:
+                shown = json.loads(run_cli(config, "credits", "show", "--account", "shared", "--json").stdout)
+                if shown["held_microusd"] == 0:
+                    break
+                time.sleep(0.5)
+            assert shown == {"account": "shared", "balance_microusd": 2_000_000, "held_microusd": 0}
+            assert "released 10 credit holds" in b.log_text()
+            checked = run_cli(config, "ledger", "check")
+            assert checked.returncode == 0, checked.stdout
+        finally:
+            for gw in gateways:
+                gw.close()
