@@ -142,13 +142,17 @@ def test_cli_migrate_and_db_copy(tmp_path: Path, pg_url: str, capsys: pytest.Cap
 PRICED = "drip-100-0"
 
 
-def _two_gateways(tmp_path: Path, upstream: DripUpstream, pg_url: str) -> tuple[list[GatewayProcess], str]:
+def _two_gateways(
+    tmp_path: Path, upstream: DripUpstream, pg_url: str, models: tuple[str, ...] = ()
+) -> tuple[list[GatewayProcess], str]:
     gateways, key = [], ""
     for name in ("a", "b"):
         home = tmp_path / name
         home.mkdir()
         config = home / "config.toml"
-        write_config(config, upstream.port, [], billing={"discount": 0.5}, limits={"per_key_concurrency": 1000})
+        write_config(
+            config, upstream.port, list(models), billing={"discount": 0.5}, limits={"per_key_concurrency": 1000}
+        )
         text = config.read_text().replace('database = "relay.db"', f'database = "{pg_url}"\nhold_lease_s = 3')
         config.write_text(
             text
@@ -257,7 +261,7 @@ async def test_concurrent_settlements_of_one_request_charge_once(pg_url: str) ->
 
 def test_kill_9_of_one_gateway_the_other_releases_its_holds_within_the_lease(tmp_path: Path, pg_url: str) -> None:
     with DripUpstream() as upstream:
-        gateways, key = _two_gateways(tmp_path, upstream, pg_url)
+        gateways, key = _two_gateways(tmp_path, upstream, pg_url, ("drip-1000-50",))
         a, b = gateways
         try:
             streams = [stream_in_thread(a.port, key, "drip-1000-50") for _ in range(10)]
