@@ -47,7 +47,8 @@ def encode_usage(usage: ir.Usage) -> dict[str, Any]:
     """ResponseUsage; both details objects are always present (Codex reads reasoning_tokens)."""
     return {
         "input_tokens": usage.input_tokens,
-        "input_tokens_details": {"cached_tokens": usage.cached_input_tokens},
+        # cache writes are not in the canonical usage: 0 (the SDK's type requires the field)
+        "input_tokens_details": {"cached_tokens": usage.cached_input_tokens, "cache_write_tokens": 0},
         "output_tokens": usage.output_tokens,
         "output_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
         "total_tokens": usage.input_tokens + usage.output_tokens,
