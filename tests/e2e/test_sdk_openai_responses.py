@@ -105,3 +105,13 @@ def test_bare_path_is_served_too(gateway: Gateway) -> None:
         assert c.responses.create(model="an-text", input="Hi").output_text == UNARY_TEXT
     finally:
         c.close()
+
+
+@pytest.mark.parametrize("up", UPSTREAMS)
+def test_midstream_upstream_error_is_response_failed(gateway: Gateway, client: openai.OpenAI, up: str) -> None:
+    seq = gateway.last_seq()
+    events = list(client.responses.create(model=f"{up}-midstream-error", input="Hi", stream=True))
+    assert events[0].type == "response.created" and events[-1].type == "response.failed"
+    assert events[-1].response.error is not None and events[-1].response.error.message  # type: ignore[union-attr]
+    rec = gateway.record_after(seq, f"{up}-midstream-error")
+    assert rec["client_protocol"] == "openai_responses" and rec["outcome"] != "completed"

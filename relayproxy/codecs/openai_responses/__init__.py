@@ -60,8 +60,9 @@ __all__ = [
 ]
 
 
-def encode_response(resp: ir.ChatResponse, model: str, req: ir.ChatRequest | None = None) -> dict[str, Any]:
-    """IR -> a Response object. Unknown usage is written as zeros (clients read it blindly)."""
+def encode_response(resp: ir.ChatResponse, model: str) -> dict[str, Any]:
+    """IR -> a Response object. Unknown usage is written as zeros (clients read it blindly). The
+    request is not known here, so ``tools`` is written as [] and ``tool_choice`` as "auto"."""
     output: list[dict[str, Any]] = []
     text: list[str] = []
 
@@ -83,7 +84,7 @@ def encode_response(resp: ir.ChatResponse, model: str, req: ir.ChatRequest | Non
     flush()
     status = status_of(resp.finish)
     usage = resp.usage or ir.Usage()
-    return response_object(response_id(resp.id), model, req, output, status=status, usage=usage, finish=resp.finish)
+    return response_object(response_id(resp.id), model, None, output, status=status, usage=usage, finish=resp.finish)
 
 
 def _arguments(arguments: dict[str, Any]) -> str:
