@@ -115,3 +115,24 @@ def test_midstream_upstream_error_is_response_failed(gateway: Gateway, client: o
     assert events[-1].response.error is not None and events[-1].response.error.message  # type: ignore[union-attr]
     rec = gateway.record_after(seq, f"{up}-midstream-error")
     assert rec["client_protocol"] == "openai_responses" and rec["outcome"] != "completed"
+
+
+@pytest.mark.parametrize("up", UPSTREAMS)
+def test_reasoning_streams_as_a_reasoning_item_and_round_trips(
+    gateway: Gateway, client: openai.OpenAI, up: str
+) -> None:
+    with client.responses.stream(
+        model=f"{up}-thinking", input="Hi", reasoning={"effort": "low", "summary": "auto"}
+    ) as s:
+        kinds = [e.type for e in s]
+        first = s.get_final_response()
+    assert "response.reasoning_summary_text.delta" in kinds
+    assert first.output[0].type == "reasoning" and first.usage is not None
+    assert first.usage.output_tokens_details.reasoning_tokens > 0
+    history: list[Any] = [{"role": "user", "content": "Hi"}, *[o.model_dump(exclude_none=True) for o in first.output]]
+    history += [{"role": "user", "content": "And then?"}]
+    assert client.responses.create(model=f"{up}-text", input=history).output_text == UNARY_TEXT
+    if up == "an":  # the thinking block goes back with its signature, as Anthropic requires
+        sent = gateway.upstream.requests[-1].json()
+        blocks = [b for m in sent["messages"] if m["role"] == "assistant" for b in m["content"]]
+        assert any(b.get("type") == "thinking" and b.get("signature") for b in blocks)

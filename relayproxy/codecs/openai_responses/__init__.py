@@ -77,7 +77,7 @@ def encode_response(resp: ir.ChatResponse, model: str) -> dict[str, Any]:
             continue
         flush()
         if isinstance(part, ir.Thinking):
-            output.append(reasoning_item(new_id("rs"), part.text, part.signature or part.redacted))
+            output.append(reasoning_item(new_id("rs"), part.text, part.signature))
         elif isinstance(part, ir.ToolCall):
             args = _arguments(part.arguments)
             output.append(call_item(new_id("fc"), _fold(part.id, part.signature), part.name, args))
