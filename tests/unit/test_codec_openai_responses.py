@@ -74,6 +74,14 @@ def test_tools_choice_reasoning_and_format() -> None:
     assert _req(text={"format": {"type": "json_object"}}).json_mode
 
 
+def test_namespace_tools_are_flattened_and_untyped_messages_accepted() -> None:
+    fn = {"type": "function", "name": "spawn", "parameters": {"type": "object", "properties": {}}}
+    req = _req(
+        tools=[{"type": "namespace", "name": "multi_agent_v1", "tools": [fn]}], input=[{"role": "user", "content": "x"}]
+    )
+    assert [t.name for t in req.tools] == ["spawn"] and req.messages == [ir.Message("user", [ir.Text("x")])]
+
+
 @pytest.mark.parametrize(
     ("body", "needle"),
     [

@@ -224,7 +224,14 @@ def _decode_tools(raw: Any) -> list[ir.Tool]:
         return []
     if not isinstance(raw, list):
         raise InvalidRequest("expected an array of tools", "tools")
-    return [_tool(t, f"tools[{i}]") for i, t in enumerate(raw)]
+    tools: list[ir.Tool] = []
+    for i, tool in enumerate(raw):
+        inner = tool.get("tools") if isinstance(tool, dict) and tool.get("type") == "namespace" else None
+        if isinstance(inner, list):  # Codex groups function tools in a namespace: they are still functions
+            tools += [_tool(t, f"tools[{i}].tools[{j}]") for j, t in enumerate(inner)]
+        else:
+            tools.append(_tool(tool, f"tools[{i}]"))
+    return tools
 
 
 def _tool(tool: Any, path: str) -> ir.Tool:
