@@ -14,7 +14,12 @@ _EPOCH = "2025-01-01T00:00:00Z"  # Anthropic's SDK parses created_at into a date
 
 
 def _openai_entry(m: ModelConfig) -> dict[str, Any]:
-    return {"id": m.name, "object": "model", "created": 0, "owned_by": m.provider}
+    """OpenAI's entry plus the limits agents time context compaction by (extras the SDK keeps)."""
+    entry: dict[str, Any] = {"id": m.name, "object": "model", "created": 0, "owned_by": m.provider}
+    if m.context_length is not None:
+        entry["context_length"] = m.context_length
+    entry["max_output_tokens"] = m.max_output_tokens
+    return entry
 
 
 def _anthropic_entry(m: ModelConfig) -> dict[str, Any]:
@@ -33,7 +38,7 @@ def _gemini_entry(m: ModelConfig) -> dict[str, Any]:
         "version": "001",
         "displayName": m.name,
         "description": f"{m.name} served by relayproxy through {m.provider}",
-        "inputTokenLimit": 1_048_576,
+        "inputTokenLimit": m.context_length or 1_048_576,
         "outputTokenLimit": m.max_output_tokens,
         "supportedGenerationMethods": ["generateContent", "streamGenerateContent", "countTokens"],
     }
@@ -55,11 +60,13 @@ def _gemini_list(models: Sequence[ModelConfig]) -> dict[str, Any]:
 
 MODEL_LIST: dict[str, Callable[[Sequence[ModelConfig]], dict[str, Any]]] = {
     "openai": _openai_list,
+    "openai_responses": _openai_list,
     "anthropic": _anthropic_list,
     "gemini": _gemini_list,
 }
 MODEL_ENTRY: dict[str, Callable[[ModelConfig], dict[str, Any]]] = {
     "openai": _openai_entry,
+    "openai_responses": _openai_entry,
     "anthropic": _anthropic_entry,
     "gemini": _gemini_entry,
 }

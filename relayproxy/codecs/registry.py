@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from relayproxy.codecs import Codec, anthropic_messages, gemini_generate, openai_chat
+from relayproxy.codecs import Codec, anthropic_messages, gemini_generate, openai_chat, openai_responses
 
 __all__ = ["CODECS"]
 
@@ -10,4 +10,5 @@ CODECS: dict[str, Codec] = {
     "openai": openai_chat,
     "anthropic": anthropic_messages,
     "gemini": gemini_generate,
+    "openai_responses": openai_responses,  # a client protocol only: no provider speaks it
 }

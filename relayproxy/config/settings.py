@@ -105,6 +105,7 @@ class ModelConfig:
     cached_input_price: float
     max_output_tokens: int
     fallback: tuple[str, ...] = ()
+    context_length: int | None = None  # the model's context window, for /v1/models; None: not configured
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,7 +307,7 @@ def _model(name: str, t: Any, providers: dict[str, ProviderConfig]) -> ModelConf
     if not isinstance(t, dict):
         raise ConfigError(f"[{where}]: expected a table")
     allowed = {"provider", "upstream_model", "input_price", "output_price", "cached_input_price"}
-    _check_keys(t, where, allowed | {"max_output_tokens", "fallback"})
+    _check_keys(t, where, allowed | {"max_output_tokens", "fallback", "context_length"})
     provider = _require(t, where, "provider", str)
     if provider not in providers:
         raise ConfigError(f'[{where}] provider: unknown provider "{provider}"; {_known(providers)}')
@@ -317,6 +318,9 @@ def _model(name: str, t: Any, providers: dict[str, ProviderConfig]) -> ModelConf
     max_out = _get(t, where, "max_output_tokens", int, 32768)
     if max_out < 1:
         raise ConfigError(f"[{where}] max_output_tokens: must be 1 or more, got {max_out}")
+    context = _get(t, where, "context_length", int, None)
+    if context is not None and context < 1:
+        raise ConfigError(f"[{where}] context_length: must be 1 or more, got {context}")
     return ModelConfig(
         name=name,
         provider=provider,
@@ -326,6 +330,7 @@ def _model(name: str, t: Any, providers: dict[str, ProviderConfig]) -> ModelConf
         cached_input_price=_price(t, where, "cached_input_price", input_price),
         max_output_tokens=max_out,
         fallback=tuple(fallback),
+        context_length=context,
     )
 
 

@@ -30,7 +30,7 @@ class EndpointKind(Enum):
 @dataclass(slots=True, frozen=True)
 class Endpoint:
     kind: EndpointKind
-    protocol: str  # the caller's protocol: openai | anthropic | gemini
+    protocol: str  # the caller's protocol: openai | openai_responses | anthropic | gemini
     model: str | None = None  # Gemini paths and model retrieval carry the model
     stream: bool | None = None  # Gemini: from the method name
     sse: bool = True  # Gemini streams without alt=sse use JSON-array framing
@@ -56,6 +56,8 @@ _FIXED: dict[tuple[str, str], EndpointKind] = {
 _POSTS: dict[str, tuple[EndpointKind, str]] = {
     "/v1/chat/completions": (EndpointKind.INFERENCE, "openai"),
     "/chat/completions": (EndpointKind.INFERENCE, "openai"),
+    "/v1/responses": (EndpointKind.INFERENCE, "openai_responses"),
+    "/responses": (EndpointKind.INFERENCE, "openai_responses"),
     "/v1/messages": (EndpointKind.INFERENCE, "anthropic"),
     "/v1/v1/messages": (EndpointKind.INFERENCE, "anthropic"),  # an Anthropic base URL set with /v1
     "/v1/messages/count_tokens": (EndpointKind.COUNT_TOKENS, "anthropic"),
@@ -72,6 +74,8 @@ def protocol_for(path: str, headers: Headers, query: str = "") -> str:
     """
     if path.startswith(("/v1/messages", "/v1/v1/messages")):
         return "anthropic"
+    if path in ("/v1/responses", "/responses"):
+        return "openai_responses"
     if path.startswith(("/v1beta/", "/v1alpha/")) or _GEMINI.match(path):
         return "gemini"
     if header(headers, b"x-goog-api-key") is not None or _has_key_param(query):

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from relayproxy.codecs.catalog import MODEL_ENTRY
 from relayproxy.config.settings import ConfigError, load_config, parse_config
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -87,3 +88,14 @@ def test_event_loop_uvloop_must_be_installed(monkeypatch: pytest.MonkeyPatch) ->
     with pytest.raises(ConfigError, match=r"uvloop is not installed \(pip install uvloop\)"):
         parse_config(with_("server/event_loop", "uvloop"), Path("config.toml"))
     assert parse_config(with_("server/event_loop", "auto"), Path("config.toml")).server.event_loop == "auto"
+
+
+def test_context_length_reaches_the_model_lists() -> None:
+    assert parse_config(BASE, Path("/c.toml")).models["m"].context_length is None
+    raw = with_("models/m/context_length", 400000)
+    model = parse_config(raw, Path("/c.toml")).models["m"]
+    entry = MODEL_ENTRY["openai"](model)
+    assert (entry["context_length"], entry["max_output_tokens"]) == (400000, 32768)
+    assert MODEL_ENTRY["gemini"](model)["inputTokenLimit"] == 400000
+    with pytest.raises(ConfigError, match="context_length"):
+        parse_config(with_("models/m/context_length", 0), Path("/c.toml"))
