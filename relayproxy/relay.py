@@ -50,7 +50,7 @@ class Passthrough:
 
     def close(self) -> bytes:
         """End of the upstream body: an event completed only by EOF (no final blank line)."""
-        return b"".join(self._pass(self._framer.close())[0])
+        return b"".join(self._pass(self._framer.close())[0]) + self._tap.close()
 
     def _pass(self, events: list[SSEEvent]) -> tuple[list[bytes | memoryview], bool]:
         """What the tap lets through of ``events`` (each as it came, or its rewrite), and whether

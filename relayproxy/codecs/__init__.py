@@ -74,6 +74,12 @@ class StreamTap(Protocol):
         bytes (a whole event, blank line included) go to the client in its place."""
         ...
 
+    def close(self) -> bytes:
+        """The upstream body ended cleanly: when the answer is complete without its closing framing
+        (OpenAI's EOF after the finish and usage chunks, no ``[DONE]``), set ``done`` and return the
+        terminator owed to the client; else b"" (the stream stays incomplete)."""
+        ...
+
 
 class Codec(Protocol):
     """The shape of a codec module (``relayproxy.codecs.openai_chat``, ``anthropic_messages``, ``gemini_generate``)."""

@@ -22,13 +22,13 @@ from relayproxy.http_types import HttpRequest
 from relayproxy.ir import Usage
 from relayproxy.records import Outcome, UsageRecord
 from relayproxy.store.facade import Store, utc_now
-from relayproxy.telemetry.accesslog import access_line
+from relayproxy.telemetry.accesslog import ACCESS_LOGGER, access_line
 from relayproxy.telemetry.metrics import GatewayMetrics
 
 __all__ = ["Charge", "Exchange", "Recorder", "TrackedBody", "access", "new_request_id"]
 
 #: One JSON line per request (accesslog.access_line: never keys, secrets or prompts).
-access = logging.getLogger("relayproxy.access")
+access = logging.getLogger(ACCESS_LOGGER)
 
 
 # Request ids need to be unique, not secret: the random module's generator (seeded from the OS,

@@ -27,7 +27,9 @@ import orjson
 from relayproxy.records import UsageRecord
 
 __all__ = [
+    "ACCESS_LOGGER",
     "REDACTED",
+    "AccessJsonFormatter",
     "RedactingFilter",
     "RedactingFormatter",
     "access_line",
@@ -322,6 +324,25 @@ class RedactingFormatter(logging.Formatter):
 
     def formatStack(self, stack_info: str) -> str:
         return redact(super().formatStack(stack_info))
+
+
+#: The logger of the access log (INTERFACE.md "Logs": one JSON object per line, nothing before the ``{``).
+ACCESS_LOGGER = "relayproxy.access"
+
+
+class AccessJsonFormatter(RedactingFormatter):
+    """The gateway's formatter: ``fmt`` for every log line except the access log's, which is its JSON alone.
+
+    A record of ``ACCESS_LOGGER`` comes out as its message only, with no time or level before the
+    ``{``, so the access lines of stderr read as JSON lines; still redacted unless it is the very
+    line ``access_line`` built. Other records, and an access record with a traceback, as ever.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.name != ACCESS_LOGGER or record.exc_info or record.exc_text or record.stack_info:
+            return super().format(record)
+        line = _safe_line(record)
+        return line if line is not None else redact(_message(record))
 
 
 def install_redaction(logger: logging.Logger | None = None) -> None:

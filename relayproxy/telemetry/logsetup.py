@@ -10,7 +10,7 @@ import asyncio
 import logging
 from typing import IO
 
-from relayproxy.telemetry.accesslog import RedactingFormatter, install_redaction
+from relayproxy.telemetry.accesslog import AccessJsonFormatter, install_redaction
 
 __all__ = ["BatchingStreamHandler", "configure_logging"]
 
@@ -85,13 +85,15 @@ class BatchingStreamHandler(logging.StreamHandler[IO[str]]):
 def configure_logging(stream: IO[str], fmt: str, level: int = logging.INFO) -> None:
     """The gateway's log: ``fmt`` lines on ``stream``, batched per event-loop iteration, redacted.
 
+    Access-log lines are their JSON object alone (``AccessJsonFormatter``), the others ``fmt``.
+
     As ``logging.basicConfig``, it adds no handler when the root logger has some already; those
     get redaction as ever. Records no longer carry what the gateway's formats never print (the
     calling function and line, thread and process names: the switches of the logging manual's
     "Optimization" section), which saves a stack walk and some look-ups per record.
     """
     handler = BatchingStreamHandler(stream)
-    handler.setFormatter(RedactingFormatter(fmt))
+    handler.setFormatter(AccessJsonFormatter(fmt))
     logging.basicConfig(level=level, handlers=[handler])
     install_redaction()  # keys, secrets and bearer tokens never reach a log line
     logging._srcfile = None

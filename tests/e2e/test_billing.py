@@ -49,6 +49,22 @@ def test_completed_stream_is_charged_exactly_its_cost(gateway: Gateway, driver: 
     assert (before - after, held) == (rec["cost_microusd"], 0)
 
 
+def test_openai_upstream_ending_cleanly_without_done_after_the_answer_is_completed_and_billed(
+    gateway: Gateway, driver: Any
+) -> None:
+    """Issue 12 defect 1: EOF after the finish and usage chunks, no ``data: [DONE]``, is the end
+    (passthrough for the OpenAI client, translated for the others); the client gets its terminator."""
+    before, _ = gateway.balance()
+    seq = gateway.last_seq()
+    driver.stream("oa-nodone")  # the SDKs raise on an in-band error or a stream without its end
+    rec = settled(gateway, seq, "oa-nodone")
+    assert (rec["outcome"], rec["billed"], rec["reason"]) == ("completed", 1, "charged")
+    inp, cached, out = rec["input_tokens"], rec["cached_input_tokens"], rec["output_tokens"]
+    assert out > 0 and rec["cost_microusd"] == int(((inp - cached) * 1.0 + cached * 0.5 + out * 2.0) * 0.7)
+    after, held = gateway.balance()
+    assert (before - after, held) == (rec["cost_microusd"], 0)
+
+
 @pytest.mark.parametrize("up", UPSTREAMS)
 @pytest.mark.parametrize("scenario", ["midstream-error", "truncated", "http429", "nousage"])
 def test_failed_requests_leave_the_balance_untouched(gateway: Gateway, driver: Any, up: str, scenario: str) -> None:

@@ -6,11 +6,13 @@ from __future__ import annotations
 import importlib.util
 import json
 import socket
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import openai
+import orjson
 import pytest
 
 from tests.e2e.conftest import EVENT_LOOP, UPSTREAM_KEY, Gateway, start_gateway
@@ -115,3 +117,24 @@ def test_free_aborts_are_capped_per_key_per_hour(abort_capped: Gateway) -> None:
         c.chat.completions.create(model="oa-text", messages=[{"role": "user", "content": "hi"}])
     assert int(info.value.response.headers["retry-after"]) > 0
     assert len(abort_capped.upstream.requests) == seen
+
+
+def test_every_access_line_on_stderr_is_a_json_object_alone(gateway: Gateway) -> None:
+    """INTERFACE.md "Logs": one JSON object per line on stderr, nothing before the `{`."""
+    with openai.OpenAI(base_url=gateway.base_url + "/v1", api_key=gateway.key, max_retries=0) as c:
+        c.chat.completions.create(model="oa-text", messages=[{"role": "user", "content": "hi"}])
+        list(c.chat.completions.create(model="an-text", messages=[{"role": "user", "content": "hi"}], stream=True))
+        c.models.list()
+    deadline = time.monotonic() + 5
+    while True:
+        lines = gateway.log.read_bytes().splitlines()
+        access = [line for line in lines if b'"request_id"' in line]
+        if sum(b'"path":"/v1/chat/completions"' in line for line in access) >= 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert len(access) >= 3
+    for line in access:
+        assert line.startswith(b"{"), line[:60]
+        parsed = orjson.loads(line)
+        assert isinstance(parsed, dict) and parsed["request_id"].startswith("req_") and parsed["path"].startswith("/")
+    assert any(b" INFO " in line for line in lines if not line.startswith(b"{")), "other lines stay text"

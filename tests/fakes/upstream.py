@@ -7,9 +7,9 @@ Deliberately not built on relayproxy's own server. The behaviour is chosen by th
 of the request body (the gateway sends the configured ``upstream_model``; for Gemini, the model in
 the path), so e2e tests stay declarative: ``text``, ``tools``, ``nousage``, ``midstream-error``,
 ``truncated``, ``reset``, ``stall``, ``cut``, ``noanswer``, ``slow``, ``http429``, ``http500``,
-``http400``, ``http529``, ``badjson``, ``late`` (head after a pause), ``pause`` (a pause
-mid-stream). A suffix ``@N`` cuts the body into N-byte writes (splitting UTF-8 characters and
-CRLFs); ``@cl`` sends Content-Length instead of chunked encoding.
+``http400``, ``http529``, ``badjson``, ``nodone`` (OpenAI: EOF without ``[DONE]``), ``late`` (head
+after a pause), ``pause`` (a pause mid-stream). A suffix ``@N`` cuts the body into N-byte writes
+(splitting UTF-8 characters and CRLFs); ``@cl`` sends Content-Length instead of chunked encoding.
 """
 
 from __future__ import annotations
@@ -298,6 +298,8 @@ def _openai_stream(scenario: str) -> Reply:
     head = [e for e in events if b'"choices":[]' not in e and b"[DONE]" not in e]
     if scenario == "nousage":
         reply.events = [e for e in events if b'"choices":[]' not in e]
+    elif scenario == "nodone":  # a clean EOF after the finish and usage chunks, no [DONE]
+        reply.events = [e for e in events if b"[DONE]" not in e]
     elif scenario == "midstream-error":
         err = {
             "error": {

@@ -144,10 +144,10 @@ def test_decoder_crlf_framing_gives_the_same_events() -> None:
 # -- decoder: quirks, terminators, errors --------------------------------------------------------
 
 
-def test_no_done_means_no_message_stop_even_after_a_finish_reason() -> None:
+def test_eof_without_done_after_finish_and_usage_ends_as_done_would() -> None:
+    """Issue 12 (was: no MessageStop without [DONE]): the protocol counts EOF after the finish as the end."""
     data = (FIXTURES / "text.sse").read_bytes().replace(b"data: [DONE]\n\n", b"")
-    events = decode([data])
-    assert events == GOLDEN["text"][:-1]
+    assert decode([data]) == GOLDEN["text"]
 
 
 def test_done_alone_still_starts_and_stops_and_later_events_are_ignored() -> None:
@@ -654,3 +654,28 @@ def test_stream_tap_sees_minimax_errors() -> None:
     tap = openai_chat.stream_tap(ir.ChatRequest("m", []))
     assert tap.feed(ev(b'{"base_resp": {"status_code": 1008, "status_msg": "insufficient balance"}}'))
     assert tap.error == {"message": "insufficient balance", "code": 402} and not tap.done
+
+
+USAGE_CHUNK = {"id": "c1", "model": "m", "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 2}}
+
+
+def test_eof_after_finish_and_usage_without_done_is_the_end() -> None:
+    """Issue 12: the answer is complete after the finish and usage chunks; [DONE] is framing."""
+    events = decode_events(chunk({"content": "hi"}), chunk(finish="stop"), ev(json.dumps(USAGE_CHUNK)))
+    assert events[-1] == MessageStop(FinishReason.STOP)
+    tap = openai_chat.stream_tap(openai_chat.decode_request({"model": "m", "messages": MESSAGES, "stream": True}))
+    relay = Passthrough(tap)
+    relay.feed(chunk(finish="stop").raw + b"data: " + json.dumps(USAGE_CHUNK).encode() + b"\n\n")
+    assert relay.close() == b"data: [DONE]\n\n" and relay.done and relay.usage is not None
+
+
+@pytest.mark.parametrize("with_usage", [False, True])
+def test_eof_before_the_answer_is_complete_stays_incomplete(with_usage: bool) -> None:
+    """No finish chunk (usage or not), or a finish without the usage chunk: no end at EOF."""
+    last = [ev(json.dumps(USAGE_CHUNK))] if with_usage else []
+    assert not any(isinstance(e, MessageStop) for e in decode_events(chunk({"content": "hi"}), *last))
+    assert not any(isinstance(e, MessageStop) for e in decode_events(chunk({"content": "hi"}), chunk(finish="stop")))
+    tap = openai_chat.stream_tap(openai_chat.decode_request({"model": "m", "messages": MESSAGES, "stream": True}))
+    relay = Passthrough(tap)
+    relay.feed(chunk(finish="stop").raw)
+    assert relay.close() == b"" and not relay.done

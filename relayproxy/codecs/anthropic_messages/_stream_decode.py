@@ -196,6 +196,10 @@ class AnthropicStreamTap:
         self.error: dict[str, Any] | None = None  # the ``error`` object of an in-band error event
         self._raw: dict[str, int] = {}
 
+    def close(self) -> bytes:
+        """The upstream body ended: this protocol's stream is done only by its own events."""
+        return b""
+
     def feed(self, ev: SSEEvent) -> bool | bytes:
         if ev.event in _NO_USAGE_EVENTS:  # the bulk of a stream: skip parsing it
             return True

@@ -134,6 +134,10 @@ class GeminiStreamTap:
         self.done = False  # Gemini has no terminator: a finishReason chunk is the nearest thing
         self.error: dict[str, Any] | None = None
 
+    def close(self) -> bytes:
+        """The upstream body ended: this protocol's stream is done only by its own events."""
+        return b""
+
     def feed(self, ev: SSEEvent) -> bool:
         try:
             chunk = orjson.loads(ev.data)

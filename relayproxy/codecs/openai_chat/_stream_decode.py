@@ -69,6 +69,12 @@ class _Phase(Enum):
 _OPEN = _Phase.OPEN  # looked up once per chunk: an Enum member lookup is not free
 
 
+def answer_complete(finished: bool, usage_seen: bool) -> bool:
+    """Whether an OpenAI chat stream holds its whole answer: the chunk with ``finish_reason`` and the
+    usage chunk (the gateway asks every OpenAI upstream for usage); ``data: [DONE]`` is framing."""
+    return finished and usage_seen
+
+
 class ChatStreamDecoder:
     """OpenAI-protocol upstream SSE events -> IR stream events (see the module docstring)."""
 
@@ -76,6 +82,7 @@ class ChatStreamDecoder:
         self._phase = _Phase.OPEN
         self._started = False  # MessageStart emitted
         self._finish: ir.FinishReason | None = None  # held until [DONE]
+        self._usage_seen = False  # a usage chunk came (the gateway always asks for it upstream)
         self._by_index: dict[int, int] = {}  # upstream tool-call index -> our ordinal
         self._call_ids: list[str] = []  # by ordinal; the last one is the current call
 
@@ -100,7 +107,10 @@ class ChatStreamDecoder:
         return self._start(chunk) + self._read(chunk)
 
     def close(self) -> list[ir.StreamEvent]:
-        # A stream that ends without [DONE] is incomplete, even after a finish_reason: no MessageStop.
+        """A clean EOF after the finish chunk and the usage chunk ends the answer as ``[DONE]`` would
+        (``answer_complete``); before them the stream is incomplete: no MessageStop."""
+        if self._phase is _OPEN and answer_complete(self._finish is not None, self._usage_seen):
+            return self._done()
         return []
 
     def _start(self, chunk: dict[str, Any]) -> list[ir.StreamEvent]:
@@ -140,6 +150,7 @@ class ChatStreamDecoder:
             if usage is None and "usage" in choice:  # Moonshot: usage inside choices[0]
                 usage = decode_usage(choice["usage"])
         if usage is not None:
+            self._usage_seen = True
             events.append(ir.UsageUpdate(usage))
         return events
 
@@ -234,6 +245,18 @@ class StreamTap:
         self.error: dict[str, Any] | None = None  # an in-band error from upstream
         self._roles: set[Any] = set()  # choice indexes whose role has been sent
         self._calls: dict[Any, int] = {}  # choice index -> index of its current tool call
+
+    def close(self) -> bytes:
+        """A clean EOF after the answer (``answer_complete``) without ``[DONE]``: the stream is
+        done, and the client gets the terminator it expects; else nothing."""
+        if (
+            self.done
+            or self.error is not None
+            or not answer_complete(self.finish_reason is not None, self.usage is not None)
+        ):
+            return b""
+        self.done = True
+        return b"data: [DONE]\n\n"
 
     def feed(self, ev: SSEEvent) -> bool | bytes:
         data = ev.data
