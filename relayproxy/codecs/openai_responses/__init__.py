@@ -159,7 +159,7 @@ class _NoStream:
     def feed(self, ev: SSEEvent) -> Any:
         _not_upstream()
 
-    def close(self) -> list[ir.StreamEvent]:
+    def close(self) -> Any:  # a decoder's (events) or a tap's (bytes): neither is ever reached
         _not_upstream()
 
 
