@@ -10,9 +10,13 @@ from pathlib import Path
 from typing import Protocol
 
 from relayproxy.store.facade import Store
-from relayproxy.store.postgres import PgStore, is_url
 
 __all__ = ["is_url", "open_store", "open_store_for"]
+
+
+def is_url(database: str | Path) -> bool:
+    """A PostgreSQL URL, not a SQLite path."""
+    return isinstance(database, str) and database.startswith(("postgresql://", "postgres://"))
 
 
 async def open_store(
@@ -20,6 +24,9 @@ async def open_store(
 ) -> Store:
     """Open (creating and migrating) the store ``database`` names."""
     if is_url(database):
+        # Imported here: a SQLite deployment does not load asyncpg (a few MB of resident memory).
+        from relayproxy.store.postgres import PgStore
+
         return await PgStore.connect(str(database), pool_size=pool_size, lease_s=lease_s, password_env=password_env)
     return await Store.open(database)
 

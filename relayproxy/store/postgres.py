@@ -40,7 +40,7 @@ from relayproxy.store import pg_ledger as q
 from relayproxy.store import pg_schema
 from relayproxy.store.facade import Admission, Store, utc_iso, utc_now
 
-__all__ = ["PgStore", "is_url"]
+__all__ = ["PgStore"]
 
 T = TypeVar("T")
 log = logging.getLogger("relayproxy.store")
@@ -48,10 +48,6 @@ log = logging.getLogger("relayproxy.store")
 _SERVER_SETTINGS = {"statement_timeout": "10000", "idle_in_transaction_session_timeout": "15000"}
 _Conn: TypeAlias = Any  # asyncpg.Connection (asyncpg ships no type hints)
 Txn = Callable[[_Conn], Awaitable[T]]
-
-
-def is_url(database: str | Path) -> bool:
-    return isinstance(database, str) and database.startswith(("postgresql://", "postgres://"))
 
 
 def _password(env: str) -> str | None:
