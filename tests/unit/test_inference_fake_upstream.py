@@ -190,8 +190,11 @@ async def test_stream_translated_to_anthropic_events(config: Config) -> None:
     assert rec.outcome == "completed" and rec.output_tokens == 11
 
 
-async def test_a_stream_cut_before_its_terminator_is_dropped_and_not_billed(config: Config) -> None:
-    cut = TEXT_SSE[: TEXT_SSE.index(b"data: [DONE]")]
+async def test_a_stream_cut_before_its_usage_chunk_is_dropped_and_not_billed(config: Config) -> None:
+    # A clean end after the finish and usage chunks completes an OpenAI stream even without
+    # [DONE]; one before the usage chunk does not.
+    cut = TEXT_SSE[: TEXT_SSE.rindex(b"data: {", 0, TEXT_SSE.index(b"data: [DONE]"))]
+    assert b'"finish_reason":"stop"' in cut.replace(b" ", b"") and b'"prompt_tokens"' not in cut
     inference, _, store = setup(config, FakeResponse(200, [cut]))
     _, response = await run(inference, "openai", chat(stream=True, stream_options={"include_usage": True}))
     out = await drain(response)
