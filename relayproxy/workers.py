@@ -358,7 +358,7 @@ def _snapshot(config: Config) -> tuple[Config, bytes]:
 def worker_main(argv: Sequence[str]) -> int:
     """A worker: ``FD INDEX CONFIG_PATH``; the config text comes first on stdin (see the module docstring)."""
     fd, index, config_path = int(argv[0]), int(argv[1]), Path(argv[2])
-    configure_logging(sys.stderr, LOG_FORMAT.format(who=f"worker {index} pid {os.getpid()}"))
+    configure_logging(sys.stderr, LOG_FORMAT.format(who=f"worker {index} pid {os.getpid()}"), worker=index)
     try:
         text = _read_exactly(0, _HEADER.unpack(_read_exactly(0, _HEADER.size))[0])
         config = parse_config(tomllib.loads(text.decode("utf-8")), config_path)

@@ -336,13 +336,23 @@ class AccessJsonFormatter(RedactingFormatter):
     A record of ``ACCESS_LOGGER`` comes out as its message only, with no time or level before the
     ``{``, so the access lines of stderr read as JSON lines; still redacted unless it is the very
     line ``access_line`` built. Other records, and an access record with a traceback, as ever.
+    Under ``--workers`` each access object starts with ``"worker": N`` (the worker that served
+    it), as the text lines carry ``[worker N pid P]``.
     """
+
+    def __init__(self, fmt: str, *, worker: int | None = None) -> None:
+        super().__init__(fmt)
+        self._worker_field = f'{{"worker":{worker},' if worker is not None else None
 
     def format(self, record: logging.LogRecord) -> str:
         if record.name != ACCESS_LOGGER or record.exc_info or record.exc_text or record.stack_info:
             return super().format(record)
         line = _safe_line(record)
-        return line if line is not None else redact(_message(record))
+        if line is None:
+            return redact(_message(record))
+        if self._worker_field is not None and line.startswith("{") and len(line) > 2:
+            return self._worker_field + line[1:]
+        return line
 
 
 def install_redaction(logger: logging.Logger | None = None) -> None:

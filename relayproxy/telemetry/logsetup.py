@@ -82,7 +82,7 @@ class BatchingStreamHandler(logging.StreamHandler[IO[str]]):
             self.release()
 
 
-def configure_logging(stream: IO[str], fmt: str, level: int = logging.INFO) -> None:
+def configure_logging(stream: IO[str], fmt: str, level: int = logging.INFO, *, worker: int | None = None) -> None:
     """The gateway's log: ``fmt`` lines on ``stream``, batched per event-loop iteration, redacted.
 
     Access-log lines are their JSON object alone (``AccessJsonFormatter``), the others ``fmt``.
@@ -93,7 +93,7 @@ def configure_logging(stream: IO[str], fmt: str, level: int = logging.INFO) -> N
     "Optimization" section), which saves a stack walk and some look-ups per record.
     """
     handler = BatchingStreamHandler(stream)
-    handler.setFormatter(AccessJsonFormatter(fmt))
+    handler.setFormatter(AccessJsonFormatter(fmt, worker=worker))
     logging.basicConfig(level=level, handlers=[handler])
     install_redaction()  # keys, secrets and bearer tokens never reach a log line
     logging._srcfile = None

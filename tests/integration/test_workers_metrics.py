@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import re
 import signal
 from pathlib import Path
 
+import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -15,12 +15,13 @@ FAST = "drip-6-100"
 
 
 def _served_by(log: str) -> dict[str, int]:
-    """worker index -> inference requests it answered (from the access lines' worker prefix)."""
+    """worker index -> inference requests it answered (from the access lines' ``worker`` field)."""
     counts: dict[str, int] = {}
     for line in log.splitlines():
-        found = re.search(r"\[worker (\d+) pid \d+\].*/v1/chat/completions", line)
-        if found:
-            counts[found.group(1)] = counts.get(found.group(1), 0) + 1
+        if line.startswith("{"):
+            entry = orjson.loads(line)
+            if entry["path"] == "/v1/chat/completions":
+                counts[str(entry["worker"])] = counts.get(str(entry["worker"]), 0) + 1
     return counts
 
 
