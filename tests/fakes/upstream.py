@@ -104,6 +104,7 @@ def openai_unary(scenario: str) -> dict[str, Any]:
 
 
 ANTHROPIC_TEXT = "Hello! The capital of France is Paris."
+ANTHROPIC_SIGNATURE = "EqQBCgIYAhIM1gbcDa9GJwZA2b3hGgxSmMkcLhBq7Jg=="  # not strict base64, as in thinking_tools.sse
 
 
 def anthropic_unary(scenario: str) -> dict[str, Any]:
@@ -114,6 +115,12 @@ def anthropic_unary(scenario: str) -> dict[str, Any]:
             {"type": "text", "text": "I'll check."},
             {"type": "tool_use", "id": "toolu_01", "name": "get_weather", "input": {"city": "Paris"}},
             {"type": "tool_use", "id": "toolu_02", "name": "get_weather", "input": {"city": "Tōkyō"}},
+        ]
+        stop = "tool_use"
+    if scenario == "thinking":  # a signed thought, then a call (the signature as in thinking_tools.sse)
+        content = [
+            {"type": "thinking", "thinking": "I should call the tool.", "signature": ANTHROPIC_SIGNATURE},
+            {"type": "tool_use", "id": "toolu_01", "name": "get_weather", "input": {"city": "Paris"}},
         ]
         stop = "tool_use"
     body: dict[str, Any] = {

@@ -969,3 +969,26 @@ def test_encode_response_odd_parts() -> None:
     wire = gem.encode_response(ir.ChatResponse("r", "m", parts), "m")
     assert wire["candidates"][0]["content"]["parts"] == [{"inlineData": {"mimeType": "image/png", "data": "iVBO"}}]
     assert parse_call_id("gcall_x_A").signature is None  # not base64 after all
+
+
+# -- signatures from other providers (issue 12, defect 2) -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "sig", ["EqQBCgIYAhIM1gbcDa9GJwZA2b3hGgxSmMkcLhBq7Jg==", "a+b/cd==", "sig-1", "Zm9v+/8=", "c2lnLTE="]
+)
+def test_a_signature_reaches_google_genai_as_bytes_and_comes_back_unchanged(sig: str) -> None:
+    """Any signature we hand a Gemini client parses in google-genai's strict base64 field; what the SDK
+    sends back (url-safe base64, snake_case) decodes to the original text for the upstream."""
+    resp = ir.ChatResponse(
+        "msg_1", "m", [ir.Thinking("hmm", signature=sig), ir.ToolCall("toolu_01", "f", {}, signature=sig)],
+        ir.FinishReason.TOOL_CALLS, None,
+    )  # fmt: skip
+    parsed = types.GenerateContentResponse.model_validate(gem.encode_response(resp, "m"))
+    parts = parsed.candidates[0].content.parts if parsed.candidates and parsed.candidates[0].content else []
+    assert parts and all(p.thought_signature for p in parts)
+    history = types.Content(role="model", parts=parts).model_dump(mode="json", exclude_none=True)
+    req = gem.decode_request({"contents": [{"role": "user", "parts": [{"text": "hi"}]}, history]}, model="m")
+    thought, call = req.messages[1].parts
+    assert isinstance(thought, ir.Thinking) and thought.signature == sig
+    assert isinstance(call, ir.ToolCall) and call.signature == sig

@@ -42,6 +42,7 @@ from relayproxy.codecs.gemini_generate._vocab import (
     blocked,
     call_part,
     candidate_parts,
+    client_signature,
     decode_finish,
     decode_usage,
     encode_finish,
@@ -137,7 +138,7 @@ def _response_part(part: ir.Part) -> list[dict[str, Any]]:
             return []
         thought: dict[str, Any] = {"text": part.text, "thought": True}
         if part.signature:
-            thought["thoughtSignature"] = part.signature
+            thought["thoughtSignature"] = client_signature(part.signature)
         return [thought]
     if isinstance(part, ir.ToolCall):
         return [call_part(part.id, part.name, part.arguments, part.signature)]

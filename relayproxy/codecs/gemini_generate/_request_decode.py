@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from relayproxy import ir
-from relayproxy.codecs.gemini_generate._vocab import call_id, parse_call_id
+from relayproxy.codecs.gemini_generate._vocab import call_id, parse_call_id, restore_signature
 from relayproxy.codecs.gemini_generate._vocab import get as _get
 from relayproxy.errors import InvalidRequest
 
@@ -181,7 +181,7 @@ def _decode_part(part: Any, path: str, assistant: bool, calls: _OpenCalls) -> ir
         raise InvalidRequest("expected a part object", path)
     if (text := _opt_str(part, "text", path + ".text")) is not None:
         if assistant and part.get("thought") is True:
-            return ir.Thinking(text, signature=_opt_str(part, "thoughtSignature", path + ".thoughtSignature"))
+            return ir.Thinking(text, signature=_replayed_signature(part, path))
         return ir.Text(text)
     if (data := _opt_dict(part, "inlineData", path + ".inlineData")) is not None:
         mime = _required_str(data, "mimeType", path + ".inlineData.mimeType")
@@ -209,13 +209,18 @@ def _required_str(obj: dict[str, Any], name: str, path: str) -> str:
     return value
 
 
+def _replayed_signature(part: dict[str, Any], path: str) -> str | None:
+    sig = _opt_str(part, "thoughtSignature", path + ".thoughtSignature")
+    return restore_signature(sig) if sig else sig
+
+
 def _decode_call(call: dict[str, Any], part: dict[str, Any], path: str, calls: _OpenCalls) -> ir.ToolCall:
     name = _required_str(call, "name", path + ".functionCall.name")
     args = call.get("args")
     if args is not None and not isinstance(args, dict):
         raise InvalidRequest(f"expected an object, got {_preview(args)}", path + ".functionCall.args")
     given = _opt_str(call, "id", path + ".functionCall.id")
-    sig = _opt_str(part, "thoughtSignature", path + ".thoughtSignature")
+    sig = _replayed_signature(part, path)
     if given and sig is None:
         sig = parse_call_id(given).signature
     cid = given or call_id(None, sig, nonce=_position_tag(path))

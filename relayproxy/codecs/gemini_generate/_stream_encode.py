@@ -18,6 +18,7 @@ import orjson
 from relayproxy import ir
 from relayproxy.codecs.gemini_generate._vocab import (
     call_part,
+    client_signature,
     encode_finish,
     encode_usage,
     error_body,
@@ -64,7 +65,9 @@ class GeminiStreamEncoder:
             return self._chunk([{"text": ev.text, "thought": True}]) if show else b""
         if isinstance(ev, ir.ThinkingSignature):  # an empty thought part carries it, for the replay
             show = self._thoughts and ev.signature
-            return self._chunk([{"text": "", "thought": True, "thoughtSignature": ev.signature}]) if show else b""
+            if not show:
+                return b""
+            return self._chunk([{"text": "", "thought": True, "thoughtSignature": client_signature(ev.signature)}])
         if isinstance(ev, ir.ToolCallStart):
             self._calls[ev.index] = _PendingCall(ev.id, ev.name, ev.signature, [])
         elif isinstance(ev, ir.ToolCallDelta) and ev.index in self._calls:

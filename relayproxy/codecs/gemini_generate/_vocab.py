@@ -26,6 +26,7 @@ __all__ = [
     "call_id",
     "call_part",
     "candidate_parts",
+    "client_signature",
     "decode_finish",
     "decode_usage",
     "encode_finish",
@@ -39,6 +40,7 @@ __all__ = [
     "parse_call_id",
     "response_call",
     "response_id",
+    "restore_signature",
     "signature",
     "status_name",
 ]
@@ -119,6 +121,44 @@ def _signature_from_id(text: str) -> str | None:
     return base64.b64encode(raw).decode()
 
 
+# -- signatures handed to Gemini clients ---------------------------------------------------------------
+# google-genai reads thoughtSignature as bytes (strict base64) and sends it back as url-safe base64. A
+# signature that is not canonical standard base64 without "+" or "/" (an Anthropic signature, say)
+# would fail the SDK's validation or come back altered, so it goes out as base64 of _WRAP + its UTF-8
+# text, and `restore_signature` gives the original back when the client replays it.
+
+_WRAP = b"relayproxy-sig:"
+
+
+def _canonical(sig: str) -> bool:
+    if "+" in sig or "/" in sig:
+        return False
+    try:
+        return base64.b64encode(base64.b64decode(sig, validate=True)).decode() == sig
+    except (binascii.Error, ValueError):
+        return False
+
+
+def client_signature(sig: str) -> str:
+    """A signature as a Gemini client may hold it: unchanged when the SDK keeps it byte for byte."""
+    return sig if _canonical(sig) else base64.b64encode(_WRAP + sig.encode()).decode()
+
+
+def restore_signature(sig: str) -> str:
+    """The signature `client_signature` wrapped (sent back in either base64 alphabet); others unchanged."""
+    alt = b"-_" if "-" in sig or "_" in sig else None
+    try:
+        raw = base64.b64decode(sig + "=" * (-len(sig) % 4), altchars=alt, validate=True)
+    except (binascii.Error, ValueError):
+        return sig
+    if not raw.startswith(_WRAP):
+        return sig
+    try:
+        return raw[len(_WRAP) :].decode()
+    except UnicodeDecodeError:
+        return sig
+
+
 # -- parts, usage, finish reasons ---------------------------------------------------------------------
 
 
@@ -161,7 +201,7 @@ def call_part(cid: str, name: str, args: dict[str, Any], sig: str | None) -> dic
     functionResponse.id, so the result maps back to the upstream call without a name lookup."""
     part: dict[str, Any] = {"functionCall": {"name": name, "args": args, "id": cid}}
     if sig:
-        part["thoughtSignature"] = sig
+        part["thoughtSignature"] = client_signature(sig)
     return part
 
 
