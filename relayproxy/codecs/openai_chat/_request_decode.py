@@ -6,7 +6,7 @@ position is lost). Tool messages become ToolResults on a user turn; consecutive 
 following user message fold into one turn, results first, as Anthropic requires. The legacy
 ``function`` role and ``functions`` parameter are rejected (no call id to tie a result to), as are
 audio and file parts. A call id carrying a Gemini thoughtSignature (``call_x~<sig>``) is split
-again here (``_unfold``).
+again here (``unfold_call_id``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 
 from relayproxy import ir
 from relayproxy.codecs.openai_chat._vocab import TOOL_CHOICES, reasoning_texts
-from relayproxy.codecs.shared import arguments_object
+from relayproxy.codecs.shared import arguments_object, req_str, unfold_call_id
 from relayproxy.errors import InvalidRequest
 
 __all__ = ["RequestInfo", "check_request", "decode_arguments", "decode_request"]
@@ -98,18 +98,6 @@ def _opt_number(body: dict[str, Any], key: str, high: float) -> float | None:
     if value is not None and not 0 <= value <= high:
         raise InvalidRequest(f"must be between 0 and {high}, got {value}", key)
     return None if value is None else float(value)
-
-
-def _req_str(value: Any, path: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise InvalidRequest("required, a non-empty string", path)
-    return value
-
-
-def _unfold(call_id: str) -> tuple[str, str | None]:
-    """Split a Gemini thoughtSignature off a call id folded by ``fold_signature``."""
-    head, sep, signature = call_id.partition("~")
-    return (head, signature) if sep and head and signature else (call_id, None)
 
 
 # -- decode_request -------------------------------------------------------------------------------
@@ -222,7 +210,7 @@ def _image(value: Any, path: str) -> ir.Image:
 
 
 def _decode_tool_message(msg: dict[str, Any], path: str, names: dict[str, str]) -> ir.ToolResult:
-    call_id, _ = _unfold(_req_str(msg.get("tool_call_id"), f"{path}.tool_call_id"))
+    call_id, _ = unfold_call_id(req_str(msg.get("tool_call_id"), f"{path}.tool_call_id"))
     content = msg.get("content")
     value: str | list[ir.Text | ir.Image] = (
         content if isinstance(content, str) else _user_parts(content, f"{path}.content")
@@ -253,7 +241,7 @@ def _decode_assistant(msg: dict[str, Any], path: str, names: dict[str, str]) -> 
 
 def _assistant_part(part: Any, path: str) -> ir.Text:
     if isinstance(part, dict) and part.get("type") == "refusal":
-        return ir.Text(_req_str(part.get("refusal"), f"{path}.refusal"))
+        return ir.Text(req_str(part.get("refusal"), f"{path}.refusal"))
     if isinstance(part, dict) and part.get("type") == "text":
         return ir.Text(_text_of(part, f"{path}.text"))
     raise InvalidRequest("expected a text or refusal part", path)
@@ -267,8 +255,8 @@ def _decode_tool_call(call: Any, path: str) -> ir.ToolCall:
     fn = call.get("function")
     if not isinstance(fn, dict):
         raise InvalidRequest('expected {"name": …, "arguments": "<JSON>"}', f"{path}.function")
-    call_id, signature = _unfold(_req_str(call.get("id"), f"{path}.id"))
-    name = _req_str(fn.get("name"), f"{path}.function.name")
+    call_id, signature = unfold_call_id(req_str(call.get("id"), f"{path}.id"))
+    name = req_str(fn.get("name"), f"{path}.function.name")
     return ir.ToolCall(call_id, name, decode_arguments(fn.get("arguments"), f"{path}.function.arguments"), signature)
 
 
@@ -298,7 +286,7 @@ def _decode_tool(tool: Any, path: str) -> ir.Tool:
     fn = tool.get("function")
     if not isinstance(fn, dict):
         raise InvalidRequest('expected {"name", "description", "parameters"}', f"{path}.function")
-    name = _req_str(fn.get("name"), f"{path}.function.name")
+    name = req_str(fn.get("name"), f"{path}.function.name")
     description = _opt(fn, "description", str, None, f"{path}.function.description")
     params = _opt(fn, "parameters", dict, None, f"{path}.function.parameters")  # `strict` is dropped
     return ir.Tool(name, description) if params is None else ir.Tool(name, description, params)

@@ -12,7 +12,8 @@ from typing import Any
 
 from relayproxy import ir
 from relayproxy.codecs.shared import MINIMAX_STATUS, count
-from relayproxy.errors import RelayError, UpstreamStatusError
+from relayproxy.codecs.shared import openai_error as encode_error
+from relayproxy.errors import RelayError
 
 __all__ = [
     "DONE",
@@ -119,37 +120,6 @@ def fold_signature(call_id: str, signature: str | None) -> str:
     if not signature or signature.replace("+", "-").replace("/", "_").rstrip("=") in call_id:
         return call_id  # already inside (the Gemini codec's own ids carry it): folding twice only adds bytes
     return f"{call_id}~{signature}"
-
-
-_TYPES = {
-    400: "invalid_request_error",
-    401: "invalid_request_error",
-    402: "insufficient_quota",
-    403: "permission_error",
-    404: "invalid_request_error",
-    413: "invalid_request_error",
-    429: "rate_limit_error",
-    503: "service_unavailable_error",
-    504: "timeout_error",
-}
-_CODES = {
-    401: "invalid_api_key",
-    402: "insufficient_quota",
-    404: "model_not_found",
-    429: "rate_limit_exceeded",
-}
-
-
-def encode_error(err: RelayError) -> tuple[int, dict[str, Any]]:
-    """An error in OpenAI's shape, so the openai SDK raises its matching class."""
-    status = err.status
-    if isinstance(err, UpstreamStatusError) and status < 500 and err.upstream_type:
-        etype = err.upstream_type
-    else:
-        etype = _TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
-    code = _CODES.get(status) if err.status != 404 or err.kind == "model_not_found" else "not_found"
-    param = getattr(err, "path", None)
-    return status, {"error": {"message": err.message, "type": etype, "param": param, "code": code or err.kind}}
 
 
 def stream_error_body(err: RelayError) -> dict[str, Any]:

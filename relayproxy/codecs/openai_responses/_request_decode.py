@@ -12,7 +12,7 @@ from typing import Any
 
 from relayproxy import ir
 from relayproxy.codecs.openai_responses._vocab import EFFORTS
-from relayproxy.codecs.shared import arguments_object, is_int
+from relayproxy.codecs.shared import arguments_object, is_int, req_str, unfold_call_id
 from relayproxy.errors import InvalidRequest
 
 __all__ = ["decode_request"]
@@ -90,18 +90,6 @@ def _opt_number(body: dict[str, Any], key: str, high: float) -> float | None:
     return float(value)
 
 
-def _req_str(value: Any, path: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise InvalidRequest("required, a non-empty string", path)
-    return value
-
-
-def _unfold(call_id: str) -> tuple[str, str | None]:
-    """Split a Gemini thoughtSignature off a call id folded by the encoders (``~<sig>``)."""
-    head, sep, signature = call_id.partition("~")
-    return (head, signature) if sep and head and signature else (call_id, None)
-
-
 # -- input ----------------------------------------------------------------------------------------
 
 
@@ -136,15 +124,15 @@ def _decode_item(item: dict[str, Any], kind: Any, path: str, names: dict[str, st
             raise InvalidRequest(f"expected one of user, assistant, system, developer, got {role!r}", f"{path}.role")
         return role, _content(item.get("content"), f"{path}.content")
     if kind == "function_call":
-        call_id, sig = _unfold(_req_str(item.get("call_id"), f"{path}.call_id"))
-        name = _req_str(item.get("name"), f"{path}.name")
+        call_id, sig = unfold_call_id(req_str(item.get("call_id"), f"{path}.call_id"))
+        name = req_str(item.get("name"), f"{path}.name")
         args = item.get("arguments")
         if not isinstance(args, str):
             raise InvalidRequest("expected a JSON string", f"{path}.arguments")
         names[call_id] = name
         return "assistant", [ir.ToolCall(call_id, name, arguments_object(args), signature=sig)]
     if kind == "function_call_output":
-        call_id, _ = _unfold(_req_str(item.get("call_id"), f"{path}.call_id"))
+        call_id, _ = unfold_call_id(req_str(item.get("call_id"), f"{path}.call_id"))
         output = item.get("output")
         value = output if isinstance(output, str) else _user_parts(output, f"{path}.output")
         return "user", [ir.ToolResult(call_id, value, name=names.get(call_id))]
@@ -243,7 +231,7 @@ def _tool(tool: Any, path: str) -> ir.Tool:
                 f"{path}.type",
             )
         raise InvalidRequest(f"expected a tool of type function, got {kind!r}", f"{path}.type")
-    name = _req_str(tool.get("name"), f"{path}.name")
+    name = req_str(tool.get("name"), f"{path}.name")
     description = _opt(tool, "description", str)
     params = _opt(tool, "parameters", dict)  # `strict` is dropped
     return ir.Tool(name, description) if params is None else ir.Tool(name, description, params)

@@ -6,7 +6,7 @@ import secrets
 from typing import Any
 
 from relayproxy import ir
-from relayproxy.errors import RelayError, UpstreamStatusError
+from relayproxy.codecs.shared import openai_error as encode_error
 
 __all__ = [
     "EFFORTS",
@@ -23,15 +23,6 @@ __all__ = [
 ]
 
 EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
-
-_TYPES = {
-    402: "insufficient_quota",
-    403: "permission_error",
-    429: "rate_limit_error",
-    503: "service_unavailable_error",
-    504: "timeout_error",
-}
-_CODES = {401: "invalid_api_key", 402: "insufficient_quota", 404: "model_not_found", 429: "rate_limit_exceeded"}
 
 
 def new_id(prefix: str) -> str:
@@ -53,18 +44,6 @@ def encode_usage(usage: ir.Usage) -> dict[str, Any]:
         "output_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
         "total_tokens": usage.input_tokens + usage.output_tokens,
     }
-
-
-def encode_error(err: RelayError) -> tuple[int, dict[str, Any]]:
-    """An error in OpenAI's shape, so the openai SDK raises its matching class."""
-    status = err.status
-    if isinstance(err, UpstreamStatusError) and status < 500 and err.upstream_type:
-        etype = err.upstream_type
-    else:
-        etype = _TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
-    code = _CODES.get(status) if status != 404 or err.kind == "model_not_found" else "not_found"
-    param = getattr(err, "path", None)
-    return status, {"error": {"message": err.message, "type": etype, "param": param, "code": code or err.kind}}
 
 
 # -- output items and the Response object ---------------------------------------------------------
