@@ -111,6 +111,16 @@ class Store:
         """Run ``txn`` as one read transaction (one consistent snapshot)."""
         return await self._commits.run(sync_op(txn), durable=False, write=False)  # type: ignore[arg-type]
 
+    async def transaction(
+        self, txn: Callable[[aiosqlite.Connection], Coroutine[Any, Any, T]], *, durable: bool = True
+    ) -> T:
+        """``_write`` for the store's other modules (accounts.py): one write transaction."""
+        return await self._write(txn, durable=durable)
+
+    async def query(self, sql: str, args: Iterable[Any] = ()) -> list[Any]:
+        """All rows of one read-only statement."""
+        return await self._all(sql, args)
+
     async def _all(self, sql: str, args: Iterable[Any] = ()) -> list[Any]:
         params = tuple(args)
         return await self._commits.run(lambda conn: conn.execute(sql, params).fetchall(), durable=False, write=False)

@@ -16,7 +16,7 @@ from pathlib import Path
 import aiosqlite
 
 from relayproxy.errors import StoreError
-from relayproxy.store import ledger
+from relayproxy.store import accounts_schema, ledger
 
 __all__ = ["WalSync", "connect"]
 
@@ -63,6 +63,7 @@ _MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX usage_account ON usage(account, seq);
     """,
     ledger.MIGRATION,
+    accounts_schema.MIGRATION,
 )
 
 

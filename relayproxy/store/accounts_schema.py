@@ -1,0 +1,50 @@
+"""The schema migration for dashboard users, sessions, setup tokens, key options and audit
+(accounts.py uses it; schema.py runs it)."""
+
+from __future__ import annotations
+
+__all__ = ["MIGRATION"]
+
+MIGRATION = """
+    CREATE TABLE users (
+        id INTEGER PRIMARY KEY,
+        email TEXT NOT NULL UNIQUE,
+        password_hash TEXT NOT NULL,
+        account_id INTEGER NOT NULL REFERENCES accounts(id),
+        admin INTEGER NOT NULL DEFAULT 0,
+        disabled INTEGER NOT NULL DEFAULT 0,
+        created_at TEXT NOT NULL
+    );
+    CREATE TABLE sessions (
+        token_hash BLOB PRIMARY KEY,
+        user_id INTEGER NOT NULL REFERENCES users(id),
+        csrf TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        last_seen_at TEXT NOT NULL,
+        idle_expires_at TEXT NOT NULL,
+        absolute_expires_at TEXT NOT NULL
+    );
+    CREATE INDEX sessions_user ON sessions(user_id);
+    CREATE TABLE setup_tokens (
+        token_hash BLOB PRIMARY KEY,
+        created_at TEXT NOT NULL,
+        expires_at TEXT NOT NULL,
+        used_at TEXT
+    );
+    CREATE TABLE key_options (
+        key_id TEXT PRIMARY KEY REFERENCES api_keys(id),
+        spend_limit_microusd INTEGER,
+        expires_at TEXT,
+        models TEXT,
+        spend_microusd INTEGER NOT NULL DEFAULT 0,
+        last_used_at TEXT
+    );
+    CREATE TABLE audit (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        created_at TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        target TEXT NOT NULL,
+        detail TEXT NOT NULL DEFAULT ''
+    );
+"""
