@@ -36,6 +36,29 @@ class KeyInfo:
     account: str
     created_at: str
     revoked_at: str | None
+    spend_limit_microusd: int | None = None  # None: no limit beyond the account's credit
+    expires: str | None = None  # YYYY-MM-DD, valid through that UTC day; None: never
+    models: tuple[str, ...] | None = None  # the allow-list; None: every configured model
+    spend_microusd: int = 0  # charged so far
+    last_used_at: str | None = None
+
+    @classmethod
+    def from_row(cls, row: tuple[object, ...]) -> KeyInfo:
+        """From the store's columns (``KEY_COLUMNS`` order), ``models`` as comma-separated text."""
+        kid, prefix, label, account, created, revoked, limit, expires, models, spend, last_used = row
+        return cls(
+            str(kid),
+            str(prefix),
+            str(label),
+            str(account),
+            str(created),
+            None if revoked is None else str(revoked),
+            None if limit is None else int(limit),  # type: ignore[call-overload]
+            None if expires is None else str(expires),
+            None if models is None else tuple(m for m in str(models).split(",") if m),
+            int(spend),  # type: ignore[call-overload]
+            None if last_used is None else str(last_used),
+        )
 
 
 @dataclass(slots=True)

@@ -1,5 +1,11 @@
 """The schema migration for dashboard users, sessions, setup tokens, key options and audit
-(accounts.py uses it; schema.py runs it)."""
+(accounts.py uses it; schema.py runs it).
+
+Key options live on ``api_keys`` itself, so admission reads them in the row it already reads:
+``spend_limit_microusd`` (NULL = none), ``expires`` (``YYYY-MM-DD``, valid through that UTC day;
+NULL = never), ``models`` (comma-separated allow-list; NULL = all), and the key's running
+``spend_microusd`` (charges) and ``held_microusd`` (open holds), which count against the limit.
+"""
 
 from __future__ import annotations
 
@@ -31,14 +37,12 @@ MIGRATION = """
         expires_at TEXT NOT NULL,
         used_at TEXT
     );
-    CREATE TABLE key_options (
-        key_id TEXT PRIMARY KEY REFERENCES api_keys(id),
-        spend_limit_microusd INTEGER,
-        expires_at TEXT,
-        models TEXT,
-        spend_microusd INTEGER NOT NULL DEFAULT 0,
-        last_used_at TEXT
-    );
+    ALTER TABLE api_keys ADD COLUMN spend_limit_microusd INTEGER;
+    ALTER TABLE api_keys ADD COLUMN expires TEXT;
+    ALTER TABLE api_keys ADD COLUMN models TEXT;
+    ALTER TABLE api_keys ADD COLUMN spend_microusd INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE api_keys ADD COLUMN held_microusd INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE api_keys ADD COLUMN last_used_at TEXT;
     CREATE TABLE audit (
         seq INTEGER PRIMARY KEY AUTOINCREMENT,
         created_at TEXT NOT NULL,

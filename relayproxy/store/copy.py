@@ -18,7 +18,10 @@ __all__ = ["TABLES", "copy_store"]
 #: Table → its columns, in an order that satisfies the foreign keys.
 TABLES: dict[str, tuple[str, ...]] = {
     "accounts": ("id", "name", "created_at", "balance_microusd", "held_microusd"),
-    "api_keys": ("id", "account_id", "prefix", "hash", "label", "created_at", "revoked_at"),
+    "api_keys": (
+        "id", "account_id", "prefix", "hash", "label", "created_at", "revoked_at", "spend_limit_microusd", "expires",
+        "models", "spend_microusd", "held_microusd", "last_used_at",
+    ),
     "ledger": (
         "seq", "account_id", "kind", "amount_microusd", "business_key", "request_id", "payment_ref", "note",
         "created_at",

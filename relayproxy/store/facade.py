@@ -36,11 +36,16 @@ from relayproxy.records import KeyInfo, Principal, UsageRecord
 from relayproxy.store import ledger, schema
 from relayproxy.store.group_commit import GroupCommit, SyncDb, drive, sync_op
 
-__all__ = ["Admission", "Booking", "Store", "utc_iso", "utc_now"]
+__all__ = ["KEY_COLUMNS", "Admission", "Booking", "Store", "utc_iso", "utc_now"]
 
 T = TypeVar("T")
 
 _USAGE_FIELDS = tuple(f for f in UsageRecord.__dataclass_fields__)
+#: A key's columns as ``KeyInfo.from_row`` reads them (``k``: api_keys, ``a``: accounts).
+KEY_COLUMNS = (
+    "k.id, k.prefix, k.label, a.name, k.created_at, k.revoked_at,"
+    " k.spend_limit_microusd, k.expires, k.models, k.spend_microusd, k.last_used_at"
+)
 
 
 def utc_now() -> str:
@@ -135,30 +140,41 @@ class Store:
         """The id of account ``name``, created if missing."""
         return await self._write(lambda db: _ensure_account(db, name))
 
-    async def add_key(self, account: str, key_id: str, prefix: str, key_hash: bytes, label: str) -> KeyInfo:
+    async def add_key(
+        self,
+        account: str,
+        key_id: str,
+        prefix: str,
+        key_hash: bytes,
+        label: str,
+        *,
+        spend_limit_microusd: int | None = None,
+        expires: str | None = None,
+        models: tuple[str, ...] | None = None,
+    ) -> KeyInfo:
+        """A new key of ``account`` (created if missing), with its options (records.KeyInfo)."""
         created = utc_now()
+        allowed = None if models is None else ",".join(models)
 
         async def txn(db: aiosqlite.Connection) -> None:
             account_id = await _ensure_account(db, account)
             await db.execute(
-                "INSERT INTO api_keys(id, account_id, prefix, hash, label, created_at) VALUES (?,?,?,?,?,?)",
-                (key_id, account_id, prefix, key_hash, label, created),
+                "INSERT INTO api_keys(id, account_id, prefix, hash, label, created_at,"
+                " spend_limit_microusd, expires, models) VALUES (?,?,?,?,?,?,?,?,?)",
+                (key_id, account_id, prefix, key_hash, label, created, spend_limit_microusd, expires, allowed),
             )
 
         await self._write(txn)
-        return KeyInfo(key_id, prefix, label, account, created, None)
+        return KeyInfo(key_id, prefix, label, account, created, None, spend_limit_microusd, expires, models)
 
     async def list_keys(self, account: str | None = None) -> list[KeyInfo]:
-        sql = (
-            "SELECT k.id, k.prefix, k.label, a.name, k.created_at, k.revoked_at"
-            " FROM api_keys k JOIN accounts a ON a.id = k.account_id"
-        )
+        sql = f"SELECT {KEY_COLUMNS} FROM api_keys k JOIN accounts a ON a.id = k.account_id"
         rows = await (
             self._all(sql + " WHERE a.name = ? ORDER BY k.created_at", (account,))
             if account
             else self._all(sql + " ORDER BY k.created_at")
         )
-        return [KeyInfo(*row) for row in rows]
+        return [KeyInfo.from_row(tuple(row)) for row in rows]
 
     async def revoke_key(self, key_id: str) -> bool:
         """Revoke a key; False when no active key has that id."""

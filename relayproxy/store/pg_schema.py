@@ -94,6 +94,15 @@ MIGRATIONS: tuple[str, ...] = (
         received_at TEXT NOT NULL
     );
     """,
+    # Key options, on the key's row (accounts_schema.py says what each column means).
+    """
+    ALTER TABLE api_keys ADD COLUMN spend_limit_microusd BIGINT;
+    ALTER TABLE api_keys ADD COLUMN expires TEXT;
+    ALTER TABLE api_keys ADD COLUMN models TEXT;
+    ALTER TABLE api_keys ADD COLUMN spend_microusd BIGINT NOT NULL DEFAULT 0;
+    ALTER TABLE api_keys ADD COLUMN held_microusd BIGINT NOT NULL DEFAULT 0;
+    ALTER TABLE api_keys ADD COLUMN last_used_at TEXT;
+    """,
 )
 
 

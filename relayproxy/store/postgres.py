@@ -38,7 +38,7 @@ from relayproxy.errors import StoreError
 from relayproxy.records import KeyInfo, Principal, UsageRecord
 from relayproxy.store import pg_ledger as q
 from relayproxy.store import pg_schema
-from relayproxy.store.facade import Admission, Store, utc_iso, utc_now
+from relayproxy.store.facade import KEY_COLUMNS, Admission, Store, utc_iso, utc_now
 
 __all__ = ["PgStore"]
 
@@ -154,35 +154,49 @@ class PgStore(Store):
     async def ensure_account(self, name: str) -> int:
         return await self._run(lambda c: q.ensure_account(c, name))
 
-    async def add_key(self, account: str, key_id: str, prefix: str, key_hash: bytes, label: str) -> KeyInfo:
+    async def add_key(
+        self,
+        account: str,
+        key_id: str,
+        prefix: str,
+        key_hash: bytes,
+        label: str,
+        *,
+        spend_limit_microusd: int | None = None,
+        expires: str | None = None,
+        models: tuple[str, ...] | None = None,
+    ) -> KeyInfo:
+        """A new key of ``account`` (created if missing), with its options (records.KeyInfo)."""
         created = utc_now()
+        allowed = None if models is None else ",".join(models)
 
         async def txn(c: _Conn) -> None:
             account_id = await q.ensure_account(c, account)
             await c.execute(
-                "INSERT INTO api_keys(id, account_id, prefix, hash, label, created_at) VALUES ($1,$2,$3,$4,$5,$6)",
+                "INSERT INTO api_keys(id, account_id, prefix, hash, label, created_at,"
+                " spend_limit_microusd, expires, models) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9)",
                 key_id,
                 account_id,
                 prefix,
                 key_hash,
                 label,
                 created,
+                spend_limit_microusd,
+                expires,
+                allowed,
             )
 
         await self._run(txn)
-        return KeyInfo(key_id, prefix, label, account, created, None)
+        return KeyInfo(key_id, prefix, label, account, created, None, spend_limit_microusd, expires, models)
 
     async def list_keys(self, account: str | None = None) -> list[KeyInfo]:
-        sql = (
-            "SELECT k.id, k.prefix, k.label, a.name, k.created_at, k.revoked_at"
-            " FROM api_keys k JOIN accounts a ON a.id = k.account_id"
-        )
+        sql = f"SELECT {KEY_COLUMNS} FROM api_keys k JOIN accounts a ON a.id = k.account_id"
         rows = await (
             self._all(sql + " WHERE a.name = $1 ORDER BY k.created_at", (account,))
             if account
             else self._all(sql + " ORDER BY k.created_at")
         )
-        return [KeyInfo(*row) for row in rows]
+        return [KeyInfo.from_row(tuple(row)) for row in rows]
 
     async def revoke_key(self, key_id: str) -> bool:
         status = await self._run(

@@ -762,3 +762,18 @@ def test_utc_now_matches_the_store_timestamp_format() -> None:
         assert before <= now <= after
         assert len(now) == len("2026-11-23T10:00:00.123Z") and now.endswith("Z") and now[19] == "."
         time.sleep(0.6)  # crosses a second boundary at least once
+
+
+@pytest.mark.anyio
+async def test_key_options_round_trip(store: Store) -> None:
+    made = await store.add_key(
+        "opts", "key_opts", "rp_o", b"h" * 32, "ci", spend_limit_microusd=1_000_000, expires="2027-01-31",
+        models=("gpt-5.5", "claude-x"),
+    )  # fmt: skip
+    plain = await store.add_key("opts", "key_plain", "rp_p", b"p" * 32, "plain")
+    listed = {k.id: k for k in await store.list_keys("opts")}
+    assert listed["key_opts"] == made
+    assert (made.spend_limit_microusd, made.expires, made.models) == (1_000_000, "2027-01-31", ("gpt-5.5", "claude-x"))
+    assert (made.spend_microusd, made.last_used_at) == (0, None)
+    assert listed["key_plain"] == plain
+    assert (plain.spend_limit_microusd, plain.expires, plain.models) == (None, None, None)
