@@ -11,14 +11,20 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-import re
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol, cast
 
 import h11
 
 from relayproxy.http_types import HttpRequest, HttpResponse
-from relayproxy.server.limits import HeadScanner, RequestRejected, ServerLimits, check_request, split_target
+from relayproxy.server.limits import (
+    HeadScanner,
+    RequestRejected,
+    ServerLimits,
+    check_request,
+    describe_malformed,
+    split_target,
+)
 from relayproxy.server.writer import ClientGone, ResponseWriter, h11_bytes, render_whole
 
 __all__ = ["ClientConnection", "ConnState", "should_keep_alive"]
@@ -28,7 +34,6 @@ _log = logging.getLogger("relayproxy.server")
 _READ_HIGH_WATER = 64 * 1024  # pipelined bytes buffered while a response is in progress
 _CHUNKED_PIECE = 16 * 1024
 _INTERNAL_ERROR = "The server failed while answering this request."
-_QUOTED_BYTES = re.compile(r"(?:bytearray\()?b['\"]")
 
 
 def should_keep_alive(h11_state: object, draining: bool) -> bool:
@@ -66,12 +71,6 @@ class ConnState(enum.Enum):
     HANDLING = enum.auto()  # the handler runs / its response is written; reads are buffered
     CLOSING = enum.auto()  # FIN sent after our last bytes; client bytes are dropped
     CLOSED = enum.auto()
-
-
-def _describe(exc: h11.RemoteProtocolError) -> str:
-    """h11's reason, cut before any quoted bytes: it may quote a header value (a key, say)."""
-    reason = _QUOTED_BYTES.split(str(exc), maxsplit=1)[0].rstrip(" :")
-    return f"Malformed HTTP/1.1 request: {reason[:200]}"
 
 
 class ClientConnection(asyncio.Protocol):
@@ -238,7 +237,7 @@ class ClientConnection(asyncio.Protocol):
             try:
                 event = self._h11.next_event()
             except h11.RemoteProtocolError as exc:
-                self._reject(exc.error_status_hint, _describe(exc), self._request)
+                self._reject(exc.error_status_hint, describe_malformed(str(exc)), self._request)
                 return
             if isinstance(event, h11.Data):
                 if not self._add_body(event.data):
