@@ -1,33 +1,31 @@
 """One client connection of the HTTP/1.1 server: an ``asyncio.Protocol`` driving h11.
 
 See ``listener`` for the states a connection moves through. This module holds the per-connection
-protocol (reading requests, the state machine, timers and closing) and the small ``Host``
-interface it needs of the listener; ``writer`` writes its responses; ``listener`` holds the
-listening socket, the TaskGroup and shutdown, and implements ``Host``.
+protocol (reading requests, the state machine, timers and closing); ``writer`` writes its
+responses; ``host`` is the small interface between it and ``listener``, which holds the listening
+socket, the TaskGroup and shutdown.
 """
 
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
-from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, Protocol, cast
+from typing import cast
 
 import h11
 
-from relayproxy.http_types import HttpRequest, HttpResponse
+from relayproxy.http_types import HttpRequest
+from relayproxy.server.host import ConnState, Host
 from relayproxy.server.limits import (
     HeadScanner,
     RequestRejected,
-    ServerLimits,
     check_request,
     describe_malformed,
     split_target,
 )
 from relayproxy.server.writer import ClientGone, ResponseWriter, h11_bytes, render_whole
 
-__all__ = ["ClientConnection", "ConnState", "should_keep_alive"]
+__all__ = ["ClientConnection", "should_keep_alive"]
 
 _log = logging.getLogger("relayproxy.server")
 
@@ -39,38 +37,6 @@ _INTERNAL_ERROR = "The server failed while answering this request."
 def should_keep_alive(h11_state: object, draining: bool) -> bool:
     """After a response: reuse the connection only if h11 agrees and the server is not draining."""
     return h11_state is h11.DONE and not draining
-
-
-class Host(Protocol):
-    """What a connection needs of the listener that accepted it (``listener.Server``)."""
-
-    limits: ServerLimits
-    handler: Callable[[HttpRequest], Awaitable[HttpResponse]]
-    render_error: Callable[[int, str, HttpRequest | None], HttpResponse]
-
-    @property
-    def draining(self) -> bool: ...
-
-    def adopt(self, conn: ClientConnection) -> bool: ...
-
-    def forget(self, conn: ClientConnection) -> None: ...
-
-    def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None] | None: ...
-
-    def check_drained(self) -> None: ...
-
-    def request_started(self) -> None: ...
-
-    def request_ended(self) -> None: ...
-
-
-class ConnState(enum.Enum):
-    IDLE = enum.auto()  # between requests: no byte of the next one yet
-    HEAD = enum.auto()  # reading a request head into our buffer
-    BODY = enum.auto()  # h11 parses the head and reads the body
-    HANDLING = enum.auto()  # the handler runs / its response is written; reads are buffered
-    CLOSING = enum.auto()  # FIN sent after our last bytes; client bytes are dropped
-    CLOSED = enum.auto()
 
 
 class ClientConnection(asyncio.Protocol):
