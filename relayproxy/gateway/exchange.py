@@ -96,7 +96,6 @@ class Recorder:
         self._observe(ex)
         rec = ex.record
         access.info(
-            "%s",
             access_line(
                 rec,
                 ts=rec.created_at,

@@ -105,7 +105,6 @@ class Gateway:
     def _log_untracked(self, ex: Exchange, status: int) -> None:
         """Access log for requests without a usage record (inference ones log when they end)."""
         access.info(
-            "%s",
             access_line(
                 None,
                 ts=ex.record.created_at,

@@ -1,100 +1,42 @@
 """One client connection of the HTTP/1.1 server: an ``asyncio.Protocol`` driving h11.
 
 See ``listener`` for the states a connection moves through. This module holds the per-connection
-protocol and the small ``Host`` interface it needs of the listener; ``listener`` holds the
-listening socket, the TaskGroup and shutdown, and implements ``Host``.
+protocol (reading requests, the state machine, timers and closing); ``writer`` writes its
+responses; ``host`` is the small interface between it and ``listener``, which holds the listening
+socket, the TaskGroup and shutdown.
 """
 
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
-import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from http import HTTPStatus
-from typing import Any, Protocol, cast
+from typing import cast
 
 import h11
 
-from relayproxy.http_types import HttpRequest, HttpResponse, header
+from relayproxy.http_types import HttpRequest
+from relayproxy.server.host import ConnState, Host
 from relayproxy.server.limits import (
     HeadScanner,
     RequestRejected,
-    ServerLimits,
-    body_allowed,
     check_request,
+    describe_malformed,
     split_target,
 )
+from relayproxy.server.writer import ClientGone, ResponseWriter, h11_bytes, render_whole
 
-__all__ = ["ClientConnection", "ConnState", "should_keep_alive"]
+__all__ = ["ClientConnection", "should_keep_alive"]
 
 _log = logging.getLogger("relayproxy.server")
 
 _READ_HIGH_WATER = 64 * 1024  # pipelined bytes buffered while a response is in progress
 _CHUNKED_PIECE = 16 * 1024
-_CLOSE = (b"connection", b"close")
-_REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
 _INTERNAL_ERROR = "The server failed while answering this request."
-_QUOTED_BYTES = re.compile(r"(?:bytearray\()?b['\"]")
 
 
 def should_keep_alive(h11_state: object, draining: bool) -> bool:
     """After a response: reuse the connection only if h11 agrees and the server is not draining."""
     return h11_state is h11.DONE and not draining
-
-
-class Host(Protocol):
-    """What a connection needs of the listener that accepted it (``listener.Server``)."""
-
-    limits: ServerLimits
-    handler: Callable[[HttpRequest], Awaitable[HttpResponse]]
-    render_error: Callable[[int, str, HttpRequest | None], HttpResponse]
-
-    @property
-    def draining(self) -> bool: ...
-
-    def adopt(self, conn: ClientConnection) -> bool: ...
-
-    def forget(self, conn: ClientConnection) -> None: ...
-
-    def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None] | None: ...
-
-    def check_drained(self) -> None: ...
-
-    def request_started(self) -> None: ...
-
-    def request_ended(self) -> None: ...
-
-
-class ConnState(enum.Enum):
-    IDLE = enum.auto()  # between requests: no byte of the next one yet
-    HEAD = enum.auto()  # reading a request head into our buffer
-    BODY = enum.auto()  # h11 parses the head and reads the body
-    HANDLING = enum.auto()  # the handler runs / its response is written; reads are buffered
-    CLOSING = enum.auto()  # FIN sent after our last bytes; client bytes are dropped
-    CLOSED = enum.auto()
-
-
-class _ClientGone(Exception):
-    """The client cannot be written to any more (closed, reset, or stalled past the limit)."""
-
-
-def _frame_chunk(data: bytes) -> bytes:
-    """One chunk of a chunked body, as h11's ChunkedWriter frames it."""
-    return b"%x\r\n%b\r\n" % (len(data), data)
-
-
-def _describe(exc: h11.RemoteProtocolError) -> str:
-    """h11's reason, cut before any quoted bytes: it may quote a header value (a key, say)."""
-    reason = _QUOTED_BYTES.split(str(exc), maxsplit=1)[0].rstrip(" :")
-    return f"Malformed HTTP/1.1 request: {reason[:200]}"
-
-
-async def _aclose(body: AsyncIterator[bytes]) -> None:
-    aclose = getattr(body, "aclose", None)
-    if aclose is not None:
-        await aclose()
 
 
 class ClientConnection(asyncio.Protocol):
@@ -106,7 +48,6 @@ class ClientConnection(asyncio.Protocol):
         "_buf",
         "_chunks",
         "_client",
-        "_drain_waiter",
         "_h11",
         "_head_deadline",
         "_limits",
@@ -119,9 +60,10 @@ class ClientConnection(asyncio.Protocol):
         "_task",
         "_timer",
         "_transport",
-        "_write_paused",
+        "_writer",
     )
     _transport: asyncio.Transport
+    _writer: ResponseWriter  # both set in connection_made
 
     def __init__(self, server: Host) -> None:
         self._server = server
@@ -139,9 +81,7 @@ class ClientConnection(asyncio.Protocol):
         self._task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None  # the one deadline of the current state
         self._head_deadline = 0.0  # 0.0: starts with the first byte of the next head
-        self._drain_waiter: asyncio.Future[None] | None = None
         self._read_paused = False  # mirrors transport.pause_reading()
-        self._write_paused = False  # mirrors pause_writing() / resume_writing()
 
     @property
     def state(self) -> ConnState:
@@ -154,6 +94,7 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's is one, though not by subclass
+        self._writer = ResponseWriter(self._transport, self._loop, self._limits.client_write_stall_s)
         if not self._server.adopt(self):
             self._state = ConnState.CLOSED
             self._transport.abort()
@@ -194,13 +135,10 @@ class ClientConnection(asyncio.Protocol):
         self._server.forget(self)
 
     def pause_writing(self) -> None:
-        self._write_paused = True
+        self._writer.paused = True
 
     def resume_writing(self) -> None:
-        self._write_paused = False
-        waiter = self._drain_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        self._writer.resume()
 
     # -- reading a request ---------------------------------------------------------------------
 
@@ -265,7 +203,7 @@ class ClientConnection(asyncio.Protocol):
             try:
                 event = self._h11.next_event()
             except h11.RemoteProtocolError as exc:
-                self._reject(exc.error_status_hint, _describe(exc), self._request)
+                self._reject(exc.error_status_hint, describe_malformed(str(exc)), self._request)
                 return
             if isinstance(event, h11.Data):
                 if not self._add_body(event.data):
@@ -298,7 +236,7 @@ class ClientConnection(asyncio.Protocol):
             return False
         self._body_left = -1 if content_length is None else content_length
         if self._h11.they_are_waiting_for_100_continue:
-            self._transport.write(self._h11_bytes(h11.InformationalResponse(status_code=100, headers=[])))
+            self._transport.write(h11_bytes(self._h11, h11.InformationalResponse(status_code=100, headers=[])))
         return True
 
     def _add_body(self, data: bytes) -> bool:
@@ -350,9 +288,9 @@ class ClientConnection(asyncio.Protocol):
                     response = self._server.render_error(500, _INTERNAL_ERROR, req)
                 else:
                     response = await self._server.handler(req)
-                await self._send(req, response, close=failed)
+                await self._writer.send(self._h11, req, response, close=failed or self._server.draining)
                 return True
-            except _ClientGone:
+            except ClientGone:
                 return False
             except Exception:  # noqa: BLE001 -- the per-request boundary: a bug fails one request, never the server
                 # Method and path only: headers and bodies carry keys and prompts.
@@ -361,81 +299,6 @@ class ClientConnection(asyncio.Protocol):
                     self._close_gracefully()
                     return False
                 failed = True
-
-    async def _send(self, req: HttpRequest, response: HttpResponse, *, close: bool) -> None:
-        close = close or self._server.draining
-        body = response.body
-        if isinstance(body, bytes):
-            written = False
-            try:
-                self._write(self._render_whole(req, response, body, close))
-                written = True
-            finally:
-                if response.sent is not None:
-                    response.sent(written)
-            if self._write_paused:  # one response's worth of buffer, never more
-                await self._wait_writable()
-            return
-        try:
-            headers = [*response.headers, _CLOSE] if close else response.headers
-            reason = _REASONS.get(response.status, b"")
-            self._write(self._h11_bytes(h11.Response(status_code=response.status, headers=headers, reason=reason)))
-            if body_allowed(req.method, response.status):
-                # h11 frames a body without Content-Length as chunks for an HTTP/1.1 client and
-                # as raw bytes up to the close for an HTTP/1.0 one (and adds the headers that
-                # say so); the Data events themselves change no state in it, so the chunks are
-                # framed here, without an event object and a state-machine pass per chunk.
-                own = header(response.headers, b"content-length") is None
-                await self._write_stream(
-                    body, frame=_frame_chunk if own and self._h11.their_http_version == b"1.1" else None
-                )
-            self._write(self._h11_bytes(h11.EndOfMessage()))
-        finally:
-            await _aclose(body)  # GeneratorExit in the handler's generator if we stopped early
-
-    async def _write_stream(self, body: AsyncIterator[bytes], *, frame: Callable[[bytes], bytes] | None) -> None:
-        # The iterator is resumed only after its previous chunk was handed to the transport and
-        # the transport's buffer is below its high-water mark: a slow client slows the producer.
-        async for chunk in body:
-            if chunk:
-                self._write(frame(chunk) if frame is not None else self._h11_bytes(h11.Data(data=chunk)))
-                if self._write_paused:
-                    await self._wait_writable()
-
-    def _render_whole(self, req: HttpRequest | None, response: HttpResponse, body: bytes, close: bool) -> bytes:
-        status = response.status
-        headers = [*response.headers]
-        if status != 204 and status != 304:
-            headers.append((b"content-length", b"%d" % len(body)))
-        if close:
-            headers.append(_CLOSE)
-        parts = [self._h11_bytes(h11.Response(status_code=status, headers=headers, reason=_REASONS.get(status, b"")))]
-        if body and (req is None or body_allowed(req.method, status)):
-            parts += self._h11.send_with_data_passthrough(h11.Data(data=body)) or ()
-        parts.append(self._h11_bytes(h11.EndOfMessage()))
-        return b"".join(parts)
-
-    def _h11_bytes(self, event: h11.Event) -> bytes:
-        data = self._h11.send(event)
-        assert data is not None  # None only for ConnectionClosed, which we never send
-        return data
-
-    def _write(self, data: bytes) -> None:
-        if self._transport.is_closing():
-            raise _ClientGone
-        self._transport.write(data)
-
-    async def _wait_writable(self) -> None:
-        """Wait while the transport is over its high-water mark, at most client_write_stall_s."""
-        waiter = self._drain_waiter = self._loop.create_future()
-        try:
-            async with asyncio.timeout(self._limits.client_write_stall_s):
-                await waiter
-        except TimeoutError:
-            self._transport.abort()  # a client that stopped reading holds buffers and an upstream
-            raise _ClientGone from None
-        finally:
-            self._drain_waiter = None
 
     def _end_cycle(self) -> None:
         """The response is out: close, or get ready for the next request (maybe already here)."""
@@ -471,7 +334,7 @@ class ClientConnection(asyncio.Protocol):
         if our_state is h11.IDLE or our_state is h11.SEND_RESPONSE:
             response = self._server.render_error(status, message, req)
             assert isinstance(response.body, bytes), "render_error must return a bytes body"
-            self._transport.write(self._render_whole(req, response, response.body, close=True))
+            self._transport.write(render_whole(self._h11, req, response, response.body, close=True))
         self._close_gracefully()
 
     def _on_timer(self) -> None:

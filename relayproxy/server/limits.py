@@ -32,6 +32,7 @@ __all__ = [
     "ServerLimits",
     "body_allowed",
     "check_request",
+    "describe_malformed",
     "split_target",
 ]
 
@@ -40,6 +41,7 @@ _MAX_CONTENT_LENGTH_DIGITS = 20  # h11's own cap; longer values are refused, not
 # Control characters other than HTAB, CR, LF. h11 refuses only NUL and whitespace controls in
 # field values, so DEL or \x01 would reach the handler (and an upstream) unnoticed.
 _CTL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_QUOTED_BYTES = re.compile(r"(?:bytearray\()?b['\"]")
 # The defaults of [limits] and [timeouts]: written once, in config.settings.
 _LIMITS, _TIMEOUTS = Limits(), Timeouts()
 
@@ -180,6 +182,13 @@ def check_request(method: bytes, http_version: bytes, headers: Headers, limits: 
             413, f"The request body ({length} bytes) exceeds the limit of {limits.max_body_bytes} bytes."
         )
     return length
+
+
+def describe_malformed(reason: str) -> str:
+    """The 400 message for h11's ``reason``, cut before any quoted bytes: it may quote a header
+    value (a key, say)."""
+    reason = _QUOTED_BYTES.split(reason, maxsplit=1)[0].rstrip(" :")
+    return f"Malformed HTTP/1.1 request: {reason[:200]}"
 
 
 def split_target(target: bytes) -> tuple[str, str]:

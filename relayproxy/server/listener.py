@@ -27,7 +27,8 @@ from typing import Any
 
 from relayproxy.errors import SERVER_ERRORS
 from relayproxy.http_types import HttpRequest, HttpResponse
-from relayproxy.server.connection import ClientConnection, ConnState, should_keep_alive
+from relayproxy.server.connection import ClientConnection, should_keep_alive
+from relayproxy.server.host import Connection, ConnState
 from relayproxy.server.limits import ServerLimits
 
 __all__ = [
@@ -84,7 +85,7 @@ class Server:
         self.limits = limits
         self.render_error = render_error or default_render_error
         self._state = ServerState.NEW
-        self._connections: set[ClientConnection] = set()
+        self._connections: set[Connection] = set()
         self._tg: asyncio.TaskGroup | None = None  # None: no new request tasks
         self._listener: asyncio.Server | None = None
         self._active = 0
@@ -213,12 +214,12 @@ class Server:
     def request_ended(self) -> None:
         self._active -= 1
 
-    def adopt(self, conn: ClientConnection) -> bool:
+    def adopt(self, conn: Connection) -> bool:
         if self._tg is None:
             return False
         self._connections.add(conn)
         return True
 
-    def forget(self, conn: ClientConnection) -> None:
+    def forget(self, conn: Connection) -> None:
         self._connections.discard(conn)
         self.check_drained()

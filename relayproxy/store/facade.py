@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -51,16 +52,13 @@ KEY_COLUMNS = (
 def utc_now() -> str:
     """ISO-8601 UTC with milliseconds, e.g. 2026-11-23T10:00:00.123Z (the same as
     ``utc_iso(datetime.now(UTC))``; the text up to the second is formatted once per second)."""
-    global _second, _second_text  # a one-entry cache, per process
-    now_ms = time.time_ns() // 1_000_000
-    second, ms = divmod(now_ms, 1000)
-    if second != _second:
-        _second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        _second = second
-    return f"{_second_text}.{ms:03d}Z"
+    second, ms = divmod(time.time_ns() // 1_000_000, 1000)
+    return f"{_second_text(second)}.{ms:03d}Z"
 
 
-_second, _second_text = -1, ""
+@lru_cache(maxsize=1)  # a pure function of its argument; strftime costs more than the whole rest
+def _second_text(second: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
 
 
 def utc_iso(moment: datetime) -> str:

@@ -47,6 +47,7 @@ from typing import Any, Generic, TypeVar
 import aiosqlite
 
 from relayproxy.errors import StoreError
+from relayproxy.store._aiosqlite_adapter import plain_connection, queue_on_thread
 
 __all__ = ["GroupCommit", "Op", "SyncDb", "drive", "sync_op"]
 
@@ -74,6 +75,9 @@ class _Queued(Generic[T]):
 
 class GroupCommit:
     """Runs ops in batches on aiosqlite's database thread; see the module docstring.
+
+    It reaches that thread through ``_aiosqlite_adapter`` (the one module that uses aiosqlite's
+    private attributes): aiosqlite's public calls make one trip per statement.
 
     Driven by callbacks, not a task: ``submit`` schedules a start for the end of the current
     loop iteration (so what that iteration submits shares one batch), which starts a batch when
@@ -157,7 +161,7 @@ class GroupCommit:
         early = _Early(loop, batch)
         trip: asyncio.Future[list[Any]] = loop.create_future()
         try:
-            _to_thread(self._db, trip, partial(_run_batch, self._db._conn, batch, self._sync, early))
+            queue_on_thread(self._db, trip, partial(_run_batch, plain_connection(self._db), batch, self._sync, early))
         except ValueError:  # aiosqlite: the connection is closed
             trip.set_exception(StoreError("the database is closed"))
         self._in_flight = True
@@ -187,14 +191,6 @@ class GroupCommit:
         if self._queue and not self._soon:  # after the callers just answered had their turn
             self._soon = True
             loop.call_soon(self._next, loop)
-
-
-def _to_thread(db: aiosqlite.Connection, future: asyncio.Future[Any], function: Callable[[], Any]) -> None:
-    """Queue ``function`` on aiosqlite's database thread, which sets ``future`` to its outcome
-    (what ``Connection._execute`` does, without a coroutine, so without a task to run it)."""
-    if not db._running or db._connection is None:
-        raise ValueError("Connection closed")
-    db._tx.put_nowait((future, function))
 
 
 class _Early:

@@ -1,15 +1,17 @@
 """Access-log lines and log redaction: keys, secrets and prompts never reach a log.
 
 Two defences, both needed:
-- ``access_line`` builds each access-log line from a fixed whitelist of fields, so nothing from
-  headers, bodies or the query string (which may hold ``?key=``) can reach it by accident;
-- ``RedactingFilter`` / ``RedactingFormatter`` rewrite every other log record, tracebacks
-  included, so a secret that ends up in an exception message or a debug format string is
+- ``access_line`` makes each access-log message from a fixed whitelist of fields, so nothing from
+  headers, bodies or the query string (which may hold ``?key=``) can reach it by accident; its text
+  is their JSON with every string value passed through ``redact``;
+- ``RedactingFilter`` / ``RedactingFormatter`` pass every other log record, tracebacks included,
+  through ``redact``, so a secret that ends up in an exception message or a debug format string is
   replaced by ``[REDACTED]``: no log line may carry an API key, a bearer token or a Stripe secret,
   whichever logger or format string wrote it.
 
-An access line is redacted once, where it is built; the filter and the formatter recognise that
-very string object and do not scan it again. ``logsetup.configure_logging`` puts them to work.
+An ``AccessLine`` is redacted value by value when it is rendered, never as a whole: a pattern run
+over the whole JSON could take the next key for a credential's value (``"…api_key","client"``).
+``logsetup.configure_logging`` puts them to work.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ __all__ = [
     "ACCESS_LOGGER",
     "REDACTED",
     "AccessJsonFormatter",
+    "AccessLine",
     "RedactingFilter",
     "RedactingFormatter",
     "access_line",
@@ -108,11 +111,23 @@ def _text(value: str | None) -> str | None:
     return value if value.isascii() else value.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-# The access line access_line built last. It is redacted already, so the filter and formatter let
-# exactly this object through without scanning it again (the call shape is always
-# ``access.info("%s", access_line(...))``, logged at once). An identity check cannot be met by any
-# other string; under threads a line built in between only costs the other line a rescan.
-_last_line: str | None = None
+class AccessLine:
+    """One access-log message: whitelisted fields; ``str()`` is their JSON, each text value redacted.
+
+    Log it as the message itself (``access.info(line)``). It redacts itself, so the filter and the
+    gateway's formatter print it as it is; any other formatter redacts its whole output as ever.
+    """
+
+    __slots__ = ("_fields",)
+
+    def __init__(self, fields: dict[str, Any]) -> None:
+        self._fields = fields
+
+    def __str__(self) -> str:
+        return _render(self._fields)
+
+    def __repr__(self) -> str:
+        return f"AccessLine({self})"
 
 
 def access_line(
@@ -126,14 +141,13 @@ def access_line(
     client: str | None,
     request_id: str,
     protocol: str | None = None,
-) -> str:
+) -> AccessLine:
     """One compact JSON access-log line from whitelisted fields only.
 
     ``ts`` (ISO-8601 UTC) is used when there is no usage record; with one, its ``created_at`` is.
     ``path`` loses any query string here as well, whatever the caller passed: ``?key=`` is a
     credential. ``protocol`` is the inbound protocol when known but no record was made.
     """
-    global _last_line
     path = path.partition("?")[0].partition("#")[0]
     line: dict[str, Any] = {
         "ts": rec.created_at if rec is not None else ts,
@@ -147,21 +161,24 @@ def access_line(
     }
     if rec is not None:
         line.update(_usage_fields(rec))
-    # Every string value is scanned, whatever its source, in one pass: when none holds a marker,
-    # redacting them one by one would change nothing, so the line is built from them as they are.
-    # The separator is no marker character, so no marker spans two values; the keys hold none
-    # (tests check). Otherwise, or for text orjson refuses (lone surrogates), field by field.
+    return AccessLine(line)
+
+
+def _render(line: dict[str, Any]) -> str:
+    """The JSON of ``line``, every string value through ``redact``.
+
+    Every string value is scanned in one pass: when none holds a marker, redacting them one by one
+    would change nothing, so the line is dumped as it is. The separator is no marker character, so
+    no marker spans two values; the keys hold none (tests check). Otherwise, or for text orjson
+    refuses (lone surrogates), field by field.
+    """
     values = "\n".join([v for v in line.values() if isinstance(v, str)])
-    text: str | None = None
     if not _may_hold_secret(values):
         try:
-            text = orjson.dumps(line).decode("utf-8")
+            return orjson.dumps(line).decode("utf-8")
         except orjson.JSONEncodeError:
-            text = None
-    if text is None:
-        text = orjson.dumps({k: _text(v) if isinstance(v, str) else v for k, v in line.items()}).decode("utf-8")
-    _last_line = text
-    return text
+            pass
+    return orjson.dumps({k: _text(v) if isinstance(v, str) else v for k, v in line.items()}).decode("utf-8")
 
 
 def _usage_fields(rec: UsageRecord) -> dict[str, Any]:
@@ -183,19 +200,6 @@ def _usage_fields(rec: UsageRecord) -> dict[str, Any]:
     }
 
 
-def _safe_line(record: logging.LogRecord) -> str | None:
-    """The record's message when it is the access line ``access_line`` built (already redacted)."""
-    line = _last_line
-    if line is None:
-        return None
-    msg, args = record.msg, record.args
-    if msg is line and not args:  # after RedactingFilter
-        return line
-    if type(args) is tuple and len(args) == 1 and args[0] is line and type(msg) is str and msg == "%s":
-        return line
-    return None
-
-
 _PLAIN = logging.Formatter()  # formats tracebacks for the filter, as a handler without a formatter would
 
 
@@ -207,9 +211,9 @@ class RedactingFilter(logging.Filter):
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        line = _safe_line(record)
-        record.msg = line if line is not None else redact(_message(record))
-        record.args = None
+        if not _is_access_line(record):  # an AccessLine redacts itself, value by value
+            record.msg = redact(_message(record))
+            record.args = None
         if record.exc_info and not record.exc_text:
             record.exc_text = _PLAIN.formatException(record.exc_info)
         if record.exc_text:
@@ -218,6 +222,10 @@ class RedactingFilter(logging.Filter):
         if record.stack_info:
             record.stack_info = redact(record.stack_info)
         return True
+
+
+def _is_access_line(record: logging.LogRecord) -> bool:
+    return isinstance(record.msg, AccessLine) and not record.args
 
 
 def _message(record: logging.LogRecord) -> str:
@@ -230,38 +238,10 @@ def _message(record: logging.LogRecord) -> str:
         return f"{raw} [log message could not be formatted: {type(exc).__name__}]"
 
 
-# Record attributes that logging itself fills from the code and the clock, never from a request:
-# a %-format made of these and the message adds nothing that could need redacting.
-_GENERATED_FIELDS = frozenset(
-    {
-        "asctime",
-        "created",
-        "filename",
-        "funcName",
-        "levelname",
-        "levelno",
-        "lineno",
-        "message",
-        "module",
-        "msecs",
-        "name",
-        "pathname",
-        "process",
-        "processName",
-        "relativeCreated",
-        "thread",
-        "threadName",
-    }
-)
-_PERCENT_FIELD = re.compile(r"%\(([^)]*)\)")
-
-
 class RedactingFormatter(logging.Formatter):
     """A formatter whose whole output, tracebacks included, goes through ``redact``.
 
     With ``inner``, it wraps that formatter (e.g. a JSON formatter) instead of formatting itself.
-    The one exception: an access line from ``access_line`` (redacted when built), without traceback
-    or stack, formatted by a plain ``logging.Formatter`` %-format of ``_GENERATED_FIELDS`` only.
     """
 
     def __init__(
@@ -276,34 +256,10 @@ class RedactingFormatter(logging.Formatter):
     ) -> None:
         super().__init__(fmt, datefmt, style, validate, defaults=defaults)
         self.inner = inner
-        self._checked: tuple[logging.Formatter, logging.PercentStyle] | None = None  # found plain
         self._time: tuple[int, str | None, object, str] | None = None  # second, datefmt, converter -> text
 
     def format(self, record: logging.LogRecord) -> str:
-        text = self.inner.format(record) if self.inner is not None else super().format(record)
-        if (
-            not record.exc_info
-            and not record.exc_text
-            and not record.stack_info
-            and _safe_line(record) is not None
-            and self._plain()
-        ):
-            return text
-        return redact(text)
-
-    def _plain(self) -> bool:
-        """Whether the formatting formatter is plain: its output is its %-format of generated fields."""
-        fmtr = self.inner if self.inner is not None else self
-        style = fmtr._style
-        checked = self._checked
-        if checked is not None and checked[0] is fmtr and checked[1] is style:
-            return True
-        if type(fmtr) not in (logging.Formatter, RedactingFormatter) or type(style) is not logging.PercentStyle:
-            return False
-        if not set(_PERCENT_FIELD.findall(style._fmt)) <= _GENERATED_FIELDS:
-            return False
-        self._checked = (fmtr, style)
-        return True
+        return redact(self.inner.format(record) if self.inner is not None else super().format(record))
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         # strftime once per second, not once per line; the milliseconds as logging.Formatter adds them.
@@ -334,8 +290,8 @@ class AccessJsonFormatter(RedactingFormatter):
     """The gateway's formatter: ``fmt`` for every log line except the access log's, which is its JSON alone.
 
     A record of ``ACCESS_LOGGER`` comes out as its message only, with no time or level before the
-    ``{``, so the access lines of stderr read as JSON lines; still redacted unless it is the very
-    line ``access_line`` built. Other records, and an access record with a traceback, as ever.
+    ``{``, so the access lines of stderr read as JSON lines: an ``AccessLine`` as it renders itself,
+    any other message redacted. Other records, and an access record with a traceback, as ever.
     Under ``--workers`` each access object starts with ``"worker": N`` (the worker that served
     it), as the text lines carry ``[worker N pid P]``.
     """
@@ -347,9 +303,9 @@ class AccessJsonFormatter(RedactingFormatter):
     def format(self, record: logging.LogRecord) -> str:
         if record.name != ACCESS_LOGGER or record.exc_info or record.exc_text or record.stack_info:
             return super().format(record)
-        line = _safe_line(record)
-        if line is None:
+        if not _is_access_line(record):
             return redact(_message(record))
+        line = str(record.msg)
         if self._worker_field is not None and line.startswith("{") and len(line) > 2:
             return self._worker_field + line[1:]
         return line

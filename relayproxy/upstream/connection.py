@@ -146,13 +146,19 @@ class UpstreamConnection:
         self._high_water = self._transport.get_write_buffer_limits()[1]
 
     @classmethod
-    async def open(cls, origin: Origin, ssl_context: ssl.SSLContext | None, timeout_s: float) -> UpstreamConnection:
-        """Connect (and handshake TLS when ``ssl_context`` is given) within ``timeout_s``."""
+    async def open(
+        cls, origin: Origin, ssl_context: ssl.SSLContext | None, timeout_s: float, receive_buffer: memoryview
+    ) -> UpstreamConnection:
+        """Connect (and handshake TLS when ``ssl_context`` is given) within ``timeout_s``.
+
+        ``receive_buffer`` (``protocol.new_receive_buffer``) may be shared by every connection of
+        one event loop: the transport reads into it and the protocol copies the bytes out at once.
+        """
         loop = asyncio.get_running_loop()
         with map_exceptions(origin.label, "connecting", timeout_s):
             async with asyncio.timeout(timeout_s):
                 _, protocol = await loop.create_connection(
-                    lambda: ConnectionProtocol(loop),
+                    lambda: ConnectionProtocol(loop, receive_buffer),
                     origin.host,
                     origin.port,
                     ssl=ssl_context,

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from relayproxy.errors import UpstreamConnectError
 from relayproxy.http_types import Headers
 from relayproxy.upstream.connection import Origin, UpstreamConnection
+from relayproxy.upstream.protocol import new_receive_buffer
 from relayproxy.upstream.response import UpstreamResponse
 
 __all__ = ["Pool", "split_url"]
@@ -58,6 +59,8 @@ class Pool:
         self._idle: dict[Origin, list[UpstreamConnection]] = {}  # oldest first; reuse from the end
         self._closed = False
         self.connections_opened = 0
+        # One receive buffer for all of the pool's connections (a pool serves one event loop).
+        self._receive_buffer = new_receive_buffer()
 
     def idle_count(self, url: str | None = None) -> int:
         """Idle connections to the origin of ``url``, or to all origins."""
@@ -120,7 +123,7 @@ class Pool:
 
     async def _open(self, origin: Origin, connect_timeout_s: float) -> UpstreamConnection:
         ssl_context = self._ssl_context if origin.scheme == "https" else None
-        conn = await UpstreamConnection.open(origin, ssl_context, connect_timeout_s)
+        conn = await UpstreamConnection.open(origin, ssl_context, connect_timeout_s, self._receive_buffer)
         self.connections_opened += 1
         return conn
 

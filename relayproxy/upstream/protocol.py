@@ -3,8 +3,9 @@
 A ``StreamReader`` copies every read into its buffer and back out, and a read with a timeout
 costs a coroutine, a future and a timer handle; on a stream that reads one small chunk every few
 milliseconds those are most of the upstream leg's CPU. Here the transport reads straight into one
-receive buffer shared by every connection of the thread (a ``BufferedProtocol``: the buffer is
-only used between ``get_buffer`` and ``buffer_updated``, which the transport calls back to back),
+receive buffer shared by every connection of a pool (``new_receive_buffer``; a ``BufferedProtocol``:
+the buffer is only used between ``get_buffer`` and ``buffer_updated``, which the transport calls
+back to back on the pool's event-loop thread),
 and each read is copied out as ``bytes`` of its own size. Failure prevented: the plain
 ``Protocol`` path has the transport ``recv(256 KiB)`` and shrink the result, which glibc serves
 with an mmap, an mremap and a munmap on every read. ``take`` hands the reads over (joined only if
@@ -16,28 +17,23 @@ unread bytes and writing pauses at the transport's high-water mark, as with the 
 from __future__ import annotations
 
 import asyncio
-import threading
 from typing import cast
 
-__all__ = ["ConnectionProtocol"]
+__all__ = ["ConnectionProtocol", "new_receive_buffer"]
 
 _MAX_BUFFERED = 128 * 1024  # unread bytes before reading pauses (a StreamReader's default: 2 x 64 KiB)
 _RECEIVE_BUFFER_BYTES = 64 * 1024
-_local = threading.local()
 
 
-def _receive_buffer() -> memoryview:
-    """This thread's receive buffer (each event loop runs on one thread)."""
-    view: memoryview | None = getattr(_local, "view", None)
-    if view is None:
-        view = _local.view = memoryview(bytearray(_RECEIVE_BUFFER_BYTES))
-    return view
+def new_receive_buffer() -> memoryview:
+    """A receive buffer for the connections of one event loop (a pool's: it runs on one thread)."""
+    return memoryview(bytearray(_RECEIVE_BUFFER_BYTES))
 
 
 class ConnectionProtocol(asyncio.BufferedProtocol):
     """Transport events for one client connection; one reader task at a time."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, receive_buffer: memoryview) -> None:
         self._loop = loop
         self._transport: asyncio.Transport | None = None
         self._received: list[bytes] = []
@@ -49,7 +45,7 @@ class ConnectionProtocol(asyncio.BufferedProtocol):
         self._writing_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
         self.closed: asyncio.Future[None] = loop.create_future()  # done once the socket is released
-        self._buffer = _receive_buffer()
+        self._buffer = receive_buffer  # shared with the pool's other connections (module docstring)
 
     @property
     def transport(self) -> asyncio.Transport:

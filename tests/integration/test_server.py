@@ -956,7 +956,7 @@ def test_stream_chunks_are_framed_exactly_as_h11_frames_them(size: int) -> None:
     """The server frames streamed chunks itself (no h11 event per chunk): byte for byte h11's framing."""
     import h11
 
-    from relayproxy.server.connection import _frame_chunk
+    from relayproxy.server.writer import frame_chunk
 
     conn = h11.Connection(h11.SERVER)
     conn.receive_data(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -964,4 +964,4 @@ def test_stream_chunks_are_framed_exactly_as_h11_frames_them(size: int) -> None:
     head = conn.send(h11.Response(status_code=200, headers=[]))
     assert head is not None and b"transfer-encoding: chunked" in head.lower()
     data = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
-    assert _frame_chunk(data) == conn.send(h11.Data(data=data))
+    assert frame_chunk(data) == conn.send(h11.Data(data=data))

@@ -17,7 +17,9 @@ from hypothesis import strategies as st
 from relayproxy.records import Outcome, UsageRecord
 from relayproxy.telemetry import accesslog
 from relayproxy.telemetry.accesslog import (
+    ACCESS_LOGGER,
     REDACTED,
+    AccessJsonFormatter,
     RedactingFilter,
     RedactingFormatter,
     access_line,
@@ -97,16 +99,18 @@ def full_record() -> UsageRecord:
 
 
 def line_for(rec: UsageRecord | None, path: str = "/v1beta/models/gpt-4o:streamGenerateContent") -> dict[str, object]:
-    text = access_line(
-        rec,
-        ts="2025-01-02T03:04:06.000Z",
-        method="POST",
-        path=path,
-        status=200,
-        duration_ms=42,
-        client="203.0.113.9",
-        request_id="req_1",
-        protocol="openai",
+    text = str(
+        access_line(
+            rec,
+            ts="2025-01-02T03:04:06.000Z",
+            method="POST",
+            path=path,
+            status=200,
+            duration_ms=42,
+            client="203.0.113.9",
+            request_id="req_1",
+            protocol="openai",
+        )
     )
     assert "\n" not in text
     parsed = orjson.loads(text)
@@ -161,15 +165,17 @@ def test_access_line_never_leaks_keys_prompts_or_query() -> None:
     """hardening.md cases 31/38: a canary key, a prompt and a ?key= query never reach the line."""
     rec = full_record()
     rec.reason = f"upstream said: bad key {CANARY_PROVIDER}"  # a secret that slipped into a logged field
-    text = access_line(
-        rec,
-        ts="t",
-        method="POST",
-        path=f"/v1beta/models/m:generateContent?key={CANARY_KEY}&prompt={CANARY_PROMPT}",
-        status=401,
-        duration_ms=1,
-        client=None,
-        request_id="req_2",
+    text = str(
+        access_line(
+            rec,
+            ts="t",
+            method="POST",
+            path=f"/v1beta/models/m:generateContent?key={CANARY_KEY}&prompt={CANARY_PROMPT}",
+            status=401,
+            duration_ms=1,
+            client=None,
+            request_id="req_2",
+        )
     )
     for canary in (CANARY_KEY, CANARY_PROMPT, CANARY_PROVIDER, "key=", "prompt", "Bearer", "?"):
         assert canary not in text
@@ -453,16 +459,18 @@ def test_access_line_is_what_field_by_field_redaction_gives(
     if with_record:
         rec = full_record()
         rec.account, rec.model, rec.reason, rec.client_protocol = account, model, reason, protocol
-    got = access_line(
-        rec,
-        ts="2025-01-02T03:04:06.000Z",
-        method=method,
-        path=path,
-        status=200,
-        duration_ms=42,
-        client=client,
-        request_id="req_1",
-        protocol=protocol,
+    got = str(
+        access_line(
+            rec,
+            ts="2025-01-02T03:04:06.000Z",
+            method=method,
+            path=path,
+            status=200,
+            duration_ms=42,
+            client=client,
+            request_id="req_1",
+            protocol=protocol,
+        )
     )
     assert got == reference_line(rec, path, method, client, protocol)
 
@@ -473,67 +481,105 @@ def test_access_line_keys_hold_no_marker() -> None:
     assert accesslog._MARKERS.search(keys) is None
 
 
-@pytest.fixture
-def redact_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Every text the filter and formatter pass to ``redact``."""
-    calls: list[str] = []
-    real = accesslog.redact
-
-    def counting(text: str) -> str:
-        calls.append(text)
-        return real(text)
-
-    monkeypatch.setattr(accesslog, "redact", counting)
-    return calls
-
-
 def a_line() -> str:
-    return access_line(
-        full_record(), ts="t", method="POST", path="/v1/x", status=200, duration_ms=1, client=None, request_id="req_1"
+    return str(
+        access_line(
+            full_record(),
+            ts="t",
+            method="POST",
+            path="/v1/x",
+            status=200,
+            duration_ms=1,
+            client=None,
+            request_id="req_1",
+        )
     )
 
 
-def filtered_and_formatted(msg: str, *args: object) -> str:
-    """What a handler with the filter and the gateway's formatter makes of ``info(msg, *args)``."""
-    record = logging.LogRecord("relayproxy.access", logging.INFO, __file__, 1, msg, args, None)
-    assert RedactingFilter().filter(record)
-    return RedactingFormatter("%(levelname)s %(message)s").format(record)
-
-
-def test_access_line_is_not_redacted_again(redact_calls: list[str]) -> None:
-    line = a_line()
-    assert filtered_and_formatted("%s", line) == f"INFO {line}"
-    assert redact_calls == []
-    record = logging.LogRecord("relayproxy.access", logging.INFO, __file__, 1, "%s", (line,), None)
-    assert RedactingFormatter("%(asctime)s %(name)s %(message)s").format(record).endswith(line)  # formatter alone
-    assert redact_calls == []
-
-
-def test_only_the_access_line_object_itself_skips_redaction(redact_calls: list[str]) -> None:
-    """Not an equal copy, not another message, not more args: those all go through redaction."""
-    line = a_line()
-    copy = line[:1] + line[1:]
-    assert copy == line and copy is not line
-    assert filtered_and_formatted("%s", copy) == f"INFO {line}"
-    assert len(redact_calls) == 2  # the filter, then the formatter
-    for msg, args in (("%s", (CANARY_KEY,)), ("%s %s", (line, CANARY_KEY)), (line + CANARY_KEY, ()), ("%r", (line,))):
-        out = filtered_and_formatted(msg, *args)
-        assert CANARY_KEY not in out
-        assert REDACTED in out or msg == "%r"
+def gateway_output(logger_name: str, msg: object, *args: object) -> str:
+    """What the gateway's handler (filter and formatter, as configure_logging sets them) writes."""
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(RedactingFormatter("%(levelname)s %(message)s"))
+    handler.setFormatter(AccessJsonFormatter("%(levelname)s %(message)s"))
     handler.addFilter(RedactingFilter())
-    access = logging.getLogger("relayproxy.access")  # the access logger's name opens no hole either
-    level = access.level
-    access.addHandler(handler)
-    access.setLevel(logging.INFO)
+    logger = logging.getLogger(logger_name)
+    level, propagate = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
     try:
-        access.info("%s", f"Bearer {CANARY_KEY}")
+        logger.info(msg, *args)
     finally:
-        access.removeHandler(handler)
-        access.setLevel(level)
-    assert stream.getvalue() == f"INFO Bearer {REDACTED}\n"
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate
+    return stream.getvalue()
+
+
+def test_access_line_is_logged_as_its_json_alone() -> None:
+    """INTERFACE.md "Logs": the access logger writes the line's JSON, nothing before the `{`, unchanged."""
+    rec = full_record()
+    line = access_line(
+        rec, ts="t", method="POST", path="/v1/x", status=200, duration_ms=1, client=None, request_id="req_1"
+    )
+    assert gateway_output(ACCESS_LOGGER, line) == f"{line}\n"
+    assert orjson.loads(gateway_output(ACCESS_LOGGER, line))["model"] == "gpt-4o"
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/v1/models/api_key", "/v1/authorization", "/v1/x-goog-api-key:", "/v1/Bearer"],
+)
+def test_access_line_values_stay_where_they_are(path: str) -> None:
+    """Each value is redacted on its own: a name ending one field never takes the next key for its value."""
+    line = access_line(None, ts="t", method="GET", path=path, status=404, duration_ms=1, client="c", request_id="r")
+    out = gateway_output(ACCESS_LOGGER, line)
+    parsed = orjson.loads(out)
+    assert parsed == {
+        "ts": "t",
+        "request_id": "r",
+        "method": "GET",
+        "path": path,
+        "status": 404,
+        "duration_ms": 1,
+        "client": "c",
+        "client_protocol": None,
+    }
+
+
+@pytest.mark.parametrize("name", sorted(SECRETS))
+def test_no_secret_reaches_the_access_log(name: str) -> None:
+    """A secret in any field of an access line, or in any other message on the access logger, is gone."""
+    secret = SECRETS[name]
+    rec = full_record()
+    rec.reason, rec.model = f"upstream said {secret}", secret
+    line = access_line(
+        rec, ts="t", method="POST", path=f"/v1/x?{secret}", status=401, duration_ms=1, client=secret, request_id="r"
+    )
+    out = gateway_output(ACCESS_LOGGER, line)
+    assert secret_part(name) not in out
+    parsed = orjson.loads(out)
+    assert REDACTED in parsed["reason"] and REDACTED in parsed["model"] and REDACTED in parsed["client"]
+    for msg, args in (
+        ("%s", (secret,)),
+        ("%s", (str(line) + secret,)),
+        ("%s %s", (line, secret)),
+        (str(line) + secret, ()),
+        ("%r", ({"v": secret},)),
+        (f"request failed: {secret}", ()),
+    ):
+        for logger_name in (ACCESS_LOGGER, "test.accesslog.other"):
+            assert secret_part(name) not in gateway_output(logger_name, msg, *args), (msg, logger_name)
+
+
+@pytest.mark.parametrize(
+    "text", ["model=gpt-4o status=200 key_id=key_0123456789ab", '{"a": 1, "path": "/v1/x"}', "tokens: 120 (sk-short)"]
+)
+def test_non_secret_text_passes_unchanged(text: str) -> None:
+    assert gateway_output(ACCESS_LOGGER, "%s", text) == f"{text}\n"
+    assert gateway_output("test.accesslog.plain", "%s", text) == f"INFO {text}\n"
+    line = a_line()
+    assert gateway_output("test.accesslog.plain", "%s", line) == f"INFO {line}\n"
 
 
 def test_access_line_with_a_traceback_or_stack_is_redacted(captured: Captured) -> None:

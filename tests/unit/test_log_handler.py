@@ -201,7 +201,7 @@ def test_configure_logging_gives_redacted_batched_lines_in_the_gateway_format() 
     )
 
     async def main() -> None:
-        logging.getLogger("relayproxy.access").info("%s", line)
+        logging.getLogger("relayproxy.access").info(line)
         logging.getLogger("relayproxy.test").warning("upstream key %s", CANARY_KEY)
         logging.getLogger("relayproxy.test").debug("below the level")
         await asyncio.sleep(0)
@@ -216,6 +216,6 @@ def test_configure_logging_gives_redacted_batched_lines_in_the_gateway_format() 
         asyncio.run(main())
     first, second = stream.getvalue().splitlines()
     stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}"
-    assert first == line  # the access line is its JSON alone: nothing before the `{` (INTERFACE.md "Logs")
+    assert first == str(line)  # the access line is its JSON alone: nothing before the `{` (INTERFACE.md "Logs")
     assert orjson.loads(first)["path"] == "/v1/models"
     assert re.fullmatch(stamp + f" WARNING upstream key {re.escape(REDACTED)}", second)
