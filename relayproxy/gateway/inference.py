@@ -78,7 +78,7 @@ class Inference:
         body = parse_json(ex.req.body)
         req = decode(ep, body)
         ex.record.model, ex.record.stream = req.model, req.stream
-        plans = plan(self._config, ep, body, req)
+        plans = plan(self._config, ep, body, req, ex.req.headers)
         chose(ex, plans[0])
         return plans
 

@@ -4,6 +4,7 @@ model (and its fallbacks) and build each upstream call. Pure: raises RelayErrors
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -55,12 +56,16 @@ def decode(ep: Endpoint, body: Any) -> ChatRequest:
     return client.decode_request(body, model=ep.model, stream=ep.stream)
 
 
-def plan(config: Config, ep: Endpoint, body: Any, req: ChatRequest) -> list[Plan]:
+def plan(
+    config: Config, ep: Endpoint, body: Any, req: ChatRequest, headers: Sequence[tuple[bytes, bytes]] = ()
+) -> list[Plan]:
     """Route and build the upstream calls: the requested model's, then one per configured
-    fallback whose provider is available. Pure: raises RelayErrors, does no I/O."""
+    fallback whose provider is available. ``headers`` are the caller's (a passthrough forwards
+    its protocol's own, see ``Codec.caller_headers``). Pure: raises RelayErrors, does no I/O."""
     client: Codec = CODECS[ep.protocol]
     primary = resolve_model(config, req.model)
-    return [plan_route(ep, body, client, req, route) for route in [primary, *fallback_routes(config, primary)]]
+    routes = [primary, *fallback_routes(config, primary)]
+    return [plan_route(ep, body, client, req, route, headers) for route in routes]
 
 
 def fallback_routes(config: Config, primary: Route) -> list[Route]:
@@ -73,13 +78,19 @@ def fallback_routes(config: Config, primary: Route) -> list[Route]:
     return routes
 
 
-def plan_route(ep: Endpoint, body: Any, client: Codec, req: ChatRequest, route: Route) -> Plan:
+def plan_route(
+    ep: Endpoint, body: Any, client: Codec, req: ChatRequest, route: Route, headers: Sequence[tuple[bytes, bytes]] = ()
+) -> Plan:
     upstream: Codec = CODECS[route.provider.protocol]
     same = route.provider.protocol == ep.protocol and route.provider.passthrough
     passthrough = same and (ep.sse or not req.stream)
     name = route.model.upstream_model
     if passthrough:
         call = upstream.prepare_passthrough(body, req, name)
+        forwarded = upstream.caller_headers(list(headers))
+        if forwarded:  # the caller's version and betas, in place of the codec's defaults
+            names = {k for k, _ in forwarded}
+            call.headers = [h for h in call.headers if h[0] not in names] + forwarded
     else:
         # The credit hold covers the model's output limit when the request sets none: send that
         # limit upstream too, so the upstream stops where the hold does.

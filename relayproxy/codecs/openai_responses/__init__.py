@@ -42,6 +42,7 @@ from relayproxy.sse import SSEEvent
 
 __all__ = [
     "auth_headers",
+    "caller_headers",
     "decode_count_response",
     "decode_error",
     "decode_request",
@@ -113,6 +114,10 @@ def encode_count_response(tokens: int) -> dict[str, Any]:
 
 def _not_upstream() -> NoReturn:
     raise UpstreamProtocolError("openai_responses is a client protocol only; no provider is reached with it.")
+
+
+def caller_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    return []  # no caller header changes what this protocol's upstream does
 
 
 def auth_headers(api_key: str) -> list[tuple[bytes, bytes]]:
