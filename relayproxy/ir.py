@@ -173,6 +173,10 @@ class ChatRequest:
     stream: bool = False
     include_usage: bool = False  # OpenAI client asked for the trailing usage chunk
     user: str | None = None
+    # Responses clients: built-in tools (run by the provider, or typed other than function) the
+    # canonical model cannot carry. A passthrough forwards them in the client's body; a translation
+    # drops web search and refuses the rest (policy/plan.py).
+    builtin_tools: list[str] = field(default_factory=list)
 
 
 @dataclass(slots=True)

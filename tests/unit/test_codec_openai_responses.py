@@ -86,9 +86,6 @@ def test_namespace_tools_are_flattened_and_untyped_messages_accepted() -> None:
     ("body", "needle"),
     [
         ({"previous_response_id": "resp_1"}, "resend the whole conversation"),
-        ({"tools": [{"type": "web_search"}]}, "'web_search'"),
-        ({"tools": [{"type": "file_search", "vector_store_ids": []}]}, "'file_search'"),
-        ({"tools": [{"type": "computer_use_preview"}]}, "'computer_use_preview'"),
         ({"input": []}, "input"),
         ({"input": [{"type": "item_reference", "id": "x"}]}, "stateless"),
         ({"reasoning": {"effort": "huge"}}, "reasoning.effort"),
@@ -216,3 +213,11 @@ def test_length_finish_is_response_incomplete() -> None:
     raw = b"".join(enc.encode(ev) for ev in [ir.TextDelta("Hel"), ir.MessageStop(ir.FinishReason.LENGTH)])
     last = _parse(raw)[-1]
     assert last.type == "response.incomplete" and last.response.incomplete_details.reason == "max_output_tokens"
+
+
+def test_builtin_tools_stay_out_of_the_ir_and_are_named() -> None:
+    """The canonical model cannot carry them; the plan decides (passthrough forwards, translation
+    drops web search and refuses the rest)."""
+    fn = {"type": "function", "name": "f", "parameters": {"type": "object"}}
+    req = _req(tools=[{"type": "web_search", "external_web_access": False}, fn, {"type": "file_search"}])
+    assert [t.name for t in req.tools] == ["f"] and req.builtin_tools == ["web_search", "file_search"]
