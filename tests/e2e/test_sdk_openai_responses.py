@@ -149,3 +149,12 @@ def test_reasoning_streams_as_a_reasoning_item_and_round_trips(
         sent = gateway.upstream.requests[-1].json()
         blocks = [b for m in sent["messages"] if m["role"] == "assistant" for b in m["content"]]
         assert any(b.get("type") == "thinking" and b.get("signature") for b in blocks)
+
+
+@pytest.mark.parametrize("up", UPSTREAMS)
+def test_prompt_cache_key_reaches_openai_chat_upstreams(gateway: Gateway, client: openai.OpenAI, up: str) -> None:
+    """Codex sends its thread id as prompt_cache_key: Chat Completions takes it too; Anthropic
+    (breakpoints) and Gemini (implicit caching) have no such field and do not get it."""
+    client.responses.create(model=f"{up}-text", input="Hi", prompt_cache_key="thread-7")
+    sent = gateway.upstream.requests[-1].json()
+    assert sent.get("prompt_cache_key") == ("thread-7" if up == "oa" else None)

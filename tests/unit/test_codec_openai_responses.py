@@ -221,3 +221,8 @@ def test_builtin_tools_stay_out_of_the_ir_and_are_named() -> None:
     fn = {"type": "function", "name": "f", "parameters": {"type": "object"}}
     req = _req(tools=[{"type": "web_search", "external_web_access": False}, fn, {"type": "file_search"}])
     assert [t.name for t in req.tools] == ["f"] and req.builtin_tools == ["web_search", "file_search"]
+
+
+def test_prompt_cache_key_is_kept_in_the_ir() -> None:
+    assert _req(prompt_cache_key="thread-1").prompt_cache_key == "thread-1"
+    assert _req().prompt_cache_key is None

@@ -58,6 +58,7 @@ def decode_request(body: Any, *, model: str | None = None, stream: bool | None =
     req.stream = _opt(body, "stream", bool) is True
     req.include_usage = True
     req.user = _opt(body, "safety_identifier", str) or _opt(body, "user", str)
+    req.prompt_cache_key = _opt(body, "prompt_cache_key", str)
     req.reasoning = _decode_reasoning(body.get("reasoning"))
     _decode_text(body.get("text"), req)
     return req
