@@ -26,6 +26,7 @@ def test_shipped_config_loads() -> None:
     assert {"openai", "anthropic", "gemini", "deepseek", "minimax", "moonshot"} <= providers
     assert config.billing.discount >= Fraction(3, 10)
     assert config.server.database == ROOT / "relayproxy.db"
+    assert config.providers["openai"].responses and not config.providers["moonshot"].responses
 
 
 def test_defaults() -> None:
