@@ -227,6 +227,12 @@ def body(model: str, *, stream: bool, anthropic: bool = False) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode()
 
 
+def responses_body(model: str) -> bytes:
+    """A streamed OpenAI Responses request (the same prompt), as the openai SDK and Codex send it."""
+    obj = {"model": model, "input": "Say hello in one sentence.", "stream": True, "store": False}
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
 @dataclass
 class Target:
     """Where one side of a scenario sends its load."""
@@ -368,6 +374,7 @@ def write_targets(s: System) -> None:
         "gw-unary": body("bench-oa", stream=False),
         "gw-oa-stream": body("bench-oa", stream=True),
         "gw-an-stream": body("bench-an", stream=True),
+        "gw-rs-stream": responses_body("bench-an"),
         "gw-hold": body("bench-hold", stream=True),
     }
     for name, data in bodies.items():
@@ -381,6 +388,7 @@ def write_targets(s: System) -> None:
         "gw-oa-stream": Target(f"{gw}/v1/chat/completions", WORK / "gw-oa-stream.json", bearer, "[DONE]"),
         "direct-an-stream": Target(f"{fake}/v1/messages", WORK / "direct-an-stream.json", fake_auth, "message_stop"),
         "gw-an-stream": Target(f"{gw}/v1/chat/completions", WORK / "gw-an-stream.json", bearer, "[DONE]"),
+        "gw-rs-stream": Target(f"{gw}/v1/responses", WORK / "gw-rs-stream.json", bearer, "response.completed"),
         "gw-hold": Target(f"{gw}/v1/chat/completions", WORK / "gw-hold.json", bearer),
         "floor-unary": Target(f"{floor}/v1/chat/completions", WORK / "direct-unary.json", fake_auth),
         "floor-oa-stream": Target(f"{floor}/v1/chat/completions", WORK / "direct-oa-stream.json", fake_auth, "[DONE]"),
@@ -484,6 +492,7 @@ def scenarios() -> list[Scenario]:
     for label, direct, gw in (
         ("stream passthrough", "direct-oa-stream", "gw-oa-stream"),
         ("stream translated", "direct-an-stream", "gw-an-stream"),
+        ("responses translated", "direct-an-stream", "gw-rs-stream"),  # /v1/responses -> Anthropic
     ):
         out += [Scenario(f"{label} c={c}", "stream", c, direct, gw) for c in (1, 32)]
     return out
@@ -578,7 +587,8 @@ def run_open_streams(s: System, n: int) -> dict[str, Any]:
 
 
 def warm_up(s: System, load: Load) -> None:
-    for name, mode in (("gw-unary", "unary"), ("gw-oa-stream", "stream"), ("gw-an-stream", "stream")):
+    warm = (("gw-unary", "unary"), ("gw-oa-stream", "stream"), ("gw-an-stream", "stream"), ("gw-rs-stream", "stream"))
+    for name, mode in warm:
         r = load.python(mode, s.targets[name], 2, 0.5)
         if r["errors"] or not r["completed"]:
             raise SystemExit(f"bench: the gateway fails {name}: {r}\n(log: {s.log})\n{s.log.read_text()[-3000:]}")

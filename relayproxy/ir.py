@@ -173,6 +173,13 @@ class ChatRequest:
     stream: bool = False
     include_usage: bool = False  # OpenAI client asked for the trailing usage chunk
     user: str | None = None
+    # OpenAI's prompt-cache routing key (Responses and Chat both take ``prompt_cache_key``);
+    # upstreams without one (Anthropic's breakpoints, Gemini's implicit cache) drop it.
+    prompt_cache_key: str | None = None
+    # Responses clients: built-in tools (run by the provider, or typed other than function) the
+    # canonical model cannot carry. A passthrough forwards them in the client's body; a translation
+    # drops web search and refuses the rest (policy/plan.py).
+    builtin_tools: list[str] = field(default_factory=list)
 
 
 @dataclass(slots=True)

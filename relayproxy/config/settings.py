@@ -93,6 +93,9 @@ class ProviderConfig:
     # credential file exists but cannot be used ("" when the key is simply not set).
     api_key: str | None = field(default=None, repr=False)
     key_problem: str = ""
+    # OpenAI protocol only: the provider serves the Responses API, so a Responses client reaches
+    # its ``{base_url}/responses`` as it came (with ``passthrough``) instead of Chat Completions.
+    responses: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,7 +285,7 @@ def _provider(name: str, t: Any) -> ProviderConfig:
     where = f"providers.{name}"
     if not isinstance(t, dict):
         raise ConfigError(f"[{where}]: expected a table")
-    _check_keys(t, where, {"protocol", "base_url", "api_key_env", "passthrough"})
+    _check_keys(t, where, {"protocol", "base_url", "api_key_env", "passthrough", "responses"})
     protocol = _require(t, where, "protocol", str)
     if protocol not in PROTOCOLS:
         raise ConfigError(f'[{where}] protocol: "{protocol}" is not one of {", ".join(PROTOCOLS)}')
@@ -290,6 +293,9 @@ def _provider(name: str, t: Any) -> ProviderConfig:
     if not base_url.startswith(("http://", "https://")):
         raise ConfigError(f'[{where}] base_url: must start with https:// (or http://), got "{base_url}"')
     passthrough = _get(t, where, "passthrough", bool, True)
+    responses = _get(t, where, "responses", bool, False)
+    if responses and protocol != "openai":
+        raise ConfigError(f'[{where}] responses: only an openai provider serves the Responses API, not "{protocol}"')
     key_env = _require(t, where, "api_key_env", str)
     try:
         credential_name(key_env)  # a name that cannot be a variable is a mistake in the file
@@ -299,7 +305,7 @@ def _provider(name: str, t: Any) -> ProviderConfig:
         key, problem = read_secret(key_env), ""
     except CredentialError as exc:  # the file exists but is unusable: the provider is disabled
         key, problem = None, str(exc)
-    return ProviderConfig(name, protocol, base_url, key_env, passthrough, key, problem)
+    return ProviderConfig(name, protocol, base_url, key_env, passthrough, key, problem, responses)
 
 
 def _model(name: str, t: Any, providers: dict[str, ProviderConfig]) -> ModelConfig:

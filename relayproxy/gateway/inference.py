@@ -78,7 +78,7 @@ class Inference:
         body = parse_json(ex.req.body)
         req = decode(ep, body)
         ex.record.model, ex.record.stream = req.model, req.stream
-        plans = plan(self._config, ep, body, req)
+        plans = plan(self._config, ep, body, req, ex.req.headers)
         chose(ex, plans[0])
         return plans
 
@@ -202,7 +202,8 @@ class Inference:
         else:
             out = orjson.dumps(p.client.encode_response(p.upstream.decode_response(data), p.req.model))
         # Whole bytes in one write; the record is settled when the server has handed them over.
-        return HttpResponse(200, [_JSON, ex.id_header], out, sent=self._recorder.sent(ex, usage))
+        headers = [_JSON, ex.id_header, *_dropped_header(p)]
+        return HttpResponse(200, headers, out, sent=self._recorder.sent(ex, usage))
 
     # -- streams --------------------------------------------------------------------------------
 
@@ -210,7 +211,7 @@ class Inference:
         p = plans[0]
         encoder = p.client.stream_encoder(p.req, p.req.model, sse=p.sse)
         head = await self._first_answer(ex, plans)
-        headers = [*(_SSE_HEADERS if p.sse else _ARRAY_HEADERS), ex.id_header]
+        headers = [*(_SSE_HEADERS if p.sse else _ARRAY_HEADERS), ex.id_header, *_dropped_header(p)]
         body = StreamBody(
             self._recorder, self._metrics, self._streams, self._config.timeouts.keepalive_ping_s, ex, head, encoder
         )
@@ -237,6 +238,12 @@ def insufficient(amount: int, account: str) -> InsufficientBalance:
         f"(unused credit is released when it ends). Top up, or ask the operator to run "
         f"`relayproxy credits add --account {account} --usd AMOUNT`."
     )
+
+
+def _dropped_header(p: Plan) -> list[tuple[bytes, bytes]]:
+    """``x-relayproxy-dropped-tools: web_search``: built-in tools the upstream could not run and
+    the request went without (policy/plan.py)."""
+    return [(b"x-relayproxy-dropped-tools", ",".join(p.dropped_tools).encode())] if p.dropped_tools else []
 
 
 def _loads(raw: bytes) -> Any:

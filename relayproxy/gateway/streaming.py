@@ -111,7 +111,8 @@ class StreamBody:
     def _opened(self, opened: Opened) -> None:
         p, self._resp = opened
         self._relay = make_relay(p, self._encoder)
-        self._budget = OutputBudget(output_limit(p), passthrough=p.passthrough)
+        echo = len(p.call.body) if p.passthrough else 0
+        self._budget = OutputBudget(output_limit(p), passthrough=p.passthrough, echo_bytes=echo)
 
     async def _pump(self) -> AsyncIterator[bytes]:
         async for ping in self._wait_head():
@@ -193,11 +194,13 @@ class OutputBudget:
     output limit): the exact check uses the upstream's own cumulative usage where it reports it
     mid-stream (Gemini); the byte check bounds every other stream, generously enough that an
     upstream honouring the limit is never cut (OpenAI-style passthrough spends ~250 bytes of JSON
-    per token, translated output ~4 bytes per token of text)."""
+    per token, translated output ~4 bytes per token of text). ``echo_bytes`` is the request body's
+    size on a passthrough: a Responses stream repeats the request (instructions, tools) in its
+    ``response.created``, ``.in_progress`` and ``.completed`` events, which is not output."""
 
-    def __init__(self, max_output_tokens: int, *, passthrough: bool) -> None:
+    def __init__(self, max_output_tokens: int, *, passthrough: bool, echo_bytes: int = 0) -> None:
         self._max_tokens = 2 * max_output_tokens + 1000  # billing.clamp_usage's "absurd" line
-        self._max_bytes = (400 if passthrough else 16) * max_output_tokens + 64 * 1024
+        self._max_bytes = (400 if passthrough else 16) * max_output_tokens + 64 * 1024 + 4 * echo_bytes
 
     def check(self, relay: Relay) -> None:
         usage = relay.usage

@@ -4,7 +4,8 @@ model (and its fallbacks) and build each upstream call. Pure: raises RelayErrors
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
@@ -24,6 +25,7 @@ __all__ = [
     "parse_json",
     "plan",
     "plan_route",
+    "upstream_protocol",
 ]
 
 
@@ -38,6 +40,7 @@ class Plan:
     call: UpstreamCall
     passthrough: bool  # same protocol and framing: the client gets the upstream's own bytes
     sse: bool  # the client's stream framing (False: Gemini JSON array)
+    dropped_tools: list[str] = field(default_factory=list)  # built-in tools left out (see _builtin_tools)
 
 
 def parse_json(body: bytes) -> Any:
@@ -55,12 +58,21 @@ def decode(ep: Endpoint, body: Any) -> ChatRequest:
     return client.decode_request(body, model=ep.model, stream=ep.stream)
 
 
-def plan(config: Config, ep: Endpoint, body: Any, req: ChatRequest) -> list[Plan]:
+def plan(
+    config: Config, ep: Endpoint, body: Any, req: ChatRequest, headers: Sequence[tuple[bytes, bytes]] = ()
+) -> list[Plan]:
     """Route and build the upstream calls: the requested model's, then one per configured
-    fallback whose provider is available. Pure: raises RelayErrors, does no I/O."""
+    fallback whose provider is available. ``headers`` are the caller's (a passthrough forwards
+    its protocol's own, see ``Codec.caller_headers``). Pure: raises RelayErrors, does no I/O."""
     client: Codec = CODECS[ep.protocol]
     primary = resolve_model(config, req.model)
-    return [plan_route(ep, body, client, req, route) for route in [primary, *fallback_routes(config, primary)]]
+    plans = [plan_route(ep, body, client, req, primary, headers)]
+    for route in fallback_routes(config, primary):
+        try:
+            plans.append(plan_route(ep, body, client, req, route, headers))
+        except InvalidRequest:
+            continue  # a fallback that cannot take this request (a built-in tool it cannot run)
+    return plans
 
 
 def fallback_routes(config: Config, primary: Route) -> list[Route]:
@@ -73,19 +85,51 @@ def fallback_routes(config: Config, primary: Route) -> list[Route]:
     return routes
 
 
-def plan_route(ep: Endpoint, body: Any, client: Codec, req: ChatRequest, route: Route) -> Plan:
-    upstream: Codec = CODECS[route.provider.protocol]
-    same = route.provider.protocol == ep.protocol and route.provider.passthrough
+def plan_route(
+    ep: Endpoint, body: Any, client: Codec, req: ChatRequest, route: Route, headers: Sequence[tuple[bytes, bytes]] = ()
+) -> Plan:
+    upstream: Codec = CODECS[upstream_protocol(ep, route)]
+    same = upstream_protocol(ep, route) == ep.protocol and route.provider.passthrough
     passthrough = same and (ep.sse or not req.stream)
     name = route.model.upstream_model
     if passthrough:
         call = upstream.prepare_passthrough(body, req, name)
+        forwarded = upstream.caller_headers(list(headers))
+        if forwarded:  # the caller's version and betas, in place of the codec's defaults
+            names = {k for k, _ in forwarded}
+            call.headers = [h for h in call.headers if h[0] not in names] + forwarded
     else:
+        dropped = _builtin_tools(req.builtin_tools)
         # The credit hold covers the model's output limit when the request sets none: send that
         # limit upstream too, so the upstream stops where the hold does.
         translated = replace(req, max_output_tokens=req.max_output_tokens or route.model.max_output_tokens)
         call = upstream.encode_request(translated, name)
+        return Plan(req, route, client, upstream, call, passthrough, ep.sse, dropped)
     return Plan(req, route, client, upstream, call, passthrough, ep.sse)
+
+
+def _builtin_tools(kinds: list[str]) -> list[str]:
+    """A translated request's built-in tools (the upstream cannot run them): web search is left out,
+    so Codex, which declares it by default, works on every upstream (the model answers without
+    searching, as Anthropic server tools are skipped); any other is a 400 naming it, since the
+    caller's request depends on it (a vector store, a computer, a container)."""
+    refused = [k for k in kinds if not k.startswith("web_search")]
+    if refused:
+        raise InvalidRequest(
+            f"the built-in tool {refused[0]!r} is not available on this model's upstream; only function tools "
+            "are (an OpenAI provider with responses = true runs them itself)",
+            "tools",
+        )
+    return kinds
+
+
+def upstream_protocol(ep: Endpoint, route: Route) -> str:
+    """The protocol the upstream is spoken to in: a Responses client reaches an OpenAI provider
+    that serves Responses (``responses = true``, with ``passthrough``) on ``/responses`` itself."""
+    provider = route.provider
+    if ep.protocol == "openai_responses" and provider.responses and provider.passthrough:
+        return "openai_responses"
+    return provider.protocol
 
 
 def output_limit(p: Plan) -> int:

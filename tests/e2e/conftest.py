@@ -109,6 +109,7 @@ def write_config(path: Path, upstream: FakeUpstream, stripe_url: str = "http://1
     models += _model("mk-moonshot", "fake-moonshot", "moonshot")
     models += _model("mk-moonshot-passthrough", "fake", "moonshot")
     models += _model("oa-flaky", "fake", "flaky")
+    models += "".join(_model(f"rs-{s}", "fake-responses", s) for s in ("text", "tools", "midstream-error", "http429"))
     # Fallbacks: an overloaded Anthropic upstream (529) falls back to Gemini; a rate-limited
     # OpenAI one (429, Retry-After 7 s: too long to wait here) falls back to Anthropic.
     models += _model("fb-overloaded", "fake-anthropic", "http529") + 'fallback = ["ge-text"]\n'
@@ -140,6 +141,12 @@ cancel_url = "https://example.test/cancelled"
 protocol = "openai"
 base_url = "{upstream.base_url}/v1"
 api_key_env = "RELAYPROXY_TEST_UPSTREAM_KEY"
+
+[providers.fake-responses]
+protocol = "openai"
+base_url = "{upstream.base_url}/v1"
+api_key_env = "RELAYPROXY_TEST_UPSTREAM_KEY"
+responses = true
 
 [providers.fake-anthropic]
 protocol = "anthropic"

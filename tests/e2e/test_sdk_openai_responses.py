@@ -93,10 +93,23 @@ def test_previous_response_id_is_a_400_saying_to_resend(client: openai.OpenAI) -
     assert "resend the whole conversation" in exc.value.message
 
 
-def test_web_search_tool_is_a_400_naming_it(client: openai.OpenAI) -> None:
+@pytest.mark.parametrize("up", UPSTREAMS)
+def test_web_search_is_dropped_on_translated_upstreams(gateway: Gateway, client: openai.OpenAI, up: str) -> None:
+    """Codex declares web_search by default: a translated upstream cannot run it, so the request
+    goes without it and the response says so; the upstream never sees it."""
+    raw = client.responses.with_raw_response.create(
+        model=f"{up}-text", input="Hi", tools=[{"type": "web_search", "external_web_access": False}, TOOL]
+    )
+    assert raw.headers["x-relayproxy-dropped-tools"] == "web_search"
+    assert raw.parse().output_text == UNARY_TEXT
+    assert "web_search" not in gateway.upstream.requests[-1].body.decode()
+
+
+@pytest.mark.parametrize("kind", ["file_search", "computer_use_preview", "code_interpreter"])
+def test_other_builtin_tools_are_a_400_naming_them(client: openai.OpenAI, kind: str) -> None:
     with pytest.raises(openai.BadRequestError) as exc:
-        client.responses.create(model="oa-text", input="Hi", tools=[{"type": "web_search"}])
-    assert "web_search" in exc.value.message
+        client.responses.create(model="an-text", input="Hi", tools=[{"type": kind}])  # type: ignore[list-item]
+    assert repr(kind) in exc.value.message
 
 
 def test_bare_path_is_served_too(gateway: Gateway) -> None:
@@ -136,3 +149,12 @@ def test_reasoning_streams_as_a_reasoning_item_and_round_trips(
         sent = gateway.upstream.requests[-1].json()
         blocks = [b for m in sent["messages"] if m["role"] == "assistant" for b in m["content"]]
         assert any(b.get("type") == "thinking" and b.get("signature") for b in blocks)
+
+
+@pytest.mark.parametrize("up", UPSTREAMS)
+def test_prompt_cache_key_reaches_openai_chat_upstreams(gateway: Gateway, client: openai.OpenAI, up: str) -> None:
+    """Codex sends its thread id as prompt_cache_key: Chat Completions takes it too; Anthropic
+    (breakpoints) and Gemini (implicit caching) have no such field and do not get it."""
+    client.responses.create(model=f"{up}-text", input="Hi", prompt_cache_key="thread-7")
+    sent = gateway.upstream.requests[-1].json()
+    assert sent.get("prompt_cache_key") == ("thread-7" if up == "oa" else None)

@@ -1,6 +1,6 @@
 """FakeUpstream: a stdlib asyncio HTTP/1.1 server speaking the providers' real wire formats.
 
-It answers OpenAI (``/v1/chat/completions``), Anthropic (``/v1/messages``, ``count_tokens``) and
+It answers OpenAI (``/v1/chat/completions``, ``/v1/responses``), Anthropic (``/v1/messages``, ``count_tokens``) and
 Gemini (``/v1beta/models/{m}:generateContent`` / ``:streamGenerateContent`` / ``:countTokens``).
 
 Deliberately not built on relayproxy's own server. The behaviour is chosen by the ``model`` field
@@ -284,6 +284,33 @@ def openai_reply(scenario: str, stream: bool) -> Reply:
     return _openai_stream(scenario)
 
 
+def responses_reply(scenario: str, stream: bool) -> Reply:
+    """OpenAI's Responses API (``text``, ``tools``, ``midstream-error``; ``http429`` as for chat):
+    the event sequence of the fixtures (each event with its ``event:`` line, no ``[DONE]``), or the
+    unary Response object, which is the ``response.completed`` event's ``response``."""
+    if scenario == "http429":
+        return openai_reply(scenario, stream)
+    events = sse_events(FIXTURES / "openai" / ("responses_tools.sse" if scenario == "tools" else "responses_text.sse"))
+    if scenario == "midstream-error":  # the answer starts, then the response fails
+        failed = {
+            "type": "response.failed",
+            "sequence_number": 5,
+            "response": {
+                "id": "resp_fake1",
+                "object": "response",
+                "status": "failed",
+                "output": [],
+                "usage": None,
+                "error": {"code": "server_error", "message": "The model crashed mid-answer."},
+            },
+        }
+        events = [*events[:5], f"event: response.failed\ndata: {json.dumps(failed)}\n\n".encode()]
+    if stream:
+        return Reply(200, [("content-type", "text/event-stream; charset=utf-8")], events)
+    completed = json.loads(events[-1].split(b"data: ", 1)[1])
+    return Reply(200, [("content-type", "application/json")], [json.dumps(completed["response"]).encode()])
+
+
 def _runaway_openai_stream() -> list[bytes]:
     """An upstream ignoring max_tokens: 3,000 content chunks, then a huge usage and [DONE]."""
     head = '{"id":"chatcmpl-run","object":"chat.completion.chunk","created":1,"model":"m","choices":'
@@ -398,6 +425,8 @@ class FakeUpstream:
     def _route(path: str, scenario: str, body: dict[str, Any]) -> Reply:
         if path == "/v1/chat/completions":
             return openai_reply(scenario, bool(body.get("stream")))
+        if path == "/v1/responses":
+            return responses_reply(scenario, bool(body.get("stream")))
         if path == "/v1/messages":
             return anthropic_reply(scenario, bool(body.get("stream")))
         if path == "/v1/messages/count_tokens":

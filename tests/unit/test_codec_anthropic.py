@@ -866,3 +866,28 @@ def test_count_tokens() -> None:
     for bad in ({}, {"input_tokens": "5"}, {"input_tokens": -1}, None):
         with pytest.raises(UpstreamProtocolError):
             am.decode_count_response(bad)
+
+
+def test_claude_code_billing_block_is_left_out_of_the_ir_system() -> None:
+    """Its cc_version differs between conversations; first in the prompt it would defeat the
+    translated upstream's prefix cache. A system turn's text that merely mentions it is kept."""
+    body = {
+        "model": "m",
+        "max_tokens": 8,
+        "system": [
+            {"type": "text", "text": "x-anthropic-billing-header: cc_version=2.1.197.0df; cc_entrypoint=sdk-cli;"},
+            {"type": "text", "text": "You are a Claude agent.", "cache_control": {"type": "ephemeral"}},
+        ],
+        "messages": [{"role": "user", "content": "hi"}, {"role": "system", "content": "Agent types: claude"}],
+    }
+    assert am.decode_request(body).system == "You are a Claude agent.\n\nAgent types: claude"
+
+
+def test_caller_headers_are_anthropics_version_and_betas() -> None:
+    headers = [
+        (b"anthropic-version", b"2023-06-01"),
+        (b"x-api-key", b"secret"),
+        (b"anthropic-beta", b"a-1"),
+        (b"anthropic-beta", b"b-2"),
+    ]
+    assert am.caller_headers(headers) == [headers[0], headers[2], headers[3]]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import orjson
 import pytest
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
@@ -14,6 +15,8 @@ from pydantic import TypeAdapter
 from relayproxy import ir
 from relayproxy.codecs import openai_responses as codec
 from relayproxy.errors import InvalidRequest, UpstreamStatusError
+from relayproxy.sse import SSEEvent, SSEFramer
+from tests.fakes.upstream import FIXTURES
 
 EVENTS: TypeAdapter[Any] = TypeAdapter(ResponseStreamEvent)
 
@@ -86,9 +89,6 @@ def test_namespace_tools_are_flattened_and_untyped_messages_accepted() -> None:
     ("body", "needle"),
     [
         ({"previous_response_id": "resp_1"}, "resend the whole conversation"),
-        ({"tools": [{"type": "web_search"}]}, "'web_search'"),
-        ({"tools": [{"type": "file_search", "vector_store_ids": []}]}, "'file_search'"),
-        ({"tools": [{"type": "computer_use_preview"}]}, "'computer_use_preview'"),
         ({"input": []}, "input"),
         ({"input": [{"type": "item_reference", "id": "x"}]}, "stateless"),
         ({"reasoning": {"effort": "huge"}}, "reasoning.effort"),
@@ -216,3 +216,61 @@ def test_length_finish_is_response_incomplete() -> None:
     raw = b"".join(enc.encode(ev) for ev in [ir.TextDelta("Hel"), ir.MessageStop(ir.FinishReason.LENGTH)])
     last = _parse(raw)[-1]
     assert last.type == "response.incomplete" and last.response.incomplete_details.reason == "max_output_tokens"
+
+
+def test_builtin_tools_stay_out_of_the_ir_and_are_named() -> None:
+    """The canonical model cannot carry them; the plan decides (passthrough forwards, translation
+    drops web search and refuses the rest)."""
+    fn = {"type": "function", "name": "f", "parameters": {"type": "object"}}
+    req = _req(tools=[{"type": "web_search", "external_web_access": False}, fn, {"type": "file_search"}])
+    assert [t.name for t in req.tools] == ["f"] and req.builtin_tools == ["web_search", "file_search"]
+
+
+def test_prompt_cache_key_is_kept_in_the_ir() -> None:
+    assert _req(prompt_cache_key="thread-1").prompt_cache_key == "thread-1"
+    assert _req().prompt_cache_key is None
+
+
+@pytest.mark.parametrize("event_lines", [True, False])
+def test_passthrough_tap_reads_usage_and_the_end_from_response_completed(event_lines: bool) -> None:
+    """With or without ``event:`` lines (some compatible servers send only ``data:``), every event
+    passes untouched and usage comes from ``response.completed``."""
+    raw = (FIXTURES / "openai" / "responses_text.sse").read_bytes()
+    if not event_lines:
+        raw = b"".join(line + b"\n" for line in raw.split(b"\n")[:-1] if not line.startswith(b"event: "))
+    tap = codec.stream_tap(_req())
+    events = SSEFramer().feed(raw)
+    assert [tap.feed(ev) for ev in events] == [True] * len(events) and tap.close() == b""
+    assert tap.done and tap.error is None and tap.usage == ir.Usage(21, 5, 12, 0)
+
+
+def test_passthrough_tap_reads_response_failed_and_error_events() -> None:
+    error = {"code": "server_error", "message": "boom"}
+    failed = orjson.dumps(
+        {"type": "response.failed", "sequence_number": 3, "response": {"status": "failed", "error": error}}
+    )
+    tap = codec.stream_tap(_req())
+    assert tap.feed(SSEEvent("response.failed", failed, b"")) is True
+    assert tap.error == {"code": "server_error", "message": "boom"} and not tap.done
+    tap = codec.stream_tap(_req())
+    tap.feed(
+        SSEEvent(None, b'{"type":"error","sequence_number":0,"code":"rate_limit_exceeded","message":"slow down"}', b"")
+    )
+    assert tap.error == {"message": "slow down", "code": "rate_limit_exceeded"}
+
+
+def test_passthrough_call_forces_store_false_and_keeps_the_rest() -> None:
+    body = {
+        "model": "alias",
+        "input": "x",
+        "store": True,
+        "prompt_cache_key": "k",
+        "include": ["reasoning.encrypted_content"],
+    }
+    call = codec.prepare_passthrough(body, _req(), "gpt-5")
+    assert call.path == "/responses"
+    assert orjson.loads(call.body) == {**body, "model": "gpt-5", "store": False}
+    assert body["store"] is True  # the client's dict is not changed
+    assert codec.response_usage({"usage": {"input_tokens": 3, "output_tokens": 2}}) == ir.Usage(3, 0, 2, 0)
+    err = codec.decode_error(429, b'{"error":{"message":"Rate limit","type":"requests"}}', "7")
+    assert (err.status, err.message, err.retry_after) == (429, "Rate limit", "7")

@@ -26,6 +26,7 @@ def test_shipped_config_loads() -> None:
     assert {"openai", "anthropic", "gemini", "deepseek", "minimax", "moonshot"} <= providers
     assert config.billing.discount >= Fraction(3, 10)
     assert config.server.database == ROOT / "relayproxy.db"
+    assert config.providers["openai"].responses and not config.providers["moonshot"].responses
 
 
 def test_defaults() -> None:
@@ -35,6 +36,8 @@ def test_defaults() -> None:
     assert config.server.database == Path("/etc/relay/relayproxy.db")
     assert config.timeouts.upstream_first_byte_s == 300
     assert config.server.event_loop == "auto"
+    assert config.providers["p"].responses is False
+    assert parse_config(with_("providers/p/responses", True), Path("/c.toml")).providers["p"].responses is True
 
 
 def with_(path: str, value: Any) -> dict[str, Any]:
@@ -65,6 +68,14 @@ def with_(path: str, value: Any) -> dict[str, Any]:
         (with_("timeouts/header_read_s", -1), "[timeouts] header_read_s"),
         (with_("limits/max_headers", "many"), "[limits] max_headers"),
         (with_("surprise", {}), "[surprise]: unknown table"),
+        (with_("providers/p/responses", "yes"), "[providers.p] responses"),
+        (
+            {
+                **with_("providers/p/responses", True),
+                "providers": {"p": {**BASE["providers"]["p"], "protocol": "gemini", "responses": True}},
+            },
+            "[providers.p] responses: only an openai provider",
+        ),
     ],
 )
 def test_errors_name_the_key_path(raw: dict[str, Any], needle: str) -> None:

@@ -151,3 +151,47 @@ def test_bad_bodies_are_invalid_requests() -> None:
         parse_json(b"")
     with pytest.raises(InvalidRequest, match="not valid JSON"):
         parse_json(b"{")
+
+
+def _responses_config(monkeypatch: pytest.MonkeyPatch) -> Config:
+    monkeypatch.setenv("RP_T_OA", "k")
+    monkeypatch.setenv("RP_T_AN", "k")
+    raw = {**RAW, "providers": {**RAW["providers"], "oa": {**RAW["providers"]["oa"], "responses": True}}}
+    return parse_config(raw, Path("config.toml"))
+
+
+def test_responses_clients_pass_through_to_a_responses_provider(monkeypatch: pytest.MonkeyPatch) -> None:
+    """gpt's provider serves Responses: a Responses client reaches /responses with its own body
+    (web_search included, store false); its Anthropic fallback gets the request translated,
+    without web_search, and says so; a built-in tool the fallback cannot run drops the fallback."""
+    config = _responses_config(monkeypatch)
+    ep = Endpoint(EndpointKind.INFERENCE, "openai_responses")
+    body = {"model": "gpt", "input": "hi", "stream": True, "tools": [{"type": "web_search"}], "prompt_cache_key": "t"}
+    native, fallback = plan(config, ep, body, decode(ep, body))
+    assert native.passthrough and native.call.path == "/responses" and native.dropped_tools == []
+    assert parse_json(native.call.body) == {**body, "store": False}
+    assert not fallback.passthrough and fallback.dropped_tools == ["web_search"]
+    assert "web_search" not in fallback.call.body.decode() and "prompt_cache_key" not in fallback.call.body.decode()
+    other = {**body, "tools": [{"type": "file_search", "vector_store_ids": ["vs_1"]}]}
+    assert [p.route.model.name for p in plan(config, ep, other, decode(ep, other))] == ["gpt"]
+    chat_ep = Endpoint(EndpointKind.INFERENCE, "openai")
+    [chat_plan, _] = plan(config, chat_ep, chat("gpt"), decode(chat_ep, chat("gpt")))
+    assert chat_plan.call.path == "/chat/completions"  # Chat clients keep Chat Completions
+
+
+def test_a_builtin_tool_on_a_translated_route_is_a_400(config: Config) -> None:
+    ep = Endpoint(EndpointKind.INFERENCE, "openai_responses")
+    body = {"model": "claude", "input": "hi", "tools": [{"type": "code_interpreter", "container": {"type": "auto"}}]}
+    with pytest.raises(InvalidRequest, match="'code_interpreter'"):
+        plan(config, ep, body, decode(ep, body))
+
+
+def test_anthropic_passthrough_takes_the_callers_version_and_betas(config: Config) -> None:
+    ep = Endpoint(EndpointKind.INFERENCE, "anthropic")
+    body = {"model": "claude", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
+    headers = [(b"anthropic-version", b"2026-10-21"), (b"anthropic-beta", b"x-1"), (b"x-api-key", b"rp_caller")]
+    [p] = plan(config, ep, body, decode(ep, body), headers)
+    assert p.passthrough and p.call.headers == [(b"anthropic-version", b"2026-10-21"), (b"anthropic-beta", b"x-1")]
+    oa = Endpoint(EndpointKind.INFERENCE, "openai")
+    [q] = plan(config, oa, chat("claude"), decode(oa, chat("claude")), headers)
+    assert q.call.headers == [(b"anthropic-version", b"2023-06-01")]

@@ -48,6 +48,7 @@ __all__ = [
     "AnthropicStreamEncoder",
     "AnthropicStreamTap",
     "auth_headers",
+    "caller_headers",
     "decode_count_response",
     "decode_error",
     "decode_request",
@@ -65,12 +66,20 @@ __all__ = [
     "stream_tap",
 ]
 
+_CALLER_HEADERS = frozenset({b"anthropic-version", b"anthropic-beta"})
 _COUNT_PATH = "/v1/messages/count_tokens"
 _COUNT_KEYS = ("model", "messages", "system", "tools", "tool_choice", "thinking", "output_config")
 
 
 def auth_headers(api_key: str) -> list[tuple[bytes, bytes]]:
     return [(b"x-api-key", api_key.encode())]
+
+
+def caller_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """The caller's ``anthropic-version`` and ``anthropic-beta`` (every value, in order): on a
+    passthrough the upstream gets the client's own body, so it must read it under the same
+    version and betas (Claude Code's context management, interleaved thinking, 1M context...)."""
+    return [(k, v) for k, v in headers if k in _CALLER_HEADERS]
 
 
 # -- responses -----------------------------------------------------------------------------------

@@ -1,10 +1,14 @@
 """Anthropic Messages requests, client -> IR: ``decode_request`` and its validation helpers.
 
 ``decode_request`` validates an Anthropic client's body into IR: ``{"role": "system"}`` turns
-(SDK 2.x) are hoisted into the system text, consecutive same-role turns are kept as they are,
-server tools and server-tool blocks (web search, code execution, ...) are skipped because the IR
-cannot carry them (a same-protocol passthrough still forwards them: it sends the client's own
-body), and tool-use ids made by `fold_call_id` give back the Gemini thought signature they carry.
+(SDK 2.x, Claude Code's mid-conversation system turns) are hoisted into the system text, Claude
+Code's ``x-anthropic-billing-header:`` system block is left out (an attribution line for Anthropic's
+own API whose ``cc_version`` differs between conversations: first in the prompt, it would keep a
+translated upstream's prefix cache from ever matching across conversations), consecutive
+same-role turns are kept as they are, server tools and server-tool blocks (web search, code
+execution, ...) are skipped because the IR cannot carry them (a same-protocol passthrough still
+forwards them: it sends the client's own body), and tool-use ids made by `fold_call_id` give
+back the Gemini thought signature they carry.
 
 Errors are ``InvalidRequest`` naming the field.
 """
@@ -19,7 +23,9 @@ from relayproxy.codecs.anthropic_messages._vocab import PDF, empty_schema, unfol
 from relayproxy.codecs.shared import is_int
 from relayproxy.errors import InvalidRequest
 
-__all__ = ["decode_request"]
+__all__ = ["BILLING_LINE", "decode_request"]
+
+BILLING_LINE = "x-anthropic-billing-header:"  # Claude Code's first system block (cc_version=...)
 
 _EFFORTS = frozenset({"low", "medium", "high", "xhigh", "max"})
 _SERVER_BLOCKS = frozenset({"server_tool_use", "mcp_tool_use", "mcp_tool_result", "container_upload"})
@@ -94,7 +100,7 @@ def decode_request(body: Any, *, model: str | None = None, stream: bool | None =
     name = _need_str(body, "model", "model")
     max_tokens = _positive_int(body, "max_tokens", "max_tokens", required=True)
     messages, hoisted = _decode_messages(body.get("messages"))
-    system = _join([_system_text(body.get("system"), "system"), *hoisted])
+    system = _join([_system_text(body.get("system"), "system", top=True), *hoisted])
     req = ir.ChatRequest(model=name, messages=messages, system=system, max_output_tokens=max_tokens)
     req.tools = _decode_tools(body.get("tools"))
     req.tool_choice = _decode_tool_choice(body.get("tool_choice"))
@@ -115,8 +121,9 @@ def _join(texts: list[str | None]) -> str | None:
     return joined or None
 
 
-def _system_text(value: Any, path: str) -> str | None:
-    """``system`` (or a system turn's content): a string or an array of text blocks."""
+def _system_text(value: Any, path: str, *, top: bool = False) -> str | None:
+    """``system`` (or a system turn's content): a string or an array of text blocks. In the
+    top-level ``system``, a block that is Claude Code's billing attribution line is skipped."""
     if value is None or isinstance(value, str):
         return value or None
     if not isinstance(value, list):
@@ -126,6 +133,8 @@ def _system_text(value: Any, path: str) -> str | None:
         block = _need_obj(block, f"{path}[{i}]", "a text block")
         if block.get("type") != "text" or not isinstance(block.get("text"), str):
             raise InvalidRequest('expected {"type": "text", "text": "..."}', f"{path}[{i}]")
+        if top and block["text"].startswith(BILLING_LINE):
+            continue
         texts.append(block["text"])
     return _join(texts)
 

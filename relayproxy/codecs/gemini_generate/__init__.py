@@ -61,6 +61,7 @@ from relayproxy.errors import RelayError, UpstreamProtocolError, UpstreamStatusE
 
 __all__ = [
     "auth_headers",
+    "caller_headers",
     "decode_count_response",
     "decode_error",
     "decode_request",
@@ -77,6 +78,10 @@ __all__ = [
     "stream_encoder",
     "stream_tap",
 ]
+
+
+def caller_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    return []  # no caller header changes what this protocol's upstream does
 
 
 def auth_headers(api_key: str) -> list[tuple[bytes, bytes]]:

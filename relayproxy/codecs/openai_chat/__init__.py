@@ -51,6 +51,7 @@ __all__ = [
     "RequestInfo",
     "StreamTap",
     "auth_headers",
+    "caller_headers",
     "check_request",
     "decode_count_response",
     "decode_error",
@@ -69,6 +70,10 @@ __all__ = [
     "stream_encoder",
     "stream_tap",
 ]
+
+
+def caller_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    return []  # no caller header changes what this protocol's upstream does
 
 
 def auth_headers(api_key: str) -> list[tuple[bytes, bytes]]:

@@ -117,6 +117,7 @@ def decode_request(body: Any, *, model: str | None = None, stream: bool | None =
     req.temperature, req.top_p = _opt_number(body, "temperature", 2), _opt_number(body, "top_p", 1)
     req.stop, req.seed = _decode_stop(body.get("stop")), _opt(body, "seed", int, None)
     req.user = _opt(body, "user", str, None) or _opt(body, "safety_identifier", str, None)
+    req.prompt_cache_key = _opt(body, "prompt_cache_key", str, None)
     effort = _opt(body, "reasoning_effort", str, None)
     if effort is not None:
         if effort not in _EFFORTS:

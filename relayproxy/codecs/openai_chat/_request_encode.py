@@ -124,7 +124,13 @@ def _encode_options(req: ir.ChatRequest) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if req.max_output_tokens is not None:
         out["max_completion_tokens"] = req.max_output_tokens  # max_tokens: rejected by o-series, MiniMax
-    sampling = {"temperature": req.temperature, "top_p": req.top_p, "seed": req.seed, "user": req.user or None}
+    sampling = {
+        "temperature": req.temperature,
+        "top_p": req.top_p,
+        "seed": req.seed,
+        "user": req.user or None,
+        "prompt_cache_key": req.prompt_cache_key or None,
+    }
     out.update({key: value for key, value in sampling.items() if value is not None})
     if req.stop:
         out["stop"] = req.stop[:4]

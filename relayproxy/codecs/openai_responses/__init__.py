@@ -7,10 +7,11 @@ Pure: dicts and SSE events in, dicts and bytes out. Requests decode to the canon
 wire vocabulary (ids, usage, output items, the Response object, errors) is in ``_vocab``.
 Stateless: nothing is stored, ``previous_response_id`` gets a 400.
 
-No provider speaks this protocol to the gateway (providers are openai, anthropic or gemini), so
-the upstream half of the codec interface (``encode_request``, ``decode_response``, the stream
-decoder and tap, token counting) is never planned; those entry points raise ``UpstreamProtocolError``
-naming the cause, should a future router reach them.
+Upstream, this protocol is only a passthrough: a Responses client whose model is served by an
+OpenAI provider with ``responses = true`` is sent to its ``/responses`` as it came (``_upstream``:
+the call, the tap reading ``response.completed``, usage, errors). Nothing is ever translated *to*
+Responses, so ``encode_request``, ``decode_response``, the stream decoder and token counting are
+never planned; they raise ``UpstreamProtocolError`` naming the cause, should a future router reach them.
 
 Ids. A Gemini ``thoughtSignature`` rides inside ``call_id`` (``call_x~<sig>``) and is split off when
 the client replays the function_call; an Anthropic thinking signature rides in a reasoning item's
@@ -27,6 +28,8 @@ from relayproxy import ir
 from relayproxy.codecs import UpstreamCall
 from relayproxy.codecs.openai_responses._request_decode import decode_request
 from relayproxy.codecs.openai_responses._stream_encode import ResponsesStreamEncoder
+from relayproxy.codecs.openai_responses._upstream import ResponsesTap, decode_error, decode_usage, embedded_error
+from relayproxy.codecs.openai_responses._upstream import prepare_passthrough as _prepare_passthrough
 from relayproxy.codecs.openai_responses._vocab import (
     call_item,
     encode_error,
@@ -37,11 +40,12 @@ from relayproxy.codecs.openai_responses._vocab import (
     response_object,
     status_of,
 )
-from relayproxy.errors import UpstreamProtocolError, UpstreamStatusError
+from relayproxy.errors import UpstreamProtocolError
 from relayproxy.sse import SSEEvent
 
 __all__ = [
     "auth_headers",
+    "caller_headers",
     "decode_count_response",
     "decode_error",
     "decode_request",
@@ -108,11 +112,15 @@ def encode_count_response(tokens: int) -> dict[str, Any]:
     return {"object": "response.input_tokens", "input_tokens": tokens}
 
 
-# -- the upstream half: never planned (no provider speaks this protocol) --------------------------
+# -- the upstream half: a passthrough only --------------------------------------------------------
 
 
 def _not_upstream() -> NoReturn:
     raise UpstreamProtocolError("openai_responses is a client protocol only; no provider is reached with it.")
+
+
+def caller_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    return []  # no caller header changes what this protocol's upstream does
 
 
 def auth_headers(api_key: str) -> list[tuple[bytes, bytes]]:
@@ -124,7 +132,7 @@ def encode_request(req: ir.ChatRequest, upstream_model: str) -> UpstreamCall:
 
 
 def prepare_passthrough(body: dict[str, Any], req: ir.ChatRequest, upstream_model: str) -> UpstreamCall:
-    _not_upstream()
+    return _prepare_passthrough(body, upstream_model)
 
 
 def decode_response(body: Any) -> ir.ChatResponse:
@@ -132,15 +140,7 @@ def decode_response(body: Any) -> ir.ChatResponse:
 
 
 def response_usage(body: Any) -> ir.Usage | None:
-    _not_upstream()
-
-
-def decode_error(status: int, body: bytes, retry_after: str | None) -> UpstreamStatusError:
-    _not_upstream()
-
-
-def embedded_error(body: Any) -> UpstreamStatusError | None:
-    _not_upstream()
+    return decode_usage(body.get("usage")) if isinstance(body, dict) else None
 
 
 def encode_count_request(req: ir.ChatRequest, upstream_model: str) -> UpstreamCall | None:
@@ -151,21 +151,17 @@ def decode_count_response(body: Any) -> int:
     _not_upstream()
 
 
-class _NoStream:
-    usage: ir.Usage | None = None
-    done: bool = False
-    error: dict[str, Any] | None = None
-
-    def feed(self, ev: SSEEvent) -> Any:
+class _NoDecoder:
+    def feed(self, ev: SSEEvent) -> list[ir.StreamEvent]:
         _not_upstream()
 
-    def close(self) -> Any:  # a decoder's (events) or a tap's (bytes): neither is ever reached
+    def close(self) -> list[ir.StreamEvent]:
         _not_upstream()
 
 
-def stream_decoder() -> _NoStream:
+def stream_decoder() -> _NoDecoder:
     _not_upstream()
 
 
-def stream_tap(req: ir.ChatRequest) -> _NoStream:
-    _not_upstream()
+def stream_tap(req: ir.ChatRequest) -> ResponsesTap:
+    return ResponsesTap()

@@ -50,14 +50,15 @@ def decode_request(body: Any, *, model: str | None = None, stream: bool | None =
         raise InvalidRequest("this gateway is stateless; resend the whole conversation in input", "conversation")
     system, messages = _decode_input(body.get("input"))
     instructions = _opt(body, "instructions", str)
-    tools = _decode_tools(body.get("tools"))
-    req = ir.ChatRequest(name, messages, system=_join(instructions, system), tools=tools)
+    tools, builtin = _decode_tools(body.get("tools"))
+    req = ir.ChatRequest(name, messages, system=_join(instructions, system), tools=tools, builtin_tools=builtin)
     req.tool_choice = _decode_tool_choice(body, tools)
     req.max_output_tokens = _opt_count(body, "max_output_tokens")
     req.temperature, req.top_p = _opt_number(body, "temperature", 2), _opt_number(body, "top_p", 1)
     req.stream = _opt(body, "stream", bool) is True
     req.include_usage = True
     req.user = _opt(body, "safety_identifier", str) or _opt(body, "user", str)
+    req.prompt_cache_key = _opt(body, "prompt_cache_key", str)
     req.reasoning = _decode_reasoning(body.get("reasoning"))
     _decode_text(body.get("text"), req)
     return req
@@ -207,29 +208,33 @@ def _image(url: Any, path: str) -> ir.Image:
 # -- tools, reasoning, text format ----------------------------------------------------------------
 
 
-def _decode_tools(raw: Any) -> list[ir.Tool]:
+def _decode_tools(raw: Any) -> tuple[list[ir.Tool], list[str]]:
+    """The function tools, and the types of the built-in ones (kept out of the IR: see
+    ``ChatRequest.builtin_tools``)."""
     if raw is None:
-        return []
+        return [], []
     if not isinstance(raw, list):
         raise InvalidRequest("expected an array of tools", "tools")
     tools: list[ir.Tool] = []
+    builtin: list[str] = []
     for i, tool in enumerate(raw):
         inner = tool.get("tools") if isinstance(tool, dict) and tool.get("type") == "namespace" else None
         if isinstance(inner, list):  # Codex groups function tools in a namespace: they are still functions
-            tools += [_tool(t, f"tools[{i}].tools[{j}]") for j, t in enumerate(inner)]
+            tools += [_function(t, f"tools[{i}].tools[{j}]") for j, t in enumerate(inner)]
+        elif isinstance(kind := tool.get("type") if isinstance(tool, dict) else None, str) and _is_builtin(kind):
+            builtin.append(kind)
         else:
-            tools.append(_tool(tool, f"tools[{i}]"))
-    return tools
+            tools.append(_function(tool, f"tools[{i}]"))
+    return tools, builtin
 
 
-def _tool(tool: Any, path: str) -> ir.Tool:
+def _is_builtin(kind: str) -> bool:
+    return kind in _BUILTIN or kind.startswith(("web_search", "computer_use"))
+
+
+def _function(tool: Any, path: str) -> ir.Tool:
     kind = tool.get("type") if isinstance(tool, dict) else None
     if not isinstance(tool, dict) or kind != "function":
-        if isinstance(kind, str) and (kind in _BUILTIN or kind.startswith(("web_search", "computer_use"))):
-            raise InvalidRequest(
-                f"the built-in tool {kind!r} is not available through this gateway; only function tools are",
-                f"{path}.type",
-            )
         raise InvalidRequest(f"expected a tool of type function, got {kind!r}", f"{path}.type")
     name = req_str(tool.get("name"), f"{path}.name")
     description = _opt(tool, "description", str)
