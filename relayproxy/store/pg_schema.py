@@ -103,6 +103,10 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE api_keys ADD COLUMN held_microusd BIGINT NOT NULL DEFAULT 0;
     ALTER TABLE api_keys ADD COLUMN last_used_at TEXT;
     """,
+    # A hold names its key, whose spend limit it counts against (ledger.py).
+    """
+    ALTER TABLE holds ADD COLUMN key_id TEXT REFERENCES api_keys(id);
+    """,
 )
 
 
