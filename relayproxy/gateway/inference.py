@@ -255,12 +255,17 @@ def refusal(kind: str, principal: Principal, amount: int, model: str | None) -> 
     if kind == "model_not_allowed":
         allowed = ", ".join(principal.models or ()) or "none"
         return ModelNotAllowed(f"This API key may not use the model '{model}'; it is limited to: {allowed}.")
-    limit = principal.spend_limit_microusd or 0
     return KeySpendLimit(
-        f"This API key's spend limit of ${limit / 1e6:.2f} is reached: it has spent "
+        f"This API key's spend limit of ${_usd(principal.spend_limit_microusd or 0)} is reached: it has spent "
         f"${principal.spend_microusd / 1e6:.6f} and holds ${principal.held_microusd / 1e6:.6f} for requests "
         f"in flight, and this request needs up to ${amount / 1e6:.6f} held. Use another key or raise its limit."
     )
+
+
+def _usd(microusd: int) -> str:
+    """1_500_000 -> '1.50', 1 -> '0.000001': cents at least, micro-dollars where they matter."""
+    whole, _, fraction = f"{microusd / 1e6:.6f}".rstrip("0").partition(".")
+    return f"{whole}.{fraction.ljust(2, '0')}"
 
 
 def _loads(raw: bytes) -> Any:
