@@ -41,6 +41,7 @@ from relayproxy.store import pg_schema
 from relayproxy.store.admission import Admission, admission, judge
 from relayproxy.store.facade import KEY_COLUMNS, Store, utc_iso, utc_now
 from relayproxy.store.ledger import HELD
+from relayproxy.store.pg_qmark import QmarkConnection, to_dollar
 
 __all__ = ["PgStore"]
 
@@ -147,6 +148,15 @@ class PgStore(Store):
 
     async def _all(self, sql: str, args: Any = ()) -> list[Any]:
         return await self._run(lambda c: c.fetch(sql, *args))
+
+    async def transaction(self, txn: Callable[[Any], Awaitable[T]], *, durable: bool = True) -> T:
+        """``Store.transaction`` for the store's other modules (accounts.py): ``txn``, written for
+        SQLite's driver, as one PostgreSQL transaction through pg_qmark.py's seam."""
+        return await self._money(lambda c: txn(QmarkConnection(c)))
+
+    async def query(self, sql: str, args: Any = ()) -> list[Any]:
+        """All rows of one read-only statement written with ``?`` placeholders."""
+        return [tuple(r) for r in await self._all(to_dollar(sql), tuple(args))]
 
     # -- accounts and keys ----------------------------------------------------------------------
 
