@@ -190,7 +190,9 @@ def _key_row(db_path: Path, account: str) -> dict[str, Any]:
 
 def test_an_expired_key_is_refused_on_the_model_list_too(gateway: Gateway) -> None:
     key = expired_key(gateway, "opt-expired-models")
-    with openai.OpenAI(base_url=gateway.base_url + "/v1", api_key=key, max_retries=0) as oa:
-        with pytest.raises(openai.AuthenticationError) as info:
-            oa.models.list()
+    with (
+        openai.OpenAI(base_url=gateway.base_url + "/v1", api_key=key, max_retries=0) as oa,
+        pytest.raises(openai.AuthenticationError) as info,
+    ):
+        oa.models.list()
     assert "expired" in info.value.message and "2020-01-31" in info.value.message
