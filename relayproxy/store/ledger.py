@@ -214,7 +214,8 @@ async def hold(
     key_id: str | None = None,
 ) -> str:
     """Reserve ``amount`` if the key's spend limit (with ``key_id``) and the account's available
-    credit cover it: ``HELD``, ``KEY_LIMIT`` or ``NO_CREDIT``, nothing written unless held.
+    credit cover it: ``HELD``, ``KEY_LIMIT`` or ``NO_CREDIT``; no credit moves unless held (a key
+    its limit admits has its ``last_used_at`` set, in that same guarded statement).
     Replaying an existing hold answers whether it is still open; a request id is held at most once."""
     if await _one(db, "SELECT 1 FROM ledger WHERE business_key = ?", (f"req:{request_id}:hold",)):
         return HELD if await _one(db, "SELECT 1 FROM holds WHERE request_id = ?", (request_id,)) else NO_CREDIT
