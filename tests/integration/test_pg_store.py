@@ -172,7 +172,12 @@ PRICED = "drip-100-0"
 
 
 def _two_gateways(
-    tmp_path: Path, upstream: DripUpstream, pg_url: str, models: tuple[str, ...] = ()
+    tmp_path: Path,
+    upstream: DripUpstream,
+    pg_url: str,
+    models: tuple[str, ...] = (),
+    key_options: tuple[str, ...] = (),
+    usd: str = "2",
 ) -> tuple[list[GatewayProcess], str]:
     gateways, key = [], ""
     for name in ("a", "b"):
@@ -189,10 +194,10 @@ def _two_gateways(
             + "max_output_tokens = 1000\n"
         )
         if name == "a":
-            created = run_cli(config, "keys", "create", "--account", "shared")
+            created = run_cli(config, "keys", "create", "--account", "shared", *key_options)
             assert created.returncode == 0, created.stderr
             key = created.stdout.strip()
-            funded = run_cli(config, "credits", "add", "--account", "shared", "--usd", "2")
+            funded = run_cli(config, "credits", "add", "--account", "shared", "--usd", usd)
             assert funded.returncode == 0, funded.stderr
         gateways.append(start_gateway(config))
     return gateways, key
@@ -231,6 +236,28 @@ def test_two_gateways_on_one_database_admit_exactly_what_the_credit_covers(tmp_p
     assert sorted(set(statuses)) == [200, 402], statuses
     assert statuses.count(200) == 20  # $2.00 / $0.10, spread over both gateways
     assert json.loads(shown.stdout) == {"account": "shared", "balance_microusd": 0, "held_microusd": 0}
+    assert checked.returncode == 0, checked.stdout
+
+
+def test_two_gateways_hold_a_1_usd_key_limit_with_10_usd_of_credit(tmp_path: Path, pg_url: str) -> None:
+    with DripUpstream() as upstream:
+        gateways, key = _two_gateways(tmp_path, upstream, pg_url, key_options=("--limit-usd", "1"), usd="10")
+        try:
+            ports = [gw.port for gw in gateways]
+            with ThreadPoolExecutor(max_workers=100) as pool:
+                statuses = list(pool.map(lambda i: _post(ports[i % 2], key), range(200)))
+            config = tmp_path / "a" / "config.toml"
+            shown = run_cli(config, "credits", "show", "--account", "shared", "--json")
+            listed = run_cli(config, "keys", "list", "--account", "shared", "--json")
+            checked = run_cli(config, "ledger", "check")
+        finally:
+            for gw in gateways:
+                gw.signal(signal.SIGTERM)
+                gw.wait(30)
+    assert sorted(set(statuses)) == [200, 402], statuses
+    assert statuses.count(200) == 10  # the key's $1.00 / $0.10, though the account has $10
+    assert json.loads(shown.stdout) == {"account": "shared", "balance_microusd": 9_000_000, "held_microusd": 0}
+    assert json.loads(listed.stdout.splitlines()[0])["spend_microusd"] == 1_000_000
     assert checked.returncode == 0, checked.stdout
 
 
