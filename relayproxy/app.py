@@ -74,10 +74,28 @@ def server_limits(config: Config) -> ServerLimits:
     )
 
 
-async def create_key(store: Store, account: str, label: str = "") -> tuple[str, str]:
-    """Create a key for ``account`` (creating the account); returns (key id, secret)."""
+async def create_key(
+    store: Store,
+    account: str,
+    label: str = "",
+    *,
+    spend_limit_microusd: int | None = None,
+    expires: str | None = None,
+    models: tuple[str, ...] | None = None,
+) -> tuple[str, str]:
+    """Create a key for ``account`` (creating the account), with its options (records.KeyInfo);
+    returns (key id, secret)."""
     secret = new_key()
-    info = await store.add_key(account, new_key_id(), display_prefix(secret), hash_key(secret), label)
+    info = await store.add_key(
+        account,
+        new_key_id(),
+        display_prefix(secret),
+        hash_key(secret),
+        label,
+        spend_limit_microusd=spend_limit_microusd,
+        expires=expires,
+        models=models,
+    )
     return info.id, secret
 
 

@@ -1,4 +1,5 @@
-"""The `relayproxy` command line: serve, keys, usage, credits, ledger, models, migrate, db copy, --version."""
+"""The `relayproxy` command line: serve, keys, users, usage, credits, ledger, models, migrate, db copy,
+--version (keys create/list and users: cli_accounts.py)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ from typing import Any
 import orjson
 
 from relayproxy import __version__
-from relayproxy.app import create_key, run, run_gateway
+from relayproxy.app import run, run_gateway
 from relayproxy.billing.pricing import format_usd, parse_usd, price_list
+from relayproxy.cli_accounts import add_key_commands, add_user_commands, emit, out
 from relayproxy.config.settings import Config, ConfigError, load_config, parse_listen
 from relayproxy.errors import StoreError
 from relayproxy.store.backends import is_url, open_store, open_store_for
@@ -60,17 +62,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=_serve)
 
     keys = sub.add_parser("keys", parents=[common], help="manage API keys").add_subparsers(title="keys commands")
-    create = keys.add_parser("create", parents=[common], help="create a key (and the account if missing)")
-    create.add_argument("--account", required=True)
-    create.add_argument("--label", default="")
-    create.set_defaults(func=_run(_keys_create))
-    listing = keys.add_parser("list", parents=[common], help="list keys (never the secret)")
-    listing.add_argument("--account")
-    listing.add_argument("--json", action="store_true")
-    listing.set_defaults(func=_run(_keys_list))
+    add_key_commands(keys, common)
     revoke = keys.add_parser("revoke", parents=[common], help="revoke a key at once")
     revoke.add_argument("key_id", metavar="KEY_ID")
     revoke.set_defaults(func=_run(_keys_revoke))
+
+    add_user_commands(sub, common)
 
     usage = sub.add_parser("usage", parents=[common], help="usage records, newest first")
     usage.add_argument("--account")
@@ -92,7 +89,7 @@ def _add_db_commands(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 async def _migrate(store: Store, args: argparse.Namespace) -> int:
-    _out("schema up to date")  # opening the store migrated it (under the backend's lock)
+    out("schema up to date")  # opening the store migrated it (under the backend's lock)
     return 0
 
 
@@ -110,8 +107,8 @@ def _db_copy(config: Config, args: argparse.Namespace) -> int:
                 await target.close()
         finally:
             await source.close()
-        _out(", ".join(f"{table}: {n}" for table, n in counts.items()))
-        _out("db copy: done; ledger check ok on both")
+        out(", ".join(f"{table}: {n}" for table, n in counts.items()))
+        out("db copy: done; ledger check ok on both")
         return 0
 
     return asyncio.run(go())
@@ -152,56 +149,19 @@ def _run(
     return run
 
 
-async def _keys_create(store: Store, args: argparse.Namespace) -> int:
-    _, secret = await create_key(store, args.account, args.label)
-    _out(secret)
-    return 0
-
-
-async def _keys_list(store: Store, args: argparse.Namespace) -> int:
-    rows = [
-        {
-            "id": k.id,
-            "prefix": k.prefix,
-            "label": k.label,
-            "account": k.account,
-            "created": k.created_at,
-            "revoked": k.revoked_at,
-        }
-        for k in await store.list_keys(args.account)
-    ]
-    _emit(rows, args.json, ("id", "prefix", "account", "label", "created", "revoked"))
-    return 0
-
-
 async def _keys_revoke(store: Store, args: argparse.Namespace) -> int:
     if not await store.revoke_key(args.key_id):
         print(f"relayproxy: no active key with id {args.key_id}", file=sys.stderr)  # noqa: T201
         return 1
-    _out(f"revoked {args.key_id}")
+    out(f"revoked {args.key_id}")
     return 0
 
 
 async def _usage(store: Store, args: argparse.Namespace) -> int:
     rows = [r.to_json() for r in await store.list_usage(args.account, args.limit)]
     cols = ("request_id", "created_at", "account", "model", "outcome", "http_status")
-    _emit(rows, args.json, (*cols, "input_tokens", "output_tokens", "cost_microusd", "billed", "reason"))
+    emit(rows, args.json, (*cols, "input_tokens", "output_tokens", "cost_microusd", "billed", "reason"))
     return 0
-
-
-def _emit(rows: list[dict[str, Any]], as_json: bool, columns: Sequence[str]) -> None:
-    if as_json:
-        for row in rows:
-            _out(orjson.dumps(row).decode())
-        return
-    table = [list(columns)] + [["" if row.get(c) is None else str(row.get(c)) for c in columns] for row in rows]
-    widths = [max(len(r[i]) for r in table) for i in range(len(columns))]
-    for r in table:
-        _out("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
-
-
-def _out(line: str) -> None:
-    print(line, flush=True)  # noqa: T201 - the CLI's output
 
 
 # -- credits, ledger, models -------------------------------------------------------------------------
@@ -244,7 +204,7 @@ def _positive_usd(text: str) -> int:
 
 async def _credits_add(store: Store, args: argparse.Namespace) -> int:
     balance = await store.grant(args.account, args.usd, args.note)
-    _out(f"{args.account}: balance {format_usd(balance)} USD ({balance} micro-USD)")
+    out(f"{args.account}: balance {format_usd(balance)} USD ({balance} micro-USD)")
     return 0
 
 
@@ -255,25 +215,25 @@ async def _credits_show(store: Store, args: argparse.Namespace) -> int:
         return 1
     balance, held = found
     if args.json:
-        _out(orjson.dumps({"account": args.account, "balance_microusd": balance, "held_microusd": held}).decode())
+        out(orjson.dumps({"account": args.account, "balance_microusd": balance, "held_microusd": held}).decode())
         return 0
     row = {"account": args.account, "balance_usd": format_usd(balance), "held_usd": format_usd(held)}
-    _emit([{**row, "available_usd": format_usd(balance - held)}], False, (*row, "available_usd"))
+    emit([{**row, "available_usd": format_usd(balance - held)}], False, (*row, "available_usd"))
     return 0
 
 
 async def _ledger_check(store: Store, args: argparse.Namespace) -> int:
     problems = await store.ledger_check()
     for problem in problems:
-        _out(problem)
-    _out(f"ledger check: {len(problems)} problem(s)" if problems else "ledger check: ok")
+        out(problem)
+    out(f"ledger check: {len(problems)} problem(s)" if problems else "ledger check: ok")
     return 1 if problems else 0
 
 
 def _models(config: Config, args: argparse.Namespace) -> int:
     prices = price_list(config)
     if args.json:
-        _out(orjson.dumps(prices, option=orjson.OPT_INDENT_2).decode())
+        out(orjson.dumps(prices, option=orjson.OPT_INDENT_2).decode())
         return 0
     rows = [
         {
@@ -285,7 +245,7 @@ def _models(config: Config, args: argparse.Namespace) -> int:
         }
         for m in prices["data"]
     ]
-    _out(f"USD per 1M tokens; price = list price x (1 - {prices['discount']:g})")
+    out(f"USD per 1M tokens; price = list price x (1 - {prices['discount']:g})")
     columns = ("id", "provider", "protocol", "input", "cached_input", "output", "list_input", "list_output")
-    _emit(rows, False, columns)
+    emit(rows, False, columns)
     return 0

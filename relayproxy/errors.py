@@ -18,7 +18,10 @@ __all__ = [
     "HttpVersionNotSupported",
     "InsufficientBalance",
     "InvalidRequest",
+    "KeyExpired",
+    "KeySpendLimit",
     "MethodNotAllowed",
+    "ModelNotAllowed",
     "NotFound",
     "PayloadTooLarge",
     "ProviderUnavailable",
@@ -76,9 +79,28 @@ class Unauthorized(ClientError):
         super().__init__(message)
 
 
+class KeyExpired(Unauthorized):
+    """The key is past its expiry date: a 401 like an invalid key, saying so."""
+
+    kind = "key_expired"
+
+
 class InsufficientBalance(ClientError):
     status = 402
     kind = "insufficient_balance"
+
+
+class KeySpendLimit(InsufficientBalance):
+    """The request's hold would take the key past its own spend limit (the account may have credit)."""
+
+    kind = "key_spend_limit"
+
+
+class ModelNotAllowed(ClientError):
+    """The model is outside the key's allow-list."""
+
+    status = 403
+    kind = "model_not_allowed"
 
 
 class NotFound(ClientError):

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import Any
 
-__all__ = ["KeyInfo", "Outcome", "Principal", "UsageRecord"]
+__all__ = ["KeyInfo", "Outcome", "Principal", "UsageRecord", "allowed_models", "key_expired"]
 
 
 class Outcome(StrEnum):
@@ -26,6 +26,22 @@ class Principal:
     account: str
     key_id: str
     recent_aborts: int = 0  # unbilled client-aborted requests in the window asked about, if asked
+    # The key's options and running totals as read with it (KeyInfo has their meaning).
+    expires: str | None = None
+    models: tuple[str, ...] | None = None
+    spend_limit_microusd: int | None = None
+    spend_microusd: int = 0
+    held_microusd: int = 0
+
+
+def key_expired(expires: str | None, now_iso: str) -> bool:
+    """True when a key valid through the UTC day ``expires`` (YYYY-MM-DD) is past it at ``now_iso``."""
+    return expires is not None and now_iso[:10] > expires
+
+
+def allowed_models(text: object) -> tuple[str, ...] | None:
+    """The allow-list as stored (comma-separated text; NULL: every model)."""
+    return None if text is None else tuple(m for m in str(text).split(",") if m)
 
 
 @dataclass(slots=True, frozen=True)
@@ -55,7 +71,7 @@ class KeyInfo:
             None if revoked is None else str(revoked),
             None if limit is None else int(limit),  # type: ignore[call-overload]
             None if expires is None else str(expires),
-            None if models is None else tuple(m for m in str(models).split(",") if m),
+            allowed_models(models),
             int(spend),  # type: ignore[call-overload]
             None if last_used is None else str(last_used),
         )

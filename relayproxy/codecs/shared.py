@@ -56,7 +56,7 @@ def arguments_object(text: str) -> dict[str, Any]:
 
 _OPENAI_TYPES = {
     402: "insufficient_quota",
-    403: "permission_error",
+    403: "permission_denied",
     429: "rate_limit_error",
     503: "service_unavailable_error",
     504: "timeout_error",

@@ -35,14 +35,14 @@ from relayproxy.errors import (
     server_error,
 )
 from relayproxy.gateway.exchange import Exchange, Recorder, access, new_request_id
-from relayproxy.gateway.inference import Inference, Spawn, insufficient
+from relayproxy.gateway.inference import Inference, Spawn, insufficient, refusal
 from relayproxy.http_types import HttpRequest, HttpResponse, header, query_params
 from relayproxy.keys import hash_key, looks_like_key
 from relayproxy.policy.limits import Denied, KeyLimiter
 from relayproxy.policy.plan import parse_json
 from relayproxy.policy.router import Endpoint, EndpointKind, match_endpoint, protocol_for
-from relayproxy.records import Outcome, Principal
-from relayproxy.store.facade import Store, utc_iso
+from relayproxy.records import Outcome, Principal, key_expired
+from relayproxy.store.facade import Store, utc_iso, utc_now
 from relayproxy.telemetry.accesslog import access_line
 from relayproxy.telemetry.metrics import CONTENT_TYPE, GatewayMetrics
 from relayproxy.upstream import Pool
@@ -144,8 +144,10 @@ class Gateway:
             planning_error, amount = err, None
         cap = self._config.limits.free_aborts_per_hour
         since = utc_iso(datetime.now(UTC) - timedelta(hours=1)) if cap > 0 else None  # 0: no cap, no count
-        admission = await self._store.admit(key_hash, ex.request_id, amount, aborts_since=since, abort_cap=cap)
-        principal = self._authenticated(ex, admission.principal)
+        admission = await self._store.admit(
+            key_hash, ex.request_id, amount, aborts_since=since, abort_cap=cap, model=ex.record.model
+        )
+        principal = self._authenticated(ex, admission.principal, admission.refused == "key_expired")
         # From here on every way out settles the request, which releases a hold taken above.
         if cap > 0 and principal.recent_aborts >= cap:
             raise RateLimited(
@@ -164,6 +166,8 @@ class Gateway:
         if planning_error is not None:
             raise planning_error
         assert amount is not None
+        if admission.refused is not None:
+            raise refusal(admission.refused, principal, amount, ex.record.model)
         if not admission.held:
             raise insufficient(amount, principal.account)
         return await self._inference.run(ex, plans, held=amount)
@@ -229,10 +233,14 @@ class Gateway:
             raise Unauthorized()
         return hash_key(key)
 
-    def _authenticated(self, ex: Exchange, principal: Principal | None) -> Principal:
+    def _authenticated(self, ex: Exchange, principal: Principal | None, expired: bool = False) -> Principal:
+        """The caller; 401 when there is none or its key is past its expiry date (``expired``:
+        the store found it so in the admission's own transaction)."""
         if principal is None:
             raise Unauthorized()
         ex.record.account, ex.record.key_id = principal.account, principal.key_id
+        if expired or key_expired(principal.expires, utc_now()):
+            raise refusal("key_expired", principal, 0, None)
         return principal
 
     # -- errors ---------------------------------------------------------------------------------

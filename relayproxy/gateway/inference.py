@@ -25,7 +25,15 @@ from relayproxy.billing.pricing import hold_microusd
 from relayproxy.codecs import Codec, UpstreamCall
 from relayproxy.codecs.registry import CODECS
 from relayproxy.config.settings import Config
-from relayproxy.errors import InsufficientBalance, UpstreamError, UpstreamProtocolError
+from relayproxy.errors import (
+    InsufficientBalance,
+    KeyExpired,
+    KeySpendLimit,
+    ModelNotAllowed,
+    RelayError,
+    UpstreamError,
+    UpstreamProtocolError,
+)
 from relayproxy.gateway.exchange import Charge, Exchange, Recorder, TrackedBody
 from relayproxy.gateway.opening import Answer, Opened, unwrap
 from relayproxy.gateway.streaming import StreamBody
@@ -34,10 +42,11 @@ from relayproxy.policy.plan import Plan, decode, output_limit, parse_json, plan
 from relayproxy.policy.retries import next_try, schedule
 from relayproxy.policy.router import Endpoint, Route, resolve_model
 from relayproxy.policy.tokens import estimate_input_tokens
+from relayproxy.records import Principal
 from relayproxy.telemetry.metrics import GatewayMetrics
 from relayproxy.upstream import Pool, UpstreamResponse
 
-__all__ = ["Inference", "Spawn", "insufficient"]
+__all__ = ["Inference", "Spawn", "insufficient", "refusal"]
 
 log = logging.getLogger("relayproxy.inference")
 
@@ -244,6 +253,26 @@ def _dropped_header(p: Plan) -> list[tuple[bytes, bytes]]:
     """``x-relayproxy-dropped-tools: web_search``: built-in tools the upstream could not run and
     the request went without (policy/plan.py)."""
     return [(b"x-relayproxy-dropped-tools", ",".join(p.dropped_tools).encode())] if p.dropped_tools else []
+
+
+def refusal(kind: str, principal: Principal, amount: int, model: str | None) -> RelayError:
+    """The error for a request the key's own options refuse (``Admission.refused``)."""
+    if kind == "key_expired":
+        return KeyExpired(f"This API key expired: it was valid through {principal.expires} (UTC). Create a new key.")
+    if kind == "model_not_allowed":
+        allowed = ", ".join(principal.models or ()) or "none"
+        return ModelNotAllowed(f"This API key may not use the model '{model}'; it is limited to: {allowed}.")
+    return KeySpendLimit(
+        f"This API key's spend limit of ${_usd(principal.spend_limit_microusd or 0)} is reached: it has spent "
+        f"${principal.spend_microusd / 1e6:.6f} and holds ${principal.held_microusd / 1e6:.6f} for requests "
+        f"in flight, and this request needs up to ${amount / 1e6:.6f} held. Use another key or raise its limit."
+    )
+
+
+def _usd(microusd: int) -> str:
+    """1_500_000 -> '1.50', 1 -> '0.000001': cents at least, micro-dollars where they matter."""
+    whole, _, fraction = f"{microusd / 1e6:.6f}".rstrip("0").partition(".")
+    return f"{whole}.{fraction.ljust(2, '0')}"
 
 
 def _loads(raw: bytes) -> Any:

@@ -1,6 +1,7 @@
 """Dashboard users, their sessions, the one-time setup token, key options and the audit trail.
 
-Plain SQL (no SQLite-only syntax beyond ``ON CONFLICT``), so a PostgreSQL backend can mirror it.
+Plain SQL (nothing beyond ``ON CONFLICT`` that PostgreSQL lacks), over ``Store.transaction`` and
+``Store.query``: on PostgreSQL the same SQL runs through PgStore's seam (pg_qmark.py).
 Secrets are never stored: a session token and the setup token are kept as their SHA-256 only, a
 password as its argon2id hash (passwords.py). Timestamps are the store's ISO text (``utc_now``),
 comparable as strings, so expiry checks are plain ``WHERE ... > ?``.
@@ -69,7 +70,7 @@ def _later(seconds: float) -> str:
 
 
 class Accounts:
-    """Users, sessions, setup tokens and the audit trail, over the gateway's ``Store``."""
+    """Users, sessions, setup tokens and the audit trail, over the gateway's ``Store`` (either backend)."""
 
     def __init__(self, store: Store) -> None:
         self._store = store

@@ -5,6 +5,8 @@ Key options live on ``api_keys`` itself, so admission reads them in the row it a
 ``spend_limit_microusd`` (NULL = none), ``expires`` (``YYYY-MM-DD``, valid through that UTC day;
 NULL = never), ``models`` (comma-separated allow-list; NULL = all), and the key's running
 ``spend_microusd`` (charges) and ``held_microusd`` (open holds), which count against the limit.
+A hold names its key (``holds.key_id``), so settling or releasing it, the startup sweep included,
+moves the key's totals in the same transaction as the account's.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ MIGRATION = """
     ALTER TABLE api_keys ADD COLUMN spend_microusd INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE api_keys ADD COLUMN held_microusd INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE api_keys ADD COLUMN last_used_at TEXT;
+    ALTER TABLE holds ADD COLUMN key_id TEXT REFERENCES api_keys(id);
     CREATE TABLE audit (
         seq INTEGER PRIMARY KEY AUTOINCREMENT,
         created_at TEXT NOT NULL,

@@ -3,7 +3,8 @@
 ``TABLES`` is the one list of what moves (a table added to both backends' migrations gets a line
 here); columns are named, so each backend's own extra columns (ids it generates, hold owners)
 stay out of it. Open holds do not move: they belong to running gateways, so the source must have
-none (stop the gateways first). The target must be empty; both ledgers are checked afterwards.
+none (stop the gateways first). Dashboard sessions and setup tokens do not move either (users log
+in again). The target must be empty; both ledgers are checked afterwards.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ TABLES: dict[str, tuple[str, ...]] = {
         "created_at",
     ),
     "stripe_events": ("event_id", "type", "received_at"),
+    "users": ("id", "email", "password_hash", "account_id", "admin", "disabled", "created_at"),
+    "audit": ("seq", "created_at", "actor", "action", "target", "detail"),
     "usage": (
         "seq", "request_id", "created_at", "account", "key_id", "model", "provider", "client_protocol",
         "upstream_protocol", "stream", "outcome", "http_status", "input_tokens", "cached_input_tokens",

@@ -19,11 +19,10 @@ anyway). ``stale_after_s`` additionally releases holds older than any request ca
 from __future__ import annotations
 
 import asyncio
-import hmac
 import sqlite3
 import time
 from collections.abc import Callable, Coroutine, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
@@ -35,6 +34,7 @@ from relayproxy.billing.pricing import Booking
 from relayproxy.errors import StoreError
 from relayproxy.records import KeyInfo, Principal, UsageRecord
 from relayproxy.store import ledger, schema
+from relayproxy.store.admission import PRINCIPAL_COLUMNS, Admission, admission, judge, principal_of
 from relayproxy.store.group_commit import GroupCommit, SyncDb, drive, sync_op
 
 __all__ = ["KEY_COLUMNS", "Admission", "Booking", "Store", "utc_iso", "utc_now"]
@@ -196,21 +196,33 @@ class Store:
         )
 
     async def admit(
-        self, key_hash: bytes, request_id: str, hold_microusd: int | None, *, aborts_since: str | None, abort_cap: int
+        self,
+        key_hash: bytes,
+        request_id: str,
+        hold_microusd: int | None,
+        *,
+        aborts_since: str | None,
+        abort_cap: int,
+        model: str | None = None,
     ) -> Admission:
         """An inference request's whole way in, in one database trip: ``authenticate`` (with the
-        abort count), then, when the key is valid, under the abort cap and ``hold_microusd`` is
-        given, ``hold``. Revocation stays instant: the key is read in the same transaction."""
+        abort count), the key's options (expiry; ``model`` against its allow-list), then, when the
+        key is valid, under the abort cap and ``hold_microusd`` is given, ``hold`` guarded by the
+        key's spend limit too. Revocation stays instant: the key is read in the same transaction."""
         if hold_microusd is not None and hold_microusd < 0:
             raise ValueError(f"hold amount must be 0 or more, got {hold_microusd}")
         now, owner = utc_now(), self._owner
 
         def txn(conn: sqlite3.Connection) -> Admission:
             principal = _principal(conn, key_hash, aborts_since if abort_cap > 0 else None)
-            if principal is None or hold_microusd is None or 0 < abort_cap <= principal.recent_aborts:
-                return Admission(principal, None)
-            held = drive(ledger.hold(SyncDb(conn), principal.account_id, request_id, hold_microusd, owner, now))  # type: ignore[arg-type]
-            return Admission(principal, held)
+            found = judge(principal, hold_microusd, abort_cap, model, now)
+            if found is not None:
+                return found
+            assert principal is not None and hold_microusd is not None
+            held = drive(
+                ledger.hold(SyncDb(conn), principal.account_id, request_id, hold_microusd, owner, now, principal.key_id)  # type: ignore[arg-type]
+            )
+            return admission(principal, held)
 
         # Not fsynced on its own, like ``hold``: the next durable commit's sync flushes it. Nor
         # does it wait for the sync of a settlement that shares its batch (group_commit.py).
@@ -253,9 +265,10 @@ class Store:
         # Not fsynced on its own (durable=False): other processes see a hold as soon as it commits,
         # and after a crash every hold is released by the startup sweep anyway, so losing one
         # costs nothing; the next durable commit's sync (the settlement's, say) flushes it too.
-        return await self._write(
+        held = await self._write(
             lambda db: ledger.hold(db, account_id, request_id, amount_microusd, owner, now), durable=False
         )
+        return held == ledger.HELD
 
     def settle_soon(self, rec: UsageRecord, charge_microusd: int) -> asyncio.Future[int]:
         """``settle``, queued without waiting: the request that ends need not wait for the fsync.
@@ -376,28 +389,14 @@ class Store:
         await self._commits.run(lambda conn: conn.executemany(sql, rows), durable=True)
 
 
-@dataclass(frozen=True, slots=True)
-class Admission:
-    """What ``Store.admit`` found: the key's principal (None: unknown or revoked) and whether
-    the credit hold was taken (None: not attempted)."""
-
-    principal: Principal | None
-    held: bool | None
-
-
 def _principal(conn: sqlite3.Connection, key_hash: bytes, aborts_since: str | None) -> Principal | None:
     row = conn.execute(
-        "SELECT k.hash, k.revoked_at, a.id, a.name, k.id, (SELECT COUNT(*) FROM usage u"
+        f"SELECT {PRINCIPAL_COLUMNS}, (SELECT COUNT(*) FROM usage u"
         " WHERE u.key_id = k.id AND u.created_at >= ? AND u.outcome = 'client_disconnected')"
         " FROM api_keys k JOIN accounts a ON a.id = k.account_id WHERE k.hash = ?",
         (aborts_since or "9999", key_hash),
     ).fetchone()
-    if row is None:
-        return None
-    stored, revoked, account_id, account, key_id, aborts = row
-    if revoked is not None or not hmac.compare_digest(bytes(stored), key_hash):
-        return None
-    return Principal(int(account_id), str(account), str(key_id), int(aborts))
+    return None if row is None else principal_of(row[:-1], key_hash, int(row[-1]))
 
 
 async def _settle_txn(db: aiosqlite.Connection, rec: UsageRecord, charge: int, now: str) -> int:

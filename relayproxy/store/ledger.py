@@ -16,6 +16,11 @@ always be re-derived from the entries:
 balance - held >= :amount``), never "read, check in Python, write", so concurrent requests and
 worker processes cannot overdraw an account: the database's write lock is the arbiter.
 
+A key with a spend limit is guarded the same way, first, in the same transaction: ``UPDATE
+api_keys SET held += :amount WHERE spend + held + :amount <= limit`` (the hold counts against the
+limit); the hold row names the key, and settling it moves the charge from the key's ``held`` into
+its ``spend`` (a release only lowers ``held``). Rows are locked key, then account.
+
 The functions here run inside a transaction the caller opened (``Store._write``: BEGIN IMMEDIATE)
 and never commit. The store turns ``sqlite3.Error`` into ``StoreError``.
 """
@@ -33,7 +38,10 @@ import aiosqlite
 from relayproxy.billing.pricing import Booking
 
 __all__ = [
+    "HELD",
+    "KEY_LIMIT",
     "MIGRATION",
+    "NO_CREDIT",
     "Owner",
     "book_refund",
     "check",
@@ -186,34 +194,65 @@ async def grant(db: aiosqlite.Connection, account_id: int, amount: int, note: st
     return int(row[0])
 
 
-async def hold(db: aiosqlite.Connection, account_id: int, request_id: str, amount: int, owner: Owner, now: str) -> bool:
-    """Reserve ``amount`` if the account's available credit covers it. Replaying an existing hold
-    answers whether it is still open; a request id is held at most once."""
+#: What ``hold`` did: held; the account's available credit does not cover it; the key's limit does not.
+HELD, NO_CREDIT, KEY_LIMIT = "held", "no_credit", "key_limit"
+
+#: The key's guarded share of a hold (and its last use): one conditional statement.
+KEY_HOLD_SQL = (
+    "UPDATE api_keys SET held_microusd = held_microusd + ?, last_used_at = ? WHERE id = ?"
+    " AND (spend_limit_microusd IS NULL OR spend_microusd + held_microusd + ? <= spend_limit_microusd)"
+)
+
+
+async def hold(
+    db: aiosqlite.Connection,
+    account_id: int,
+    request_id: str,
+    amount: int,
+    owner: Owner,
+    now: str,
+    key_id: str | None = None,
+) -> str:
+    """Reserve ``amount`` if the key's spend limit (with ``key_id``) and the account's available
+    credit cover it: ``HELD``, ``KEY_LIMIT`` or ``NO_CREDIT``; no credit moves unless held (a key
+    its limit admits has its ``last_used_at`` set, in that same guarded statement).
+    Replaying an existing hold answers whether it is still open; a request id is held at most once."""
     if await _one(db, "SELECT 1 FROM ledger WHERE business_key = ?", (f"req:{request_id}:hold",)):
-        return bool(await _one(db, "SELECT 1 FROM holds WHERE request_id = ?", (request_id,)))
+        return HELD if await _one(db, "SELECT 1 FROM holds WHERE request_id = ?", (request_id,)) else NO_CREDIT
+    if key_id is not None:
+        cur = await db.execute(KEY_HOLD_SQL, (amount, now, key_id, amount))
+        if cur.rowcount != 1:
+            return KEY_LIMIT
     cur = await db.execute(
         "UPDATE accounts SET held_microusd = held_microusd + ? WHERE id = ? AND balance_microusd - held_microusd >= ?",
         (amount, account_id, amount),
     )
     if cur.rowcount != 1:
-        return False
+        if key_id is not None:  # undo the key's share: the transaction goes on (and commits)
+            await db.execute("UPDATE api_keys SET held_microusd = held_microusd - ? WHERE id = ?", (amount, key_id))
+        return NO_CREDIT
     await _entry(db, account_id, "hold", amount, f"req:{request_id}:hold", now, request_id=request_id)
     await db.execute(
-        "INSERT INTO holds(request_id, account_id, amount_microusd, owner_pid, owner_start, owner_boot, created_at)"
-        " VALUES (?,?,?,?,?,?,?)",
-        (request_id, account_id, amount, owner.pid, owner.start, owner.boot, now),
+        "INSERT INTO holds(request_id, account_id, key_id, amount_microusd, owner_pid, owner_start, owner_boot,"
+        " created_at) VALUES (?,?,?,?,?,?,?,?)",
+        (request_id, account_id, key_id, amount, owner.pid, owner.start, owner.boot, now),
     )
-    return True
+    return HELD
 
 
 async def settle_hold(db: aiosqlite.Connection, request_id: str, charge: int, now: str) -> int | None:
     """Charge min(charge, hold) and release the rest; returns the amount charged, or None when
     the request has no open hold (nothing is written then)."""
-    row = await _one(db, "SELECT account_id, amount_microusd FROM holds WHERE request_id = ?", (request_id,))
+    row = await _one(db, "SELECT account_id, amount_microusd, key_id FROM holds WHERE request_id = ?", (request_id,))
     if row is None:
         return None
-    account_id, held = int(row[0]), int(row[1])
+    account_id, held, key_id = int(row[0]), int(row[1]), row[2]
     charged = min(max(charge, 0), held)
+    if key_id is not None:
+        await db.execute(
+            "UPDATE api_keys SET spend_microusd = spend_microusd + ?, held_microusd = held_microusd - ? WHERE id = ?",
+            (charged, held, key_id),
+        )
     if charged:
         await _entry(db, account_id, "charge", charged, f"req:{request_id}:charge", now, request_id=request_id)
     if held - charged:
@@ -323,7 +362,26 @@ async def check(db: aiosqlite.Connection) -> list[str]:
         for _, name, balance, held, entries_balance, entries_held, open_holds, refunds in await cur.fetchall():
             problems += account_problems(name, balance, held, entries_balance, entries_held, open_holds, refunds)
     problems += await _request_problems(db)
+    async with db.execute(KEY_CHECK_SQL) as cur:
+        problems += key_problems(await cur.fetchall())
     return problems
+
+
+#: Per key: its cached held against its open holds, and its spend + held against its limit.
+KEY_CHECK_SQL = (
+    "SELECT k.id, k.held_microusd, (SELECT COALESCE(SUM(amount_microusd), 0) FROM holds h WHERE h.key_id = k.id),"
+    " k.spend_microusd, k.spend_limit_microusd FROM api_keys k ORDER BY k.id"
+)
+
+
+def key_problems(rows: Any) -> list[str]:
+    out = []
+    for key_id, held, open_holds, spend, limit in rows:
+        if int(held) != int(open_holds):
+            out.append(f"key {key_id}: held_microusd {held} != sum of its open holds {open_holds}")
+        if limit is not None and int(spend) + int(held) > int(limit):
+            out.append(f"key {key_id}: spend {spend} + held {held} exceed its limit {limit}")
+    return out
 
 
 def account_problems(name: str, *values: int) -> list[str]:

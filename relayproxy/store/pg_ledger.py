@@ -6,13 +6,13 @@ keys that make every replay a no-op, and rows locked in one order: a hold row be
 
 from __future__ import annotations
 
-import hmac
 from dataclasses import fields
 from typing import Any, TypeAlias
 
 from relayproxy.records import Principal, UsageRecord
+from relayproxy.store.admission import PRINCIPAL_COLUMNS, principal_of
 from relayproxy.store.facade import as_charged, utc_now
-from relayproxy.store.ledger import account_problems
+from relayproxy.store.ledger import HELD, KEY_CHECK_SQL, KEY_LIMIT, NO_CREDIT, account_problems, key_problems
 
 _Conn: TypeAlias = Any  # asyncpg.Connection (asyncpg ships no type hints)
 
@@ -25,18 +25,13 @@ INSERT_USAGE_SQL = (
 
 async def principal(c: _Conn, key_hash: bytes, aborts_since: str | None) -> Principal | None:
     row = await c.fetchrow(
-        "SELECT k.hash, k.revoked_at, a.id, a.name, k.id, (SELECT COUNT(*) FROM usage u"
+        f"SELECT {PRINCIPAL_COLUMNS}, (SELECT COUNT(*) FROM usage u"
         " WHERE u.key_id = k.id AND u.created_at >= $1 AND u.outcome = 'client_disconnected')"
         " FROM api_keys k JOIN accounts a ON a.id = k.account_id WHERE k.hash = $2",
         aborts_since or "9999",
         key_hash,
     )
-    if row is None:
-        return None
-    stored, revoked, account_id, account, key_id, aborts = row
-    if revoked is not None or not hmac.compare_digest(bytes(stored), key_hash):
-        return None
-    return Principal(int(account_id), str(account), str(key_id), int(aborts))
+    return None if row is None else principal_of(tuple(row)[:-1], key_hash, int(row[-1]))
 
 
 async def ensure_account(c: _Conn, name: str) -> int:
@@ -98,9 +93,21 @@ async def new_event(c: _Conn, event_id: str, event_type: str, now: str) -> bool:
     return bool(status == "INSERT 0 1")
 
 
-async def hold(c: _Conn, account_id: int, request_id: str, amount: int, owner: str, now: str) -> bool:
+async def hold(
+    c: _Conn, account_id: int, request_id: str, amount: int, owner: str, now: str, key_id: str | None = None
+) -> str:
+    """ledger.hold's rules: the key's guarded share first (its row lock, then the account's)."""
     if await c.fetchval("SELECT 1 FROM ledger WHERE business_key = $1", f"req:{request_id}:hold"):
-        return bool(await c.fetchval("SELECT 1 FROM holds WHERE request_id = $1", request_id))
+        return HELD if await c.fetchval("SELECT 1 FROM holds WHERE request_id = $1", request_id) else NO_CREDIT
+    if key_id is not None and not await c.fetchval(
+        "UPDATE api_keys SET held_microusd = held_microusd + $1, last_used_at = $2 WHERE id = $3"
+        " AND (spend_limit_microusd IS NULL OR spend_microusd + held_microusd + $1 <= spend_limit_microusd)"
+        " RETURNING 1",
+        amount,
+        now,
+        key_id,
+    ):
+        return KEY_LIMIT
     row = await c.fetchrow(
         "UPDATE accounts SET held_microusd = held_microusd + $1"
         " WHERE id = $2 AND balance_microusd - held_microusd >= $1 RETURNING held_microusd",
@@ -108,26 +115,41 @@ async def hold(c: _Conn, account_id: int, request_id: str, amount: int, owner: s
         account_id,
     )
     if row is None:
-        return False
+        if key_id is not None:  # undo the key's share: the transaction goes on (and commits)
+            await c.execute("UPDATE api_keys SET held_microusd = held_microusd - $1 WHERE id = $2", amount, key_id)
+        return NO_CREDIT
     await entry(c, account_id, "hold", amount, f"req:{request_id}:hold", now, request_id=request_id)
     await c.execute(
-        "INSERT INTO holds(request_id, account_id, amount_microusd, owner, created_at) VALUES ($1,$2,$3,$4,$5)",
+        "INSERT INTO holds(request_id, account_id, key_id, amount_microusd, owner, created_at)"
+        " VALUES ($1,$2,$3,$4,$5,$6)",
         request_id,
         account_id,
+        key_id,
         amount,
         owner,
         now,
     )
-    return True
+    return HELD
 
 
 async def settle_hold(c: _Conn, request_id: str, charge: int, now: str) -> int | None:
-    """Claim the hold row first (then the account row: the one lock order), charge, release."""
-    row = await c.fetchrow("DELETE FROM holds WHERE request_id = $1 RETURNING account_id, amount_microusd", request_id)
+    """Claim the hold row first (then the key's row, then the account's: the one lock order),
+    charge, release."""
+    row = await c.fetchrow(
+        "DELETE FROM holds WHERE request_id = $1 RETURNING account_id, amount_microusd, key_id", request_id
+    )
     if row is None:
         return None
-    account_id, held = int(row[0]), int(row[1])
+    account_id, held, key_id = int(row[0]), int(row[1]), row[2]
     charged = min(max(charge, 0), held)
+    if key_id is not None:
+        await c.execute(
+            "UPDATE api_keys SET spend_microusd = spend_microusd + $1, held_microusd = held_microusd - $2"
+            " WHERE id = $3",
+            charged,
+            held,
+            key_id,
+        )
     if charged:
         await entry(c, account_id, "charge", charged, f"req:{request_id}:charge", now, request_id=request_id)
     if held - charged:
@@ -183,4 +205,5 @@ async def check(c: _Conn) -> list[str]:
         for rid, held, settled, still_open in rows
         if held != settled + still_open
     ]
+    problems += key_problems(await c.fetch(KEY_CHECK_SQL))
     return problems

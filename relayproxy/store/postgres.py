@@ -38,7 +38,10 @@ from relayproxy.errors import StoreError
 from relayproxy.records import KeyInfo, Principal, UsageRecord
 from relayproxy.store import pg_ledger as q
 from relayproxy.store import pg_schema
-from relayproxy.store.facade import KEY_COLUMNS, Admission, Store, utc_iso, utc_now
+from relayproxy.store.admission import Admission, admission, judge
+from relayproxy.store.facade import KEY_COLUMNS, Store, utc_iso, utc_now
+from relayproxy.store.ledger import HELD
+from relayproxy.store.pg_qmark import QmarkConnection, to_dollar
 
 __all__ = ["PgStore"]
 
@@ -146,6 +149,15 @@ class PgStore(Store):
     async def _all(self, sql: str, args: Any = ()) -> list[Any]:
         return await self._run(lambda c: c.fetch(sql, *args))
 
+    async def transaction(self, txn: Callable[[Any], Awaitable[T]], *, durable: bool = True) -> T:
+        """``Store.transaction`` for the store's other modules (accounts.py): ``txn``, written for
+        SQLite's driver, as one PostgreSQL transaction through pg_qmark.py's seam."""
+        return await self._money(lambda c: txn(QmarkConnection(c)))
+
+    async def query(self, sql: str, args: Any = ()) -> list[Any]:
+        """All rows of one read-only statement written with ``?`` placeholders."""
+        return [tuple(r) for r in await self._all(to_dollar(sql), tuple(args))]
+
     # -- accounts and keys ----------------------------------------------------------------------
 
     async def account_count(self) -> int:
@@ -210,7 +222,14 @@ class PgStore(Store):
         return await self._run(lambda c: q.principal(c, key_hash, aborts_since))
 
     async def admit(
-        self, key_hash: bytes, request_id: str, hold_microusd: int | None, *, aborts_since: str | None, abort_cap: int
+        self,
+        key_hash: bytes,
+        request_id: str,
+        hold_microusd: int | None,
+        *,
+        aborts_since: str | None,
+        abort_cap: int,
+        model: str | None = None,
     ) -> Admission:
         if hold_microusd is not None and hold_microusd < 0:
             raise ValueError(f"hold amount must be 0 or more, got {hold_microusd}")
@@ -218,10 +237,14 @@ class PgStore(Store):
 
         async def txn(c: _Conn) -> Admission:
             principal = await q.principal(c, key_hash, aborts_since if abort_cap > 0 else None)
-            if principal is None or hold_microusd is None or 0 < abort_cap <= principal.recent_aborts:
-                return Admission(principal, None)
-            held = await q.hold(c, principal.account_id, request_id, hold_microusd, self._owner_id, now)
-            return Admission(principal, held)
+            found = judge(principal, hold_microusd, abort_cap, model, now)
+            if found is not None:
+                return found
+            assert principal is not None and hold_microusd is not None
+            held = await q.hold(
+                c, principal.account_id, request_id, hold_microusd, self._owner_id, now, principal.key_id
+            )
+            return admission(principal, held)
 
         return await self._money(txn)
 
@@ -257,7 +280,8 @@ class PgStore(Store):
         if amount_microusd < 0:
             raise ValueError(f"hold amount must be 0 or more, got {amount_microusd}")
         now = utc_now()
-        return await self._money(lambda c: q.hold(c, account_id, request_id, amount_microusd, self._owner_id, now))
+        held = await self._money(lambda c: q.hold(c, account_id, request_id, amount_microusd, self._owner_id, now))
+        return held == HELD
 
     def settle_soon(self, rec: UsageRecord, charge_microusd: int) -> asyncio.Future[int]:
         now = utc_now()

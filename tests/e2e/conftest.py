@@ -99,7 +99,10 @@ def _model(name: str, provider: str, upstream_model: str) -> str:
     )
 
 
-def write_config(path: Path, upstream: FakeUpstream, stripe_url: str = "http://127.0.0.1:9", **overrides: Any) -> None:
+def write_config(
+    path: Path, upstream: FakeUpstream, stripe_url: str = "http://127.0.0.1:9", extra: str = "", **overrides: Any
+) -> None:
+    """The e2e config; ``extra`` is TOML appended to it (more models, say)."""
     models = "\n".join(_model(name, "fake", name) for name in SCENARIOS)
     models += "\n".join(
         _model(f"{prefix}-{scenario}", provider, scenario)
@@ -185,6 +188,7 @@ input_price = 1.0
 output_price = 2.0
 
 {models}
+{extra}
 [timeouts]
 {chr(10).join(f"{k} = {v}" for k, v in timeouts.items())}
 
@@ -194,9 +198,11 @@ output_price = 2.0
     )
 
 
-def start_gateway(tmp: Path, upstream: FakeUpstream, stripe: FakeStripe | None = None, **overrides: Any) -> Gateway:
+def start_gateway(
+    tmp: Path, upstream: FakeUpstream, stripe: FakeStripe | None = None, extra: str = "", **overrides: Any
+) -> Gateway:
     config = tmp / "config.toml"
-    write_config(config, upstream, stripe.url if stripe else "http://127.0.0.1:9", **overrides)
+    write_config(config, upstream, stripe.url if stripe else "http://127.0.0.1:9", extra, **overrides)
     created = run_cli("--config", str(config), "keys", "create", "--account", "test", "--label", "e2e")
     assert created.returncode == 0, created.stderr
     key = created.stdout.strip()

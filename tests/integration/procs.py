@@ -133,12 +133,13 @@ api_key_env = "{UPSTREAM_KEY_ENV}"
     )
 
 
-def run_cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def run_cli(config: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "relayproxy", "--config", str(config), *args],
         capture_output=True,
         text=True,
         timeout=60,
+        input=stdin,
     )
 
 

@@ -777,3 +777,113 @@ async def test_key_options_round_trip(store: Store) -> None:
     assert (made.spend_microusd, made.last_used_at) == (0, None)
     assert listed["key_plain"] == plain
     assert (plain.spend_limit_microusd, plain.expires, plain.models) == (None, None, None)
+
+
+async def limited_key(store: Store, **options: Any) -> bytes:
+    """A key of account ``opts`` ($10 of credit) with ``options`` (add_key's)."""
+    await funded(store, 10_000_000, name="opts")
+    secret = os.urandom(32)
+    await store.add_key("opts", "key_lim", "rp_l", secret, "", **options)
+    return secret
+
+
+async def key_info(store: Store) -> Any:
+    return {k.id: k for k in await store.list_keys("opts")}["key_lim"]
+
+
+async def key_held(store: Store) -> int:
+    rows = await store.export_rows("api_keys", ("id", "held_microusd"))
+    return {str(r[0]): int(r[1]) for r in rows}["key_lim"]
+
+
+@pytest.mark.anyio
+async def test_an_expired_key_is_refused_without_a_hold_and_one_valid_today_is_admitted(store: Store) -> None:
+    old = await limited_key(store, expires="2020-01-31")
+    refused = await store.admit(old, "r1", 1_000, aborts_since=None, abort_cap=0, model="m")
+    assert (refused.refused, refused.held) == ("key_expired", None) and refused.principal is not None
+    assert (await store.admit(old, "r2", None, aborts_since=None, abort_cap=0)).refused == "key_expired"
+    today = os.urandom(32)
+    await store.add_key("opts", "key_today", "rp_t", today, "", expires=utc_now()[:10])
+    admitted = await store.admit(today, "r3", 1_000, aborts_since=None, abort_cap=0, model="m")
+    assert (admitted.refused, admitted.held) == (None, True)
+    await store.settle(record("r3", 0), 0)
+    assert await store.balance("opts") == (10_000_000, 0)
+
+
+@pytest.mark.anyio
+async def test_a_model_outside_the_allow_list_is_refused_without_a_hold(store: Store) -> None:
+    key = await limited_key(store, models=("gpt-5.5", "claude-x"))
+    refused = await store.admit(key, "r1", 1_000, aborts_since=None, abort_cap=0, model="gemini-y")
+    assert (refused.refused, refused.held) == ("model_not_allowed", None)
+    assert await store.balance("opts") == (10_000_000, 0)
+    admitted = await store.admit(key, "r2", 1_000, aborts_since=None, abort_cap=0, model="claude-x")
+    assert (admitted.refused, admitted.held) == (None, True)
+    await store.settle(record("r2", 0), 0)
+
+
+@pytest.mark.anyio
+async def test_the_spend_limit_counts_holds_and_charges_and_settlement_moves_them(store: Store) -> None:
+    key = await limited_key(store, spend_limit_microusd=1_000)
+    first = await store.admit(key, "r1", 600, aborts_since=None, abort_cap=0, model="m")
+    assert (first.refused, first.held) == (None, True)
+    assert await key_held(store) == 600
+    second = await store.admit(key, "r2", 600, aborts_since=None, abort_cap=0, model="m")
+    assert (second.refused, second.held) == ("key_spend_limit", False)
+    assert await store.balance("opts") == (10_000_000, 600)  # the account's credit untouched
+    assert await store.settle(record("r1", 400, key_id="key_lim"), 400) == 400
+    info = await key_info(store)
+    assert (info.spend_microusd, await key_held(store)) == (400, 0)
+    assert info.last_used_at is not None
+    third = await store.admit(key, "r3", 600, aborts_since=None, abort_cap=0, model="m")  # 400 + 600 <= 1000
+    assert third.held is True
+    assert (await store.admit(key, "r4", 1, aborts_since=None, abort_cap=0)).refused == "key_spend_limit"
+    assert await store.release("r3") == 600
+    assert ((await key_info(store)).spend_microusd, await key_held(store)) == (400, 0)
+    assert await store.balance("opts") == (10_000_000 - 400, 0)
+
+
+@pytest.mark.anyio
+async def test_a_hold_the_account_cannot_cover_leaves_the_key_untouched(store: Store) -> None:
+    key = await limited_key(store, spend_limit_microusd=50_000_000)
+    refused = await store.admit(key, "r1", 20_000_000, aborts_since=None, abort_cap=0, model="m")
+    assert (refused.refused, refused.held) == (None, False)  # the account's 402, not the key's
+    assert await key_held(store) == 0
+
+
+@pytest.mark.anyio
+async def test_the_orphan_sweep_releases_the_keys_share_of_a_hold(store: Store) -> None:
+    key = await limited_key(store, spend_limit_microusd=1_000)
+    assert (await store.admit(key, "r1", 700, aborts_since=None, abort_cap=0)).held is True
+    await asyncio.sleep(0.01)
+    assert await store.release_orphan_holds(stale_after_s=0) == 1
+    assert await key_held(store) == 0 and (await key_info(store)).spend_microusd == 0
+    assert (await store.admit(key, "r2", 1_000, aborts_since=None, abort_cap=0)).held is True
+    await store.settle(record("r2", 0), 0)
+
+
+@pytest.mark.anyio
+async def test_200_concurrent_requests_on_a_1_usd_key_with_10_usd_of_credit_spend_at_most_1_usd(store: Store) -> None:
+    key = await limited_key(store, spend_limit_microusd=1_000_000)
+    hold, charge = 30_000, 25_000
+    peak = 0
+
+    async def one(i: int) -> int:
+        nonlocal peak
+        admitted = await store.admit(key, f"c{i}", hold, aborts_since=None, abort_cap=0, model="m")
+        if admitted.refused is not None:
+            assert admitted.refused == "key_spend_limit" and not admitted.held
+            return 0
+        assert admitted.held
+        info = await key_info(store)
+        peak = max(peak, info.spend_microusd + await key_held(store))
+        await asyncio.sleep(random.random() / 100)
+        return await store.settle(record(f"c{i}", charge, key_id="key_lim"), charge)
+
+    charged = await asyncio.gather(*(one(i) for i in range(200)))
+    spent = sum(charged)
+    info = await key_info(store)
+    assert 0 < spent <= 1_000_000 and info.spend_microusd == spent
+    assert peak <= 1_000_000 and await key_held(store) == 0
+    assert sum(1 for c in charged if c) < 200  # the limit refused some
+    assert await store.balance("opts") == (10_000_000 - spent, 0)
+    assert await store.ledger_check() == []

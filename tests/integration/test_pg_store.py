@@ -17,6 +17,7 @@ from relayproxy import cli
 from relayproxy.billing.pricing import Booking
 from relayproxy.errors import StoreError
 from relayproxy.records import UsageRecord
+from relayproxy.store.accounts import Accounts
 from relayproxy.store.backends import open_store
 from relayproxy.store.copy import TABLES, copy_store
 from relayproxy.store.facade import Store, utc_now
@@ -69,6 +70,15 @@ async def populate(store: Store) -> None:
             output_tokens=2 * n,
         )
         await store.settle(rec, n * 100)
+    accounts = Accounts(store)
+    await accounts.create_user("ann@example.com", "alice", "$argon2id$hash-a", admin=True)
+    await accounts.create_user("bob@example.com", "bob", "$argon2id$hash-b")
+    await accounts.disable_user(2)
+    await accounts.audit("cli", "user.disable", "bob@example.com", "detail")
+    limited = b"limited-key-hash"
+    await store.add_key("carol", "k-lim", "rp-lim", limited, "", spend_limit_microusd=9_000, models=("m",))
+    assert (await store.admit(limited, "lim-1", 5_000, aborts_since=None, abort_cap=0, model="m")).held
+    await store.settle(UsageRecord("lim-1", utc_now(), account="carol", key_id="k-lim", model="m"), 3_000)
 
 
 async def snapshot(store: Store) -> dict[str, list[tuple[object, ...]]]:
@@ -90,8 +100,15 @@ async def test_db_copy_round_trip_sqlite_postgres_sqlite_is_identical(tmp_path: 
         assert await first.balance(name) == await pg.balance(name) == await back.balance(name)
     assert await first.list_keys() == await pg.list_keys() == await back.list_keys()
     assert await first.list_usage(limit=100) == await pg.list_usage(limit=100) == await back.list_usage(limit=100)
+    assert original["users"] and original["audit"]
+    assert [u.public() for u in await Accounts(first).list_users()] == [
+        u.public() for u in await Accounts(pg).list_users()
+    ]
+    assert {k.id: k.spend_microusd for k in await pg.list_keys()}["k-lim"] == 3_000
     # the copy goes on working: new rows get fresh ids after the copied ones
     await pg.grant("dave", 1_000, "after the copy")
+    new_user = await Accounts(pg).create_user("dave@example.com", "dave", "$argon2id$hash-d")
+    assert new_user is not None and new_user.id == 3
     assert await pg.ledger_check() == []
     with pytest.raises(StoreError, match="not empty"):
         await copy_store(first, pg)
@@ -135,6 +152,18 @@ def test_cli_migrate_and_db_copy(tmp_path: Path, pg_url: str, capsys: pytest.Cap
     assert "not empty" in capsys.readouterr().err
 
 
+def test_cli_users_on_postgresql(tmp_path: Path, pg_url: str) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(f'[server]\ndatabase = "{pg_url}"\n')
+    made = run_cli(config, "users", "create", "--email", "ann@example.com", "--account", "acme", "--admin")
+    assert made.returncode == 0 and len(made.stdout.splitlines()) == 1, made.stderr
+    assert run_cli(config, "users", "disable", "--email", "ann@example.com").returncode == 0
+    rows = [json.loads(line) for line in run_cli(config, "users", "list", "--json").stdout.splitlines()]
+    assert [(r["email"], r["account"], r["admin"], r["disabled"]) for r in rows] == [
+        ("ann@example.com", "acme", True, True)
+    ]
+
+
 # -- two gateways, one database ---------------------------------------------------------------------
 
 # 100 output tokens at $2,000 per 1M list, 50 % below list: exactly $0.10 held and $0.10 charged,
@@ -143,7 +172,12 @@ PRICED = "drip-100-0"
 
 
 def _two_gateways(
-    tmp_path: Path, upstream: DripUpstream, pg_url: str, models: tuple[str, ...] = ()
+    tmp_path: Path,
+    upstream: DripUpstream,
+    pg_url: str,
+    models: tuple[str, ...] = (),
+    key_options: tuple[str, ...] = (),
+    usd: str = "2",
 ) -> tuple[list[GatewayProcess], str]:
     gateways, key = [], ""
     for name in ("a", "b"):
@@ -160,10 +194,10 @@ def _two_gateways(
             + "max_output_tokens = 1000\n"
         )
         if name == "a":
-            created = run_cli(config, "keys", "create", "--account", "shared")
+            created = run_cli(config, "keys", "create", "--account", "shared", *key_options)
             assert created.returncode == 0, created.stderr
             key = created.stdout.strip()
-            funded = run_cli(config, "credits", "add", "--account", "shared", "--usd", "2")
+            funded = run_cli(config, "credits", "add", "--account", "shared", "--usd", usd)
             assert funded.returncode == 0, funded.stderr
         gateways.append(start_gateway(config))
     return gateways, key
@@ -202,6 +236,28 @@ def test_two_gateways_on_one_database_admit_exactly_what_the_credit_covers(tmp_p
     assert sorted(set(statuses)) == [200, 402], statuses
     assert statuses.count(200) == 20  # $2.00 / $0.10, spread over both gateways
     assert json.loads(shown.stdout) == {"account": "shared", "balance_microusd": 0, "held_microusd": 0}
+    assert checked.returncode == 0, checked.stdout
+
+
+def test_two_gateways_hold_a_1_usd_key_limit_with_10_usd_of_credit(tmp_path: Path, pg_url: str) -> None:
+    with DripUpstream() as upstream:
+        gateways, key = _two_gateways(tmp_path, upstream, pg_url, key_options=("--limit-usd", "1"), usd="10")
+        try:
+            ports = [gw.port for gw in gateways]
+            with ThreadPoolExecutor(max_workers=100) as pool:
+                statuses = list(pool.map(lambda i: _post(ports[i % 2], key), range(200)))
+            config = tmp_path / "a" / "config.toml"
+            shown = run_cli(config, "credits", "show", "--account", "shared", "--json")
+            listed = run_cli(config, "keys", "list", "--account", "shared", "--json")
+            checked = run_cli(config, "ledger", "check")
+        finally:
+            for gw in gateways:
+                gw.signal(signal.SIGTERM)
+                gw.wait(30)
+    assert sorted(set(statuses)) == [200, 402], statuses
+    assert statuses.count(200) == 10  # the key's $1.00 / $0.10, though the account has $10
+    assert json.loads(shown.stdout) == {"account": "shared", "balance_microusd": 9_000_000, "held_microusd": 0}
+    assert json.loads(listed.stdout.splitlines()[0])["spend_microusd"] == 1_000_000
     assert checked.returncode == 0, checked.stdout
 
 

@@ -17,6 +17,7 @@ import sqlite3
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,7 @@ from tests.integration.procs import (
     usage_rows,
     write_config,
 )
+from tests.integration.test_pg_store import PRICED, _post
 
 FAST = "drip-6-100"
 
@@ -210,3 +212,35 @@ def test_bad_workers_value_is_a_usage_error(tmp_path: Path, upstream: DripUpstre
     result = run_cli(config, "serve", "--workers", "0")
     assert result.returncode == 2
     assert "--workers: must be 1 or more" in result.stderr
+
+
+def test_two_workers_on_sqlite_hold_a_1_usd_key_limit_with_10_usd_of_credit(
+    tmp_path: Path, upstream: DripUpstream
+) -> None:
+    """The key's limit is guarded in the database, so workers sharing it cannot pass it together."""
+    config = tmp_path / "config.toml"
+    write_config(config, upstream.port, [], billing={"discount": 0.5}, limits={"per_key_concurrency": 1000})
+    config.write_text(
+        config.read_text()
+        + f'[models."{PRICED}"]\nprovider = "drip"\ninput_price = 0.0\noutput_price = 2000.0\n'
+        + "max_output_tokens = 1000\n"
+    )
+    created = run_cli(config, "keys", "create", "--account", "capped", "--limit-usd", "1")
+    assert created.returncode == 0, created.stderr
+    key = created.stdout.strip()
+    assert run_cli(config, "credits", "add", "--account", "capped", "--usd", "10").returncode == 0
+    gw = start_gateway(config, "--workers", "2", ready_pattern="(?s)(?=.*worker 0 ready)(?=.*worker 1 ready)")
+    try:
+        with ThreadPoolExecutor(max_workers=100) as pool:
+            statuses = list(pool.map(lambda _: _post(gw.port, key), range(200)))
+    finally:
+        gw.signal(signal.SIGTERM)
+        gw.wait(30)
+    assert sorted(set(statuses)) == [200, 402], statuses
+    assert statuses.count(200) == 10  # the key's $1.00 / $0.10 each, though the account has $10
+    with sqlite3.connect(tmp_path / "relay.db") as db:
+        spend, held = db.execute("SELECT spend_microusd, held_microusd FROM api_keys").fetchone()
+        pids = {r[0] for r in db.execute("SELECT DISTINCT owner_pid FROM holds")}
+    assert (spend, held, pids) == (1_000_000, 0, set())
+    checked = run_cli(config, "ledger", "check")
+    assert checked.returncode == 0, checked.stdout

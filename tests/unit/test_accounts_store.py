@@ -1,16 +1,21 @@
-"""Dashboard users, sessions, setup tokens and audit records in the store (store/accounts.py)."""
+"""Dashboard users, sessions, setup tokens and audit records in the store (store/accounts.py),
+on each backend."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
 
 from relayproxy.store.accounts import Accounts, token_hash
+from relayproxy.store.backends import open_store
 from relayproxy.store.facade import Store
 from relayproxy.store.passwords import hash_password, verify, verify_dummy
 
 pytestmark = pytest.mark.anyio
+
+Opener = Callable[[], Awaitable[Store]]
 
 
 @pytest.fixture
@@ -18,8 +23,15 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-async def test_user_create_unique_and_password_verifies(tmp_path: Path) -> None:
-    store = await Store.open(tmp_path / "db.sqlite")
+@pytest.fixture(params=["sqlite", "postgres"])
+def open_db(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
+    """Opens a store on one database (each call: another store on the same one, as another worker)."""
+    where: str | Path = request.getfixturevalue("pg_url") if request.param == "postgres" else tmp_path / "db.sqlite"
+    return lambda: open_store(where)
+
+
+async def test_user_create_unique_and_password_verifies(open_db: Opener) -> None:
+    store = await open_db()
     try:
         accounts = Accounts(store)
         pw_hash = hash_password("correct horse")
@@ -36,9 +48,8 @@ async def test_user_create_unique_and_password_verifies(tmp_path: Path) -> None:
         await store.close()
 
 
-async def test_sessions_store_only_a_hash_and_revoke_at_once(tmp_path: Path) -> None:
-    path = tmp_path / "db.sqlite"
-    store, other_worker = await Store.open(path), await Store.open(path)
+async def test_sessions_store_only_a_hash_and_revoke_at_once(open_db: Opener) -> None:
+    store, other_worker = await open_db(), await open_db()
     try:
         accounts, accounts2 = Accounts(store), Accounts(other_worker)
         user = await accounts.create_user("b@example.com", "b", hash_password("pw"))
@@ -62,8 +73,8 @@ async def test_sessions_store_only_a_hash_and_revoke_at_once(tmp_path: Path) -> 
         await other_worker.close()
 
 
-async def test_expired_sessions_are_not_accepted(tmp_path: Path) -> None:
-    store = await Store.open(tmp_path / "db.sqlite")
+async def test_expired_sessions_are_not_accepted(open_db: Opener) -> None:
+    store = await open_db()
     try:
         accounts = Accounts(store)
         user = await accounts.create_user("c@example.com", "c", hash_password("pw"))
@@ -76,8 +87,8 @@ async def test_expired_sessions_are_not_accepted(tmp_path: Path) -> None:
         await store.close()
 
 
-async def test_setup_token_works_once_and_audit_records(tmp_path: Path) -> None:
-    store = await Store.open(tmp_path / "db.sqlite")
+async def test_setup_token_works_once_and_audit_records(open_db: Opener) -> None:
+    store = await open_db()
     try:
         accounts = Accounts(store)
         await accounts.issue_setup_token("setup-secret")
