@@ -302,11 +302,13 @@ def test_fixture_follows_its_protocol(path):
     stream = path.read_bytes()
     events, _ = run([stream])
     protocol = path.parent.name
+    if protocol == "openai" and path.name.startswith("responses_"):
+        protocol = "openai_responses"
     for event, data, raw, _ in events:
         if data == b"[DONE]":
             continue
         body = json.loads(data)
-        if protocol == "anthropic":
+        if protocol in ("anthropic", "openai_responses"):
             assert event == body["type"]
             assert raw.endswith(b"\n\n") and b"\r" not in raw
         elif protocol == "gemini":
@@ -315,6 +317,9 @@ def test_fixture_follows_its_protocol(path):
         else:
             assert event is None
             assert raw.startswith(b"data: {") and raw.endswith(b"}\n\n")
+    if protocol == "openai_responses":  # numbered from 0, ending in response.completed, no [DONE]
+        assert [json.loads(e[1])["sequence_number"] for e in events] == list(range(len(events)))
+        assert json.loads(events[-1][1])["type"] == "response.completed"
     if protocol == "openai" and path.name != "error.sse":
         assert events[-1][1] == b"[DONE]"
         assert json.loads(events[-2][1])["choices"] == []  # the usage chunk
