@@ -154,6 +154,7 @@ def decode_count_response(body: Any) -> int:
 class _NoStream:
     usage: ir.Usage | None = None
     done: bool = False
+    answered: bool = False
     error: dict[str, Any] | None = None
 
     def feed(self, ev: SSEEvent) -> Any:
