@@ -89,7 +89,7 @@ UPSTREAMS = {"oa": "fake", "an": "fake-anthropic", "ge": "fake-gemini"}
 MATRIX_SCENARIOS = (
     "text", "tools", "nousage", "midstream-error", "truncated", "http429", "http500", "http400",
     "text@7", "tools@7", "slow", "late", "pause", "thinking", "runaway", "nodone",
-    "tail40", "tail1000", "tailhang", "hang",
+    "tail40", "tail1000", "tailhang", "hang", "nousagehang",
 )  # fmt: skip
 
 

@@ -192,6 +192,17 @@ def test_client_leaving_one_event_before_the_answer_is_disconnected_and_unbilled
     check_left_early(gateway, client, up)
 
 
+@pytest.mark.parametrize("client", ["anthropic", "openai"])
+def test_client_leaving_after_an_answer_without_usage_is_completed_unbilled_and_says_why(
+    gateway: Gateway, client: str
+) -> None:
+    model, seq = "an-nousagehang", gateway.last_seq()
+    stream_until(gateway, client, model, lambda ev: answer_complete(client, ev))
+    rec = gateway.record_after(seq, model)
+    assert (rec["outcome"], rec["billed"], rec["cost_microusd"]) == ("completed", 0, 0), rec
+    assert rec["reason"] == "answered_usage_unknown"
+
+
 @pytest.fixture(scope="module")
 def two_workers(tmp_path_factory: pytest.TempPathFactory, upstream: FakeUpstream) -> Iterator[Gateway]:
     gw = start_gateway(tmp_path_factory.mktemp("answered-workers"), upstream, serve_args=("--workers", "2"))

@@ -12,7 +12,8 @@ after a pause), ``pause`` (a pause mid-stream), ``tailN`` (N ms of silence after
 completes the answer, before the final framing: OpenAI's usage chunk then ``[DONE]``, Anthropic's
 ``message_delta`` then ``message_stop``, Gemini's finishReason chunk then the end of the body),
 ``hang`` (everything before that event, then silence until the gateway hangs up), ``tailhang``
-(everything through that event, then the same silence: the final framing never comes). A suffix
+(everything through that event, then the same silence: the final framing never comes),
+``nousagehang`` (Anthropic: ``nousage`` as ``tailhang``). A suffix
 ``@N`` cuts the body into N-byte writes (splitting UTF-8 characters and CRLFs); ``@cl`` sends
 Content-Length instead of chunked encoding.
 """
@@ -237,8 +238,9 @@ def _stream_reply(protocol: str, scenario: str, *, terminal: bytes, usage_marker
     head = [e for e in events if terminal not in e and usage_marker not in e]
     if scenario == "nousage" and protocol == "gemini":
         reply.events = [_strip_gemini_usage(e) for e in events]
-    elif scenario == "nousage":
+    elif scenario in ("nousage", "nousagehang"):
         reply.events = [_strip_anthropic_usage(e) for e in events]
+        _pacing(reply, "tailhang" if scenario == "nousagehang" else scenario, b"event: message_delta")
     elif scenario in ("truncated", "reset", "stall", "cut"):
         reply.events = head[:3]
         reply.end = {"truncated": "truncate"}.get(scenario, scenario)
