@@ -125,11 +125,11 @@ class Recorder:
         """Settle a request that is not charged: its hold is released."""
         self._settle(ex, outcome, status, reason, usage, 0)
 
-    def complete(self, ex: Exchange, usage: Usage | None, *, unknown: str = "usage_unknown") -> None:
+    def complete(self, ex: Exchange, usage: Usage | None) -> None:
         """The response's answer reached the client's socket: charge what was used. Without the
-        upstream's usage nothing is charged (never an estimate) and ``unknown`` says why."""
+        upstream's usage nothing is charged (never an estimate): ``usage_unknown`` says why."""
         if usage is None or ex.charge is None:
-            self.finish(ex, Outcome.COMPLETED, 200, unknown if usage is None else "no_hold", usage)
+            self.finish(ex, Outcome.COMPLETED, 200, "usage_unknown" if usage is None else "no_hold", usage)
             return
         billable, flags = clamp_usage(usage, ex.charge.max_output_tokens)
         # Never more than the hold (settle enforces it too): record, ledger and metrics agree.

@@ -191,10 +191,8 @@ class StreamBody:
 
     def _record(self) -> None:
         usage = self._relay.usage if self._relay is not None else None
-        if self.delivered:
+        if self.delivered or self.answered:  # after the whole answer, whatever happened next
             self._recorder.complete(self._ex, usage)
-        elif self.answered:  # the client left (or the upstream broke) after the whole answer
-            self._recorder.complete(self._ex, usage, unknown="answered_usage_unknown")
         else:
             self._recorder.finish(self._ex, self.outcome, 200, self.reason, usage)
 

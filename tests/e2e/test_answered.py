@@ -200,7 +200,7 @@ def test_client_leaving_after_an_answer_without_usage_is_completed_unbilled_and_
     stream_until(gateway, client, model, lambda ev: answer_complete(client, ev))
     rec = gateway.record_after(seq, model)
     assert (rec["outcome"], rec["billed"], rec["cost_microusd"]) == ("completed", 0, 0), rec
-    assert rec["reason"] == "answered_usage_unknown"
+    assert rec["reason"] == "usage_unknown"
 
 
 @pytest.fixture(scope="module")
