@@ -84,7 +84,7 @@ class ChatStreamDecoder:
         self._phase = _Phase.OPEN
         self.done = False  # [DONE] or the end of the body seen: nothing more is owed
         self._started = False  # MessageStart emitted
-        self._finish: ir.FinishReason | None = None  # held until [DONE]
+        self._finish: ir.FinishReason | None = None  # held until the answer is complete
         self._usage_seen = False  # a usage chunk came (the gateway always asks for it upstream)
         self._usage_chunk = False  # ...at the chunk's top level (``answer_complete``)
         self._by_index: dict[int, int] = {}  # upstream tool-call index -> our ordinal
