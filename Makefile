@@ -10,7 +10,7 @@ CONFIG ?= config.toml
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q -U pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,litellm]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -1,8 +1,10 @@
 """Sans-IO stream relays between an upstream SSE byte stream and the client.
 
 Both relays take upstream body chunks and return what the client should receive (one bytes-like
-object, empty when there is nothing to send), and tell the gateway what happened: ``done`` (the
-upstream's terminal signal was seen), ``usage`` (the last normalised snapshot), ``failed`` (the
+object, empty when there is nothing to send), and tell the gateway what happened: ``answered``
+(what was returned so far holds the client's whole answer, by the codec's definition: the tap's
+for passthrough, the client encoder's for translation), ``done`` (nothing more is owed: the
+upstream's closing framing was seen), ``usage`` (the last normalised snapshot), ``failed`` (the
 upstream reported an error in-band).
 
 Passthrough (same protocol): the client receives the upstream's own bytes. Each chunk goes
@@ -71,6 +73,10 @@ class Passthrough:
         return self._tap.done
 
     @property
+    def answered(self) -> bool:
+        return self._tap.answered
+
+    @property
     def usage(self) -> ir.Usage | None:
         return self._tap.usage
 
@@ -93,7 +99,8 @@ class Translate:
         self._framer = SSEFramer(max_event_bytes)
         self._decoder = decoder
         self._encoder = encoder
-        self.done = False
+        self.answered = False  # the client encoder wrote the answer's end (at MessageStop)
+        self.done = False  # answered, and the upstream's closing framing seen (or its body ended)
         self.usage: ir.Usage | None = None
         self.failed: ir.StreamFailed | None = None
         self.relayed_bytes = 0  # generated content bytes (text, thinking, tool arguments)
@@ -102,6 +109,8 @@ class Translate:
         out: list[bytes] = []
         for ev in self._framer.feed(chunk):
             self._emit(self._decoder.feed(ev), out)
+        if self.answered:
+            self.done = self._decoder.done
         return out[0] if len(out) == 1 else b"".join(out)
 
     def close(self) -> bytes:
@@ -109,13 +118,14 @@ class Translate:
         for ev in self._framer.close():
             self._emit(self._decoder.feed(ev), out)
         self._emit(self._decoder.close(), out)
+        self.done = self.answered
         return b"".join(out)
 
     def _emit(self, events: list[ir.StreamEvent], out: list[bytes]) -> None:
         encode = self._encoder.encode
         for ev in events:
-            if self.done or self.failed is not None:
-                return  # nothing may follow the terminator or an error event
+            if self.answered or self.failed is not None:
+                return  # nothing may follow the answer's end or an error event
             if isinstance(ev, _TEXTS):  # the bulk of a stream first
                 self.relayed_bytes += len(ev.text)
             elif isinstance(ev, ir.ToolCallDelta):
@@ -126,11 +136,11 @@ class Translate:
                 self.failed = ev
                 out.append(self._encoder.error(UpstreamStatusError(ev.status, ev.message, upstream_type=ev.type)))
                 return
-            elif isinstance(ev, ir.MessageStop):
-                self.done = True
             data = encode(ev)
             if data:
                 out.append(data)
+            if isinstance(ev, ir.MessageStop):
+                self.answered = self._encoder.answered
 
 
 _TEXTS = (ir.TextDelta, ir.ThinkingDelta)  # a tuple: `A | B` would build a union object per call

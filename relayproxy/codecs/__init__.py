@@ -35,7 +35,13 @@ class UpstreamCall:
 
 
 class StreamDecoder(Protocol):
-    """Upstream SSE events -> IR stream events. Per-stream state lives in its fields."""
+    """Upstream SSE events -> IR stream events. Per-stream state lives in its fields.
+
+    ``MessageStop`` comes at the point where the protocol's answer is complete (the codec's
+    ``answer_complete``), which may be before the stream's closing framing; ``done`` turns true when
+    nothing more is owed (that framing was seen, or the protocol has none, or ``close``)."""
+
+    done: bool
 
     def feed(self, ev: SSEEvent) -> list[ir.StreamEvent]: ...
 
@@ -46,6 +52,11 @@ class StreamDecoder(Protocol):
 
 class StreamEncoder(Protocol):
     """IR stream events -> bytes for the client, in the client's protocol and framing."""
+
+    #: The bytes returned so far hold the client's whole answer (written with MessageStop: OpenAI's
+    #: finish and usage chunks, Anthropic's ``message_delta``, Gemini's finishReason chunk with its
+    #: usageMetadata, ``response.completed``); any framing after it is not part of the answer.
+    answered: bool
 
     def encode(self, ev: ir.StreamEvent) -> bytes: ...
 
@@ -66,7 +77,8 @@ class StreamTap(Protocol):
     """Reads a same-protocol stream that passes through untouched (usage, terminator, error)."""
 
     usage: ir.Usage | None
-    done: bool
+    done: bool  # the stream's closing framing (or, without one, its end) was seen
+    answered: bool  # the events passed on so far hold the whole answer (the codec's answer_complete)
     error: dict[str, Any] | None
 
     def feed(self, ev: SSEEvent) -> bool | bytes:

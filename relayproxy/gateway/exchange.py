@@ -125,7 +125,8 @@ class Recorder:
         self._settle(ex, outcome, status, reason, usage, 0)
 
     def complete(self, ex: Exchange, usage: Usage | None) -> None:
-        """The response's terminal bytes reached the client's socket: charge what was used."""
+        """The response's answer reached the client's socket: charge what was used. Without the
+        upstream's usage nothing is charged (never an estimate): ``usage_unknown`` says why."""
         if usage is None or ex.charge is None:
             self.finish(ex, Outcome.COMPLETED, 200, "usage_unknown" if usage is None else "no_hold", usage)
             return

@@ -1,9 +1,12 @@
 """One stream's response body: wait (pinging) for the upstream, relay it, record the outcome.
 
-The outcome is decided only from what reached the client: ``completed`` needs the terminal bytes
-handed to the client's socket (the body generator is resumed after yielding them); an upstream
-failure before its answer is an ``upstream_error``, after it an ``upstream_dropped``; the client
-leaving is ``client_disconnected``; the gateway's own drain deadline is ``shutdown``.
+The outcome is decided only from what reached the client: ``completed`` needs the bytes that end
+the client's answer handed to the client's socket (the body generator is resumed after yielding
+them; the relay's ``answered``, by the client codec's definition), whatever framing follows; a
+client that leaves after that is ``completed`` too, and the upstream read is cancelled at once. An
+upstream failure before its answer is an ``upstream_error``, after it an ``upstream_dropped``; the
+client leaving before the answer's end is ``client_disconnected``; the gateway's own drain deadline
+is ``shutdown``.
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ class StreamBody:
             self._opened(head)
         self.outcome, self.reason = Outcome.CLIENT_DISCONNECTED, "client_disconnected"
         self.delivered = False  # the terminal bytes were handed to the client's socket
+        self.answered = False  # the bytes ending the client's answer were handed to its socket
         # What an upstream failure means in the current phase: before the upstream's answer it
         # is an error; once its body is flowing, a broken or truncated stream is "dropped".
         self._failure = Outcome.UPSTREAM_ERROR
@@ -87,7 +91,7 @@ class StreamBody:
                         metrics.time_to_first_byte.observe(time.monotonic() - self._ex.started, self._ex.protocol)
                     yield out
             except RelayError as err:
-                if not self.delivered:
+                if not (self.delivered or self.answered):  # after the answer: nothing to tell
                     self._fail(self._failure)
                     if isinstance(err, OverHold):
                         self.reason = err.kind
@@ -97,6 +101,8 @@ class StreamBody:
                     raise
                 # Our own cancel (cut): consumed here, so the stream can still say why it ends.
                 self._task.uncancel()
+                if self.answered:
+                    return  # the client has its whole answer: it ends completed
                 self.outcome, self.reason = Outcome.GATEWAY_ERROR, "shutdown"
                 yield self._encoder.error(
                     ShuttingDown("The gateway is shutting down; this stream was cut and not billed.")
@@ -122,10 +128,13 @@ class StreamBody:
         relay, budget = self._relay, self._budget
         try:
             async for chunk in self._resp.aiter_body(heartbeat_s=self._ping_s):
-                out = relay.feed(chunk) if chunk else self._encoder.ping()
+                # No keep-alive after the answer: only its framing may follow it.
+                out = relay.feed(chunk) if chunk else b"" if self.answered else self._encoder.ping()
                 budget.check(relay)  # before the bytes go out: an over-limit stream is cut
                 if out:
                     yield out  # passthrough: usually the upstream's own chunk object
+                if relay.answered:
+                    self.answered = True  # resumed: the answer's end is on the client's socket
                 if relay.done or relay.failed is not None:
                     break
             else:
@@ -183,7 +192,7 @@ class StreamBody:
 
     def _record(self) -> None:
         usage = self._relay.usage if self._relay is not None else None
-        if self.delivered:
+        if self.delivered or self.answered:  # after the whole answer, whatever happened next
             self._recorder.complete(self._ex, usage)
         else:
             self._recorder.finish(self._ex, self.outcome, 200, self.reason, usage)

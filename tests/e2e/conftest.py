@@ -89,6 +89,7 @@ UPSTREAMS = {"oa": "fake", "an": "fake-anthropic", "ge": "fake-gemini"}
 MATRIX_SCENARIOS = (
     "text", "tools", "nousage", "midstream-error", "truncated", "http429", "http500", "http400",
     "text@7", "tools@7", "slow", "late", "pause", "thinking", "runaway", "nodone",
+    "tail40", "tail1000", "tailhang", "hang", "nousagehang",
 )  # fmt: skip
 
 
@@ -199,7 +200,12 @@ output_price = 2.0
 
 
 def start_gateway(
-    tmp: Path, upstream: FakeUpstream, stripe: FakeStripe | None = None, extra: str = "", **overrides: Any
+    tmp: Path,
+    upstream: FakeUpstream,
+    stripe: FakeStripe | None = None,
+    extra: str = "",
+    serve_args: tuple[str, ...] = (),
+    **overrides: Any,
 ) -> Gateway:
     config = tmp / "config.toml"
     write_config(config, upstream, stripe.url if stripe else "http://127.0.0.1:9", extra, **overrides)
@@ -218,7 +224,7 @@ def start_gateway(
     log = tmp / "gateway.log"
     with log.open("wb") as err:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "relayproxy", "serve", "--config", str(config)],
+            [sys.executable, "-m", "relayproxy", "serve", "--config", str(config), *serve_args],
             stdout=subprocess.DEVNULL,
             stderr=err,
             env=env,

@@ -8,8 +8,14 @@ of the request body (the gateway sends the configured ``upstream_model``; for Ge
 the path), so e2e tests stay declarative: ``text``, ``tools``, ``nousage``, ``midstream-error``,
 ``truncated``, ``reset``, ``stall``, ``cut``, ``noanswer``, ``slow``, ``http429``, ``http500``,
 ``http400``, ``http529``, ``badjson``, ``nodone`` (OpenAI: EOF without ``[DONE]``), ``late`` (head
-after a pause), ``pause`` (a pause mid-stream). A suffix ``@N`` cuts the body into N-byte writes
-(splitting UTF-8 characters and CRLFs); ``@cl`` sends Content-Length instead of chunked encoding.
+after a pause), ``pause`` (a pause mid-stream), ``tailN`` (N ms of silence after the event that
+completes the answer, before the final framing: OpenAI's usage chunk then ``[DONE]``, Anthropic's
+``message_delta`` then ``message_stop``, Gemini's finishReason chunk then the end of the body),
+``hang`` (everything before that event, then silence until the gateway hangs up), ``tailhang``
+(everything through that event, then the same silence: the final framing never comes),
+``nousagehang`` (Anthropic: ``nousage`` as ``tailhang``). A suffix
+``@N`` cuts the body into N-byte writes (splitting UTF-8 characters and CRLFs); ``@cl`` sends
+Content-Length instead of chunked encoding.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +55,8 @@ class Reply:
     delay_s: float = 0.0
     head_delay_s: float = 0.0  # silence before the status line
     pause_after: int = 0  # a long pause after this many events (0: none)
+    pause_s: float = 0.0  # its length (0: PAUSE_S)
+    hang_after: int = -1  # after this many events, wait for the gateway to hang up (-1: never)
     end: str = "ok"  # ok | truncate (clean chunked end, no terminator) | reset | stall | cut (no final chunk)
 
 
@@ -229,21 +238,29 @@ def _stream_reply(protocol: str, scenario: str, *, terminal: bytes, usage_marker
     head = [e for e in events if terminal not in e and usage_marker not in e]
     if scenario == "nousage" and protocol == "gemini":
         reply.events = [_strip_gemini_usage(e) for e in events]
-    elif scenario == "nousage":
+    elif scenario in ("nousage", "nousagehang"):
         reply.events = [_strip_anthropic_usage(e) for e in events]
+        _pacing(reply, "tailhang" if scenario == "nousagehang" else scenario, b"event: message_delta")
     elif scenario in ("truncated", "reset", "stall", "cut"):
         reply.events = head[:3]
         reply.end = {"truncated": "truncate"}.get(scenario, scenario)
     else:
-        _pacing(reply, scenario)
+        answer = b"event: message_delta" if protocol == "anthropic" else b'"finishReason"'
+        _pacing(reply, scenario, answer)
     return reply
 
 
 PAUSE_S = 1.6  # longer than the e2e gateway's keepalive_ping_s
 
 
-def _pacing(reply: Reply, scenario: str) -> None:
-    if scenario == "slow":
+def _pacing(reply: Reply, scenario: str, answer: bytes) -> None:
+    """``answer``: a marker of the event that completes the answer (for ``tailN`` and ``hang``)."""
+    at = next((i for i, e in enumerate(reply.events) if answer in e), len(reply.events) - 1)
+    if scenario.startswith("tail") and scenario[4:].isdigit():
+        reply.pause_after, reply.pause_s = at + 1, int(scenario[4:]) / 1000
+    elif scenario in ("hang", "tailhang"):
+        reply.hang_after = at if scenario == "hang" else at + 1
+    elif scenario == "slow":
         reply.delay_s = 0.05
     elif scenario == "late":
         reply.head_delay_s = PAUSE_S
@@ -346,7 +363,7 @@ def _openai_stream(scenario: str) -> Reply:
         reply.events = head[:3]
         reply.end = {"truncated": "truncate"}.get(scenario, scenario)
     else:
-        _pacing(reply, scenario)
+        _pacing(reply, scenario, b'"choices":[]')
     return reply
 
 
@@ -359,6 +376,7 @@ class FakeUpstream:
         self.connections = 0
         self.active = 0  # requests being answered right now
         self.cancelled = 0  # responses cut short because the gateway closed the connection
+        self.hanging = 0  # replies that reached their hang_after point (``hang``, ``tailhang``)
         self.seen: dict[str, int] = {}  # requests per scenario
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -419,7 +437,10 @@ class FakeUpstream:
             body_503 = {"error": {"message": "overloaded", "type": "server_error", "param": None, "code": None}}
             return await _write_reply(reader, writer, _json_error(503, body_503), mode)
         reply = self._route(path, "text" if scenario == "flaky" else scenario, body)
-        return await _write_reply(reader, writer, reply, mode)
+        return await _write_reply(reader, writer, reply, mode, self._hung)
+
+    def _hung(self) -> None:
+        self.hanging += 1
 
     @staticmethod
     def _route(path: str, scenario: str, body: dict[str, Any]) -> Reply:
@@ -458,7 +479,13 @@ async def _wait_hangup(reader: asyncio.StreamReader) -> None:
     await asyncio.wait_for(reader.read(1), 3600)
 
 
-async def _write_reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, reply: Reply, mode: str) -> bool:
+async def _write_reply(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    reply: Reply,
+    mode: str,
+    hung: Callable[[], None] | None = None,
+) -> bool:
     payload = b"".join(reply.events)
     use_cl = mode == "cl" or reply.status != 200 or not reply.events or len(reply.events) == 1
     head = [f"HTTP/1.1 {reply.status} X", *(f"{k}: {v}" for k, v in reply.headers)]
@@ -468,13 +495,24 @@ async def _write_reply(reader: asyncio.StreamReader, writer: asyncio.StreamWrite
     writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1"))
     piece = int(mode) if mode.isdigit() else 0
     for i, event in enumerate(reply.events, 1):
+        if i - 1 == reply.hang_after:
+            return await _hang(reader, hung)
         framed = event if use_cl else b"%x\r\n%s\r\n" % (len(event), event)
         await _send(writer, framed, piece)
         if reply.delay_s:
             await asyncio.sleep(reply.delay_s)
         if i == reply.pause_after:
-            await asyncio.sleep(PAUSE_S)
+            await asyncio.sleep(reply.pause_s or PAUSE_S)
+    if reply.hang_after == len(reply.events):
+        return await _hang(reader, hung)
     return await _finish(reader, writer, reply, use_cl)
+
+
+async def _hang(reader: asyncio.StreamReader, hung: Callable[[], None] | None) -> bool:
+    if hung is not None:
+        hung()
+    await _wait_hangup(reader)
+    return False
 
 
 async def _send(writer: asyncio.StreamWriter, data: bytes, piece: int) -> None:

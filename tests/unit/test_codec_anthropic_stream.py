@@ -108,8 +108,19 @@ def test_decoder_golden_whole_and_cut_at_every_byte(name: str) -> None:
 
 def test_decoder_cut_stream_has_no_message_stop() -> None:
     data = (FIXTURES / "text.sse").read_bytes()
-    events = decode(data[: data.index(b"event: message_stop")])
+    events = decode(data[: data.index(b"event: message_delta")])
     assert not any(isinstance(e, ir.MessageStop) for e in events)
+
+
+def test_decoder_answer_ends_at_message_delta_and_message_stop_is_framing() -> None:
+    data = (FIXTURES / "text.sse").read_bytes()
+    decoder = am.stream_decoder()
+    framer = SSEFramer()
+    events = [e for ev in framer.feed(data[: data.index(b"event: message_stop")]) for e in decoder.feed(ev)]
+    assert events[-2:] == [ir.UsageUpdate(ir.Usage(21, 0, 14, 0)), ir.MessageStop(ir.FinishReason.STOP)]
+    assert not decoder.done  # the answer is whole; its framing is still owed
+    assert [e for ev in framer.feed(data[data.index(b"event: message_stop") :]) for e in decoder.feed(ev)] == []
+    assert decoder.done
 
 
 def test_decoder_malformed_json_fails_the_stream_once() -> None:

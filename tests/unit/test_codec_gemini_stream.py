@@ -145,9 +145,10 @@ def test_decoder_edge_cases() -> None:
     events = decoder.feed(SSEEvent(None, orjson.dumps(chunk), b""))
     assert events[1:] == [ir.ToolCallStart(0, call_id("x1", None), "f"), ir.ToolCallDelta(0, "{}")]
     assert decoder.feed(SSEEvent(None, b'{"usageMetadata": {"promptTokenCount": 3}}', b"")) == [
-        ir.UsageUpdate(prompt(3))
+        ir.UsageUpdate(prompt(3)),
+        ir.MessageStop(ir.FinishReason.LENGTH),  # usage after the finish completes the answer
     ]
-    assert decoder.close() == [ir.MessageStop(ir.FinishReason.LENGTH)]
+    assert decoder.done
     assert decoder.close() == []  # exactly once
 
 

@@ -12,6 +12,10 @@ tool_use blocks, not by the block index (a text block usually comes first). Usag
 merged as the SDK merges them: ``message_delta`` repeats or omits the input numbers, so omitted
 ones keep their ``message_start`` value.
 
+The answer is complete at ``message_delta`` with a ``stop_reason`` (``answer_complete``; it carries
+the final usage): the decoder emits MessageStop there, the tap sets ``answered``; ``message_stop``
+is framing (it sets ``done``), and a stream that ends cleanly without it after the answer is done.
+
 `AnthropicStreamTap` watches a passthrough stream for usage, ``message_stop`` and ``error``.
 
 `AnthropicStreamEncoder` (IR -> an Anthropic client) lives in ``anthropic_messages_stream_encode``,
@@ -48,12 +52,22 @@ __all__ = [
 # -- upstream decoder ----------------------------------------------------------------------------
 
 
+def answer_complete(kind: Any, payload: dict[str, Any]) -> bool:
+    """Whether this event completes an Anthropic stream's answer: ``message_delta`` with a
+    ``stop_reason`` (and its usage); ``message_stop`` after it is framing."""
+    if kind != "message_delta":
+        return False
+    delta = payload.get("delta")
+    return isinstance(delta, dict) and delta.get("stop_reason") is not None
+
+
 class AnthropicStreamDecoder:
     """Anthropic SSE events -> IR stream events (see the module docstring)."""
 
     def __init__(self) -> None:
         self._started = False  # MessageStart emitted
-        self._ended = False  # message_stop, an error or malformed JSON seen: ignore the rest
+        self._ended = False  # the answer, an error or malformed JSON seen: ignore the rest
+        self.done = False  # message_stop (or the end of the body) seen: nothing more is owed
         self._tool_of_block: dict[int, int] = {}  # tool_use block index -> tool-call ordinal
         self._tools = 0  # tool_use blocks seen so far
         self._usage: dict[str, int] = {}  # raw Anthropic counters, merged
@@ -62,6 +76,8 @@ class AnthropicStreamDecoder:
 
     def feed(self, ev: SSEEvent) -> list[ir.StreamEvent]:
         if self._ended:
+            if ev.event == "message_stop" or b'"message_stop"' in ev.data:
+                self.done = True
             return []
         data = ev.data  # orjson skips surrounding whitespace itself: no stripped copy
         if not data or data.isspace() or (data[0] != 0x7B and data.strip() == b"[DONE]"):
@@ -81,7 +97,8 @@ class AnthropicStreamDecoder:
         return [] if handler is None else self._prefix(handler(self, payload))
 
     def close(self) -> list[ir.StreamEvent]:
-        return []  # MessageStop comes only from message_stop; a cut stream ends without one
+        self.done = True
+        return []  # MessageStop comes only from the answer's end; a cut stream ends without one
 
     def _prefix(self, events: list[ir.StreamEvent]) -> list[ir.StreamEvent]:
         """Make MessageStart the first event even if the upstream skipped message_start."""
@@ -149,12 +166,19 @@ class AnthropicStreamDecoder:
             self._stop_reason = delta.get("stop_reason")
             sequence = delta.get("stop_sequence")
             self._stop_sequence = sequence if isinstance(sequence, str) else None
-        if not isinstance(payload.get("usage"), dict):
-            return []
-        self._usage = merge_usage(self._usage, payload["usage"])
-        return [ir.UsageUpdate(normalise_usage(self._usage))]
+        events: list[ir.StreamEvent] = []
+        if isinstance(payload.get("usage"), dict):
+            self._usage = merge_usage(self._usage, payload["usage"])
+            events.append(ir.UsageUpdate(normalise_usage(self._usage)))
+        if answer_complete("message_delta", payload):
+            events += self._stop()
+        return events
 
     def _message_stop(self, payload: dict[str, Any]) -> list[ir.StreamEvent]:
+        self.done = True  # a message_delta without stop_reason: the answer ends here
+        return self._stop()
+
+    def _stop(self) -> list[ir.StreamEvent]:
         self._ended = True
         return [ir.MessageStop(finish_reason(self._stop_reason), self._stop_sequence)]
 
@@ -193,12 +217,17 @@ class AnthropicStreamTap:
     def __init__(self) -> None:
         self.usage: ir.Usage | None = None  # normalised, cumulative: the last one wins
         self.done = False  # message_stop seen
+        self.answered = False  # message_delta with stop_reason seen (``answer_complete``)
         self.error: dict[str, Any] | None = None  # the ``error`` object of an in-band error event
         self._raw: dict[str, int] = {}
 
     def close(self) -> bytes:
-        """The upstream body ended: this protocol's stream is done only by its own events."""
-        return b""
+        """The upstream body ended cleanly: after the answer (``answer_complete``) without its
+        ``message_stop``, the stream is done and the client gets the ``message_stop`` it expects."""
+        if self.done or self.error is not None or not self.answered:
+            return b""
+        self.done = True
+        return sse_event("message_stop", {"type": "message_stop"})
 
     def feed(self, ev: SSEEvent) -> bool | bytes:
         if ev.event in _NO_USAGE_EVENTS:  # the bulk of a stream: skip parsing it
@@ -233,9 +262,11 @@ class AnthropicStreamTap:
             if isinstance(usage, dict):  # absent: unknown, never a zero that looks counted
                 self._raw = merge_usage({}, usage)
                 self.usage = normalise_usage(self._raw)
-        elif kind == "message_delta" and isinstance(payload.get("usage"), dict):
-            self._raw = merge_usage(self._raw, payload["usage"])
-            self.usage = normalise_usage(self._raw)
+        elif kind == "message_delta":
+            if isinstance(payload.get("usage"), dict):
+                self._raw = merge_usage(self._raw, payload["usage"])
+                self.usage = normalise_usage(self._raw)
+            self.answered = self.answered or answer_complete(kind, payload)
         elif kind == "message_stop":
             self.done = True
         elif kind == "error":

@@ -70,6 +70,7 @@ class AnthropicStreamEncoder:
         self._show_thinking = show_thinking  # the client asked for thinking (protocols.md §8.2, §8.7)
         self._started = False  # message_start sent
         self._ended = False  # message_stop or an error sent: nothing may follow
+        self.answered = False  # message_delta (stop_reason, usage) went out: message_stop is framing
         self._open: _Block | None = None  # the open block's kind
         self._open_call: int | None = None  # the open block's tool call, when it is one
         self._index = -1  # the open (or last) block's index; the next block gets _index + 1
@@ -131,7 +132,7 @@ class AnthropicStreamEncoder:
         delta = {"stop_reason": reason, "stop_sequence": ev.stop_sequence if reason == "stop_sequence" else None}
         out.append(sse_event("message_delta", {"type": "message_delta", "delta": delta, "usage": usage}))
         out.append(sse_event("message_stop", {"type": "message_stop"}))
-        self._ended = True
+        self._ended = self.answered = True
         return out
 
     def _on_failed(self, ev: ir.StreamFailed) -> list[bytes]:

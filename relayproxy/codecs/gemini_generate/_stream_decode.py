@@ -4,10 +4,12 @@ Theory of operation
 -------------------
 ``streamGenerateContent?alt=sse`` sends ``data: <GenerateContentResponse>`` events, CRLF framed,
 with no event names and no terminator: each chunk holds only the new parts, usage is cumulative on
-(nearly) every chunk, and ``finishReason`` rides on the last candidate chunk. So the decoder emits
-``MessageStop`` from ``close()``, only when a finishReason was seen; a body that just stops is a
-truncation, and the gateway reports it. Function calls arrive complete: one ``ToolCallStart`` and
-one ``ToolCallDelta`` holding the whole JSON each.
+(nearly) every chunk, and ``finishReason`` rides on the last candidate chunk. The answer is complete
+at the chunk carrying finishReason together with usageMetadata (``answer_complete``; the end of the
+body after it is framing): the decoder emits ``MessageStop`` there, and the tap sets ``answered`` and
+``done``. A finishReason without usage ends the stream at ``close()``; a body that just stops
+before any finishReason is a truncation, and the gateway reports it. Function calls arrive
+complete: one ``ToolCallStart`` and one ``ToolCallDelta`` holding the whole JSON each.
 
 ``GeminiStreamEncoder`` (IR -> a Gemini client) lives in ``gemini_generate_stream_encode``, the
 wire vocabulary (ids, parts, usage, finish reasons, errors) in ``gemini_generate_vocab``; both are
@@ -45,12 +47,19 @@ __all__ = [
 # -- stream decoder (Gemini upstream) ---------------------------------------------------------------
 
 
+def answer_complete(finished: bool, chunk: dict[str, Any]) -> bool:
+    """Whether a Gemini stream holds its whole answer: a finishReason seen (on this chunk or before)
+    and usageMetadata on this chunk; the end of the body after it is framing."""
+    return finished and "usageMetadata" in chunk
+
+
 class GeminiStreamDecoder:
     """``alt=sse`` chunks -> IR events. State: started, tool calls so far, finish, last usage."""
 
     def __init__(self) -> None:
         self._started = False
-        self._ended = False  # failed or closed: nothing more comes out
+        self._ended = False  # failed, answered or closed: nothing more comes out
+        self.done = False  # the answer or the end of the body seen: nothing more is owed (no framing)
         self._calls = 0
         self._finish: ir.FinishReason | None = None
         self._usage: ir.Usage | None = None
@@ -75,10 +84,16 @@ class GeminiStreamDecoder:
             self._finish = decode_finish(reason, self._calls > 0)
         elif blocked(chunk):
             self._finish = ir.FinishReason.CONTENT_FILTER
-        return out + self._usage_update(chunk)
+        out += self._usage_update(chunk)
+        if answer_complete(self._finish is not None, chunk):
+            self.done = True
+            out += self.close()
+        return out
 
     def close(self) -> list[ir.StreamEvent]:
-        """The body ended: MessageStop only if a finishReason came (else the stream was cut short)."""
+        """The answer or the body ended: MessageStop only if a finishReason came (else the stream
+        was cut short)."""
+        self.done = True
         finish, self._finish = self._finish, None
         if self._ended or finish is None:
             return []
@@ -131,11 +146,14 @@ class GeminiStreamTap:
 
     def __init__(self) -> None:
         self.usage: ir.Usage | None = None
-        self.done = False  # Gemini has no terminator: a finishReason chunk is the nearest thing
+        self.done = False  # Gemini has no terminator: the answer's last chunk (or EOF after a finish)
+        self.answered = False  # finishReason with usageMetadata seen (``answer_complete``)
         self.error: dict[str, Any] | None = None
+        self._finished = False  # a finishReason (or a block) seen
 
     def close(self) -> bytes:
-        """The upstream body ended: this protocol's stream is done only by its own events."""
+        """The upstream body ended cleanly: done if a finishReason came (usage unknown, then)."""
+        self.done = self.done or self._finished
         return b""
 
     def feed(self, ev: SSEEvent) -> bool:
@@ -152,5 +170,7 @@ class GeminiStreamTap:
             self.usage = usage
         candidate, _ = candidate_parts(chunk)
         if (candidate is not None and get(candidate, "finishReason") is not None) or blocked(chunk):
-            self.done = True
+            self._finished = True
+        if answer_complete(self._finished, chunk):
+            self.answered = self.done = True
         return True

@@ -53,6 +53,7 @@ class GeminiStreamEncoder:
         self._calls: dict[int, _PendingCall] = {}
         self._opened = False  # array framing: "[" is out
         self._stopped = False  # MessageStop or an error went out: no more chunks
+        self.answered = False  # the finishReason chunk (with usageMetadata) went out
         self._closed = False  # array framing: "]" is out
 
     def encode(self, ev: ir.StreamEvent) -> bytes:
@@ -104,7 +105,7 @@ class GeminiStreamEncoder:
             for _, c in sorted(self._calls.items())
         ]
         data = self._chunk(parts, encode_finish(finish))
-        self._stopped = True
+        self._stopped = self.answered = True
         return data
 
     def _chunk(self, parts: list[dict[str, Any]], finish: str | None = None) -> bytes:

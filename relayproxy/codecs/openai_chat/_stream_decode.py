@@ -7,11 +7,12 @@ Each chunk carries at most one choice (we only ever ask for ``n = 1``) whose ``d
 fragment only, a ``finish_reason`` on a late chunk, and usage either in a trailing ``choices: []``
 chunk (OpenAI, DeepSeek) or inside ``choices[0].usage`` (Moonshot).
 
-``ChatStreamDecoder`` (upstream -> IR) is a three-phase machine (``_Phase``): OPEN until ``[DONE]``
-(MessageStop) or an error chunk (StreamFailed), after which everything is ignored. Tool-call
-fragments are keyed by their upstream ``index``; a fragment without one (Moonshot) continues the
-current call unless it brings a new id. The finish reason is held until ``[DONE]``, because usage
-arrives between the two and MessageStop must come after the last UsageUpdate.
+``ChatStreamDecoder`` (upstream -> IR) is a three-phase machine (``_Phase``): OPEN until the answer
+is complete (``answer_complete``: the finish chunk and the usage chunk, in either order; else
+``[DONE]``), which is MessageStop, or an error chunk (StreamFailed); after either, everything is
+ignored but ``[DONE]``, which sets ``done``. Tool-call fragments are keyed by their upstream
+``index``; a fragment without one (Moonshot) continues the current call unless it brings a new id.
+The finish reason is held until the usage came, because MessageStop must follow the last UsageUpdate.
 
 ``StreamTap`` reads a same-protocol stream that passes through untouched.
 
@@ -71,7 +72,8 @@ _OPEN = _Phase.OPEN  # looked up once per chunk: an Enum member lookup is not fr
 
 def answer_complete(finished: bool, usage_seen: bool) -> bool:
     """Whether an OpenAI chat stream holds its whole answer: the chunk with ``finish_reason`` and the
-    usage chunk (the gateway asks every OpenAI upstream for usage); ``data: [DONE]`` is framing."""
+    usage chunk (the gateway asks every OpenAI upstream for usage; usage inside ``choices[0]`` is a
+    quirk that a trailing usage chunk may still correct); ``data: [DONE]`` is framing."""
     return finished and usage_seen
 
 
@@ -80,17 +82,24 @@ class ChatStreamDecoder:
 
     def __init__(self) -> None:
         self._phase = _Phase.OPEN
+        self.done = False  # [DONE] or the end of the body seen: nothing more is owed
         self._started = False  # MessageStart emitted
-        self._finish: ir.FinishReason | None = None  # held until [DONE]
+        self._finish: ir.FinishReason | None = None  # held until the answer is complete
         self._usage_seen = False  # a usage chunk came (the gateway always asks for it upstream)
+        self._usage_chunk = False  # ...at the chunk's top level (``answer_complete``)
         self._by_index: dict[int, int] = {}  # upstream tool-call index -> our ordinal
         self._call_ids: list[str] = []  # by ordinal; the last one is the current call
 
     def feed(self, ev: SSEEvent) -> list[ir.StreamEvent]:
         data = ev.data
-        if self._phase is not _OPEN or not data or data.isspace():
+        if self._phase is not _OPEN:
+            if data.startswith(DONE):
+                self.done = True
+            return []
+        if not data or data.isspace():
             return []
         if data.startswith(DONE):
+            self.done = True
             return self._done()
         try:
             chunk = orjson.loads(data)
@@ -109,6 +118,7 @@ class ChatStreamDecoder:
     def close(self) -> list[ir.StreamEvent]:
         """A clean EOF after the finish chunk and the usage chunk ends the answer as ``[DONE]`` would
         (``answer_complete``); before them the stream is incomplete: no MessageStop."""
+        self.done = True
         if self._phase is _OPEN and answer_complete(self._finish is not None, self._usage_seen):
             return self._done()
         return []
@@ -138,6 +148,7 @@ class ChatStreamDecoder:
         events: list[ir.StreamEvent] = []
         usage = chunk.get("usage")
         usage = None if usage is None else decode_usage(usage)
+        self._usage_chunk = self._usage_chunk or usage is not None
         choices = chunk.get("choices")
         choice = choices[0] if type(choices) is list and choices else None
         if type(choice) is dict:
@@ -152,6 +163,8 @@ class ChatStreamDecoder:
         if usage is not None:
             self._usage_seen = True
             events.append(ir.UsageUpdate(usage))
+        if answer_complete(self._finish is not None, self._usage_chunk):
+            events += self._done()
         return events
 
     def _delta(self, delta: dict[str, Any]) -> list[ir.StreamEvent]:
@@ -242,6 +255,8 @@ class StreamTap:
         self.usage: ir.Usage | None = None
         self.finish_reason: str | None = None
         self.done = False  # saw data: [DONE]
+        self.answered = False  # the finish and usage chunks came (``answer_complete``)
+        self._usage_chunk = False
         self.error: dict[str, Any] | None = None  # an in-band error from upstream
         self._roles: set[Any] = set()  # choice indexes whose role has been sent
         self._calls: dict[Any, int] = {}  # choice index -> index of its current tool call
@@ -290,6 +305,7 @@ class StreamTap:
         choices = chunk.get("choices")
         usage = chunk.get("usage")
         usage = None if usage is None else decode_usage(usage)
+        top_level = usage is not None  # the usage chunk, not the quirk inside choices[0]
         fixed = False
         if type(choices) is list and choices:
             for choice in choices:
@@ -304,8 +320,11 @@ class StreamTap:
                     if self.client_wants_usage and usage is not None:  # where the SDK reads it
                         chunk["usage"] = first.pop("usage")
                         fixed = True
+        if self.finish_reason is not None:
+            self.answered = answer_complete(True, self._usage_chunk or top_level)
         if usage is not None:
             self.usage = usage  # cumulative wherever it appears: the last one wins
+            self._usage_chunk = self._usage_chunk or top_level
             if choices == [] and not self.client_wants_usage:
                 return "drop"
         return "fixed" if fixed else "keep"

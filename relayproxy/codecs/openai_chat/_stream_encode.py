@@ -29,6 +29,7 @@ class ChatStreamEncoder:
         self._id = ""  # set by the role chunk, which must be the first chunk
         self._usage: ir.Usage | None = None  # last snapshot, written at MessageStop
         self._closed = False  # [DONE] or an error went out: nothing may follow
+        self.answered = False  # the finish chunk (and the usage chunk, if asked for) went out
 
     def encode(self, ev: ir.StreamEvent) -> bytes:
         if self._closed:
@@ -79,7 +80,7 @@ class ChatStreamEncoder:
         return self._delta({"role": "assistant", "content": ""})
 
     def _stop(self, finish: ir.FinishReason) -> bytes:
-        self._closed = True
+        self._closed = self.answered = True  # the answer ends with the usage chunk: [DONE] is framing
         out = self._delta({}, finish.value)
         if self._include_usage:
             out += self._chunk([], encode_usage(self._usage or ir.Usage()))

@@ -152,6 +152,8 @@ def decode_count_response(body: Any) -> int:
 
 
 class _NoDecoder:
+    done: bool = False
+
     def feed(self, ev: SSEEvent) -> list[ir.StreamEvent]:
         _not_upstream()
 

@@ -60,6 +60,7 @@ class ResponsesStreamEncoder:
         self._calls: dict[int, _Item] = {}  # IR tool index -> open function_call item
         self._usage: ir.Usage | None = None
         self._closed = False
+        self.answered = False  # response.completed (or .incomplete) went out
 
     def encode(self, ev: ir.StreamEvent) -> bytes:
         if self._closed:
@@ -216,7 +217,7 @@ class ResponsesStreamEncoder:
         out = self._close_open()
         for index in sorted(self._calls, key=lambda i: self._calls[i].index):
             out += self._close_call(index)
-        self._closed = True
+        self._closed = self.answered = True
         status = status_of(finish)
         kind = "response.completed" if status == "completed" else "response.incomplete"
         return out + self._event(kind, {"response": self._response(status, finish)})

@@ -82,6 +82,7 @@ class ResponsesTap:
     def __init__(self) -> None:
         self.usage: ir.Usage | None = None
         self.done = False
+        self.answered = False  # response.completed is both the answer's end and the stream's
         self.error: dict[str, Any] | None = None
 
     def feed(self, ev: SSEEvent) -> bool:
@@ -103,7 +104,7 @@ class ResponsesTap:
             self.error = err if isinstance(err, dict) else {"message": "the upstream response failed"}
         else:
             self.usage = decode_usage(response.get("usage"))
-            self.done = True
+            self.done = self.answered = True
         return True
 
     def close(self) -> bytes:
