@@ -64,11 +64,20 @@ class PgCluster:
             "UTF8",
             "--no-sync",
         )
+        self.resume()
+
+    def resume(self) -> None:
+        """Start the server (again, after ``halt``): same data, same port."""
         opts = f"-c listen_addresses=127.0.0.1 -p {self.port} -c unix_socket_directories={self.root} -c fsync=off"
         opts += " -c max_connections=200"
         self._run(
             str(self.bindir / "pg_ctl"), "-D", str(self.data), "-l", str(self.root / "log"), "-w", "-o", opts, "start"
         )
+
+    def halt(self) -> None:
+        """Stop the server as an operator's restart does (``pg_ctl stop -m fast``: sessions are
+        cut, nothing is lost), keeping its data for ``resume``."""
+        self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
 
     def stop(self) -> None:
         try:

@@ -34,11 +34,12 @@ from typing import Any, TypeAlias, TypeVar
 import asyncpg
 
 from relayproxy.billing.pricing import Booking
-from relayproxy.errors import StoreError
+from relayproxy.errors import StoreError, StoreUnavailable
 from relayproxy.records import KeyInfo, Principal, UsageRecord
 from relayproxy.store import pg_ledger as q
-from relayproxy.store import pg_schema
+from relayproxy.store import pg_outage, pg_schema
 from relayproxy.store.facade import Admission, Store, utc_iso, utc_now
+from relayproxy.store.pg_outage import Backlog, Parked
 
 __all__ = ["PgStore"]
 
@@ -46,6 +47,18 @@ T = TypeVar("T")
 log = logging.getLogger("relayproxy.store")
 
 _SERVER_SETTINGS = {"statement_timeout": "10000", "idle_in_transaction_session_timeout": "15000"}
+_CONNECT_TIMEOUT_S = 5.0
+#: Errors that mean the database cannot be reached now (the request may be retried later), as
+#: opposed to a failed statement: refused or cut connections, a server shutting down or starting.
+_UNREACHABLE = (
+    TimeoutError,
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.InterfaceError,
+)
 _Conn: TypeAlias = Any  # asyncpg.Connection (asyncpg ships no type hints)
 Txn = Callable[[_Conn], Awaitable[T]]
 
@@ -64,17 +77,27 @@ def _password(env: str) -> str | None:
 class PgStore(Store):
     """The store over one PostgreSQL database; see the module docstring."""
 
-    def __init__(self, pool: asyncpg.Pool, url: str, lease_s: float) -> None:  # no SQLite state: no super()
+    def __init__(self, pool: asyncpg.Pool, url: str, lease_s: float, journal: Path | None = None) -> None:
+        # no SQLite state: no super()
         self._pool = pool
         self.url = url  # for another process to open the same database (never holds a password)
         self._lease_s = lease_s
         self._owner_id = uuid.uuid4().hex
         self._pending: set[asyncio.Task[Any]] = set()
-        self._keeper: asyncio.Task[None] | None = None
+        self._journal = journal
+        self._backlog = Backlog()
+        self._down = False  # the last housekeeping round found the database unreachable
+        self._sweep_after = 0.0  # loop time before which others' holds are left alone (after an outage)
 
     @classmethod
     async def connect(
-        cls, url: str, *, pool_size: int = 10, lease_s: float = 15.0, password_env: str = "PGPASSWORD"
+        cls,
+        url: str,
+        *,
+        pool_size: int = 10,
+        lease_s: float = 15.0,
+        password_env: str = "PGPASSWORD",
+        journal: Path | None = None,
     ) -> PgStore:
         try:
             pool = await asyncpg.create_pool(
@@ -84,25 +107,69 @@ class PgStore(Store):
                 max_size=pool_size + 1,  # one for the lease housekeeping
                 server_settings=_SERVER_SETTINGS,
                 command_timeout=30,
+                timeout=_CONNECT_TIMEOUT_S,
             )
         except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
-            raise StoreError(f"cannot open database {_redact(url)}: {exc}") from exc
-        store = cls(pool, url, lease_s)
+            raise StoreUnavailable(f"cannot open database {_redact(url)}: {exc}") from exc
+        store = cls(pool, url, lease_s, journal)
         try:
             await store._run(pg_schema.migrate)
             await store._renew()
+            await store._apply_journal()
         except StoreError:
             await pool.close()
             raise
-        store._keeper = asyncio.get_running_loop().create_task(store._keep_lease())
         return store
+
+    async def maintain(self) -> None:
+        """For as long as the app runs (in its TaskGroup; cancelled with it): renew this store's
+        lease every third of ``lease_s``, release the holds of owners whose lease ran out, and
+        apply parked settlements once the database answers again (within about a second).
+        A database error is logged and retried; anything else ends the app, visibly."""
+        loop = asyncio.get_running_loop()
+        renew_at = loop.time() + self._lease_s / 3
+        while True:
+            await asyncio.sleep(min(1.0, self._lease_s / 3) if self._backlog or self._down else self._lease_s / 3)
+            if loop.time() < renew_at and not self._backlog and not self._down:
+                continue
+            try:
+                await self._renew()
+                if self._down:
+                    self._down = False
+                    self._sweep_after = loop.time() + self._lease_s
+                    log.warning("the database answers again; applying %d parked settlements", len(self._backlog))
+                await self._apply_backlog()
+                if loop.time() >= self._sweep_after:
+                    await self._sweep()
+                renew_at = loop.time() + self._lease_s / 3
+            except StoreError as exc:
+                if not self._down:
+                    log.warning("database unreachable (new requests get 503 until it answers): %s", exc)
+                self._down = True
+
+    async def _sweep(self) -> None:
+        """Release the holds of owners whose lease ran out. Not in the first lease time after an
+        outage: the other gateways were cut off too, and must first renew and settle their own."""
+        released = await self.release_orphan_holds()
+        if released:
+            log.warning("released %d credit holds of a gateway whose lease expired (never billed)", released)
+        await self._run(
+            lambda c: c.execute(
+                "DELETE FROM leases l WHERE expires_at < now() - interval '1 hour'"
+                " AND NOT EXISTS (SELECT 1 FROM holds h WHERE h.owner = l.owner)"
+            )
+        )
 
     async def close(self) -> None:
         await self.flush()
-        if self._keeper is not None:
-            self._keeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._keeper
+        if self._backlog:
+            with contextlib.suppress(StoreError):
+                await self._apply_backlog()
+        if self._backlog and self._journal is not None:
+            count = self._backlog.write_journal(self._journal)
+            log.warning("database unreachable: %d settlements kept in %s for the next start", count, self._journal)
+        elif self._backlog:
+            log.error("database unreachable: %d settlements lost (no settlement journal)", len(self._backlog))
         with contextlib.suppress(Exception):
             await self._run(
                 lambda c: c.execute(
@@ -110,7 +177,11 @@ class PgStore(Store):
                     self._owner_id,
                 )
             )
-        await self._pool.close()
+        try:
+            async with asyncio.timeout(5):
+                await self._pool.close()
+        except TimeoutError:
+            self._pool.terminate()
 
     async def flush(self) -> None:
         while self._pending:
@@ -130,7 +201,10 @@ class PgStore(Store):
         try:
             async with self._pool.acquire() as conn, conn.transaction():
                 return await txn(conn)
-        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except _UNREACHABLE as exc:
+            await self._pool.expire_connections()  # the pool's idle connections are dead too: open new ones
+            raise StoreUnavailable(f"database unreachable: {exc}") from exc
+        except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise StoreError(f"database error: {exc}") from exc
 
     def _spawn(self, txn: Txn[T]) -> asyncio.Task[T]:
@@ -246,8 +320,40 @@ class PgStore(Store):
         return await self._money(lambda c: q.hold(c, account_id, request_id, amount_microusd, self._owner_id, now))
 
     def settle_soon(self, rec: UsageRecord, charge_microusd: int) -> asyncio.Future[int]:
-        now = utc_now()
-        return self._spawn(lambda c: q.settle(c, rec, charge_microusd, now))
+        """``settle``, queued; while the database is unreachable the settlement is parked (the
+        future then answers 0) and applied when it answers again (pg_outage.py)."""
+        parked = Parked(rec, charge_microusd, utc_now())
+        task = asyncio.get_running_loop().create_task(self._settle_or_park(parked))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+        return task
+
+    async def _settle_or_park(self, item: Parked) -> int:
+        if not self._backlog:  # else behind the parked ones: a settlement is applied after the earlier
+            try:
+                return await self._run(lambda c: q.settle(c, item.rec, item.charge_microusd, item.at))
+            except StoreUnavailable:  # committed or not, the replay is right: it is keyed by request id
+                self._down = True
+        self._backlog.park(item)
+        return 0
+
+    async def _apply_backlog(self) -> None:
+        """Apply parked settlements, oldest first, one transaction each; StoreError stops it."""
+        while (item := self._backlog.oldest()) is not None:
+            await self._run(partial(_settle_parked, item=item))
+            self._backlog.applied(item)
+
+    async def _apply_journal(self) -> None:
+        """Apply and empty the settlement journal a stopped gateway left (each entry exactly once)."""
+        if self._journal is None or not self._journal.exists():
+            return
+        with pg_outage.locked_journal(self._journal) as f:
+            items = pg_outage.read_lines(f)
+            for item in items:
+                await self._run(partial(_settle_parked, item=item))
+            pg_outage.empty(f)
+        if items:
+            log.warning("applied %d settlements from the journal %s", len(items), self._journal)
 
     async def settle(self, rec: UsageRecord, charge_microusd: int) -> int:
         now = utc_now()
@@ -284,24 +390,6 @@ class PgStore(Store):
                 self._lease_s,
             )
         )
-
-    async def _keep_lease(self) -> None:
-        """Renew this store's lease and release the holds of owners whose lease ran out."""
-        while True:
-            await asyncio.sleep(self._lease_s / 3)
-            try:
-                await self._renew()
-                released = await self.release_orphan_holds()
-                if released:
-                    log.warning("released %d credit holds of a gateway whose lease expired (never billed)", released)
-                await self._run(
-                    lambda c: c.execute(
-                        "DELETE FROM leases l WHERE expires_at < now() - interval '1 hour'"
-                        " AND NOT EXISTS (SELECT 1 FROM holds h WHERE h.owner = l.owner)"
-                    )
-                )
-            except StoreError as exc:
-                log.warning("lease renewal failed: %s", exc)
 
     async def grant(self, account: str, amount_microusd: int, note: str = "") -> int:
         if amount_microusd <= 0:
@@ -412,6 +500,10 @@ class PgStore(Store):
                 await c.execute(f"SELECT setval($1, (SELECT max({columns[0]}) FROM {table}))", sequence)
 
         await self._run(txn)
+
+
+async def _settle_parked(c: _Conn, item: Parked) -> int:
+    return await q.settle(c, item.rec, item.charge_microusd, item.at)
 
 
 class _Duplicate(Exception):
