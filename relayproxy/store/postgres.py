@@ -103,7 +103,7 @@ class PgStore(Store):
             pool = await asyncpg.create_pool(
                 url,
                 password=_password(password_env),
-                min_size=1,
+                min_size=0,  # no floor: no reconnect loop of asyncpg's own while the database is down
                 max_size=pool_size + 1,  # one for the lease housekeeping
                 server_settings=_SERVER_SETTINGS,
                 command_timeout=30,
@@ -143,9 +143,12 @@ class PgStore(Store):
                     await self._sweep()
                 renew_at = loop.time() + self._lease_s / 3
             except StoreError as exc:
-                if not self._down:
-                    log.warning("database unreachable (new requests get 503 until it answers): %s", exc)
-                self._down = True
+                self._mark_down(exc)
+
+    def _mark_down(self, exc: StoreError) -> None:
+        if not self._down:
+            log.warning("database unreachable (new requests get 503, settlements are parked): %s", exc)
+        self._down = True
 
     async def _sweep(self) -> None:
         """Release the holds of owners whose lease ran out. Not in the first lease time after an
@@ -332,8 +335,8 @@ class PgStore(Store):
         if not self._backlog:  # else behind the parked ones: a settlement is applied after the earlier
             try:
                 return await self._run(lambda c: q.settle(c, item.rec, item.charge_microusd, item.at))
-            except StoreUnavailable:  # committed or not, the replay is right: it is keyed by request id
-                self._down = True
+            except StoreUnavailable as exc:  # committed or not, the replay is right: keyed by request id
+                self._mark_down(exc)
         self._backlog.park(item)
         return 0
 

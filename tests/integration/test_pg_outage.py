@@ -7,8 +7,15 @@ import asyncio
 import contextlib
 import json
 import os
+import re
+import signal
+import socket
 import subprocess
+import threading
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -17,6 +24,7 @@ from relayproxy.errors import StoreUnavailable
 from relayproxy.records import UsageRecord
 from relayproxy.store.backends import open_store
 from relayproxy.store.facade import utc_now
+from tests.integration.procs import DripUpstream, GatewayProcess, http_get, run_cli, start_gateway, write_config
 from tests.pgcluster import PgCluster, pg_bindir
 
 
@@ -107,3 +115,131 @@ async def test_a_settlement_parked_during_an_outage_is_applied_once_the_database
     assert await store.balance("alice") == (960_000, 0)
     assert await store.ledger_check() == []
     await store.close()
+
+
+@dataclass
+class Answer:
+    status: int  # 0: no HTTP answer at all
+    request_id: str
+    done: bool  # a 200 stream that reached its end
+    started: float = 0.0
+    ended: float = 0.0
+
+
+def _stream(port: int, key: str, model: str) -> Answer:
+    body = json.dumps({"model": model, "stream": True, "messages": [{"role": "user", "content": "hi"}]})
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\nauthorization: Bearer {key}\r\n"
+        f"content-type: application/json\r\ncontent-length: {len(body)}\r\nconnection: close\r\n\r\n"
+    )
+    data, started = b"", time.monotonic()
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+            sock.sendall(head.encode() + body.encode())
+            while chunk := sock.recv(65536):
+                data += chunk
+    except OSError:
+        pass
+    if not data.startswith(b"HTTP/1.1 "):
+        return Answer(0, "", False)
+    found = re.search(rb"(?i)\r\nx-request-id: *(\S+)", data.partition(b"\r\n\r\n")[0])
+    rid = found.group(1).decode() if found else ""
+    return Answer(int(data[9:12]), rid, b"data: [DONE]" in data, started, time.monotonic())
+
+
+STREAM = "drip-20-25"  # 20 events 25 ms apart: half a second, 20 output tokens
+
+
+def _gateways(tmp_path: Path, upstream: DripUpstream, url: str) -> tuple[list[GatewayProcess], str]:
+    gateways, key = [], ""
+    for name in ("a", "b"):
+        home = tmp_path / name
+        home.mkdir()
+        config = home / "config.toml"
+        write_config(config, upstream.port, [STREAM], limits={"per_key_concurrency": 1000})
+        config.write_text(config.read_text().replace('database = "relay.db"', f'database = "{url}"\nhold_lease_s = 3'))
+        if name == "a":
+            key = run_cli(config, "keys", "create", "--account", "shared").stdout.strip()
+            assert run_cli(config, "credits", "add", "--account", "shared", "--usd", "100").returncode == 0
+        gateways.append(start_gateway(config))
+    return gateways, key
+
+
+async def _usage_and_balance(url: str) -> tuple[list[UsageRecord], tuple[int, int] | None, list[str]]:
+    store = await open_store(url)
+    try:
+        return (
+            await store.list_usage(limit=100_000),
+            await store.balance("shared"),
+            await store.ledger_check(),
+        )
+    finally:
+        await store.close()
+
+
+def _ready(port: int) -> int:
+    return int(http_get(port, "/readyz")[9:12])
+
+
+def test_postgres_restarted_in_the_middle_of_a_load_loses_and_doubles_nothing(
+    tmp_path: Path, cluster: PgCluster
+) -> None:
+    url = cluster.new_database()
+    answers: list[Answer] = []
+    stop = threading.Event()
+    with DripUpstream() as upstream:
+        gateways, key = _gateways(tmp_path, upstream, url)
+        ports = [gw.port for gw in gateways]
+
+        def client(n: int) -> None:
+            while not stop.is_set():
+                answers.append(_stream(ports[n % 2], key, STREAM))
+                n += 1
+                if answers[-1].status != 200:
+                    time.sleep(0.05)  # as a client backs off
+
+        try:
+            with ThreadPoolExecutor(max_workers=8) as pool:
+                for n in range(8):
+                    pool.submit(client, n)
+                time.sleep(2)
+                halted = time.monotonic()
+                cluster.halt()  # streams in flight keep going; their settlements are parked
+                time.sleep(1)
+                ready_while_down = [_ready(p) for p in ports]
+                time.sleep(1)
+                cluster.resume()
+                time.sleep(3)
+                stop.set()
+            answered = [a for a in answers if a.status]
+            for _ in range(150):  # the gateways apply what they parked within about a second
+                usage, balance, problems = asyncio.run(_usage_and_balance(url))
+                if len(usage) >= len(answered):
+                    break
+                time.sleep(0.2)
+            ready_after = [_ready(p) for p in ports]
+            after = [_stream(p, key, STREAM) for p in ports]
+        finally:
+            for gw in gateways:
+                gw.signal(signal.SIGTERM)
+            for gw in gateways:
+                gw.wait(30)
+    assert ready_while_down == [503, 503]
+    assert ready_after == [200, 200]
+    assert [(a.status, a.done) for a in after] == [(200, True), (200, True)]  # recovered by themselves
+    statuses = [a.status for a in answers]
+    assert statuses.count(200) > 0 and statuses.count(503) > 0, statuses
+    assert set(statuses) == {200, 503}, statuses
+    assert all(a.done for a in answers if a.status == 200)
+    assert any(a.status == 200 and a.started < halted < a.ended for a in answers)  # admitted, then finished
+    # One usage record per request that got an answer: none lost, none doubled, none invented.
+    assert sorted(r.request_id for r in usage) == sorted(a.request_id for a in answered)
+    by_id = {r.request_id: r for r in usage}
+    charged = {by_id[a.request_id].cost_microusd for a in answered if a.status == 200}
+    assert len(charged) == 1 and min(charged) > 0  # every stream the same, and charged
+    assert all(by_id[a.request_id].cost_microusd == 0 for a in answered if a.status != 200)
+    assert balance == (100_000_000 - statuses.count(200) * charged.pop(), 0)
+    assert problems == []
+    for name in ("a", "b"):
+        journal = tmp_path / name / "relayproxy-journal.jsonl"
+        assert not journal.exists() or journal.read_bytes() == b""
