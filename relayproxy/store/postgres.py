@@ -14,8 +14,15 @@ the one order every transaction locks rows in. Stripe events are exactly-once th
 ``stripe_events`` primary key and the ledger's unique business keys (``ON CONFLICT DO NOTHING``).
 
 Holds belong to an owner (one opened store) with a row in ``leases`` that the store renews every
-third of ``lease_s``; any live store releases (never bills) the holds of owners whose lease has
-expired, so the holds of a dead process are freed within about two lease times.
+third of ``lease_s`` (``maintain``, which the app runs in its TaskGroup); any live store releases
+(never bills) the holds of owners whose lease has expired, so the holds of a dead process are
+freed within about two lease times.
+
+Outages. An error that means the database cannot be reached (refused or cut connections, a
+server shutting down or starting) is ``StoreUnavailable``: a 503 for the caller, and the pool's
+connections are expired so that the next call opens fresh ones (the pool reconnects by itself).
+Settlements that meet it are parked and applied by ``maintain`` once the database answers, or
+kept in the settlement journal when the store closes first (pg_outage.py).
 """
 
 from __future__ import annotations
@@ -169,9 +176,12 @@ class PgStore(Store):
             with contextlib.suppress(StoreError):
                 await self._apply_backlog()
         if self._backlog and self._journal is not None:
-            count = self._backlog.write_journal(self._journal)
-            log.warning("database unreachable: %d settlements kept in %s for the next start", count, self._journal)
-        elif self._backlog:
+            try:
+                count = self._backlog.write_journal(self._journal)
+                log.warning("database unreachable: %d settlements kept in %s for the next start", count, self._journal)
+            except OSError as exc:
+                log.error("database unreachable and the settlement journal cannot be written: %s", exc)
+        if self._backlog:
             log.error("database unreachable: %d settlements lost (no settlement journal)", len(self._backlog))
         with contextlib.suppress(Exception):
             await self._run(
