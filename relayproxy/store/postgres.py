@@ -55,6 +55,7 @@ log = logging.getLogger("relayproxy.store")
 
 _SERVER_SETTINGS = {"statement_timeout": "10000", "idle_in_transaction_session_timeout": "15000"}
 _CONNECT_TIMEOUT_S = 5.0
+UNREACHABLE_MESSAGE = "The gateway's database is unreachable; retry shortly. The request was not billed."
 #: Errors that mean the database cannot be reached now (the request may be retried later), as
 #: opposed to a failed statement: refused or cut connections, a server shutting down or starting.
 _UNREACHABLE = (
@@ -154,7 +155,8 @@ class PgStore(Store):
 
     def _mark_down(self, exc: StoreError) -> None:
         if not self._down:
-            log.warning("database unreachable (new requests get 503, settlements are parked): %s", exc)
+            why = exc.__cause__ or exc
+            log.warning("database unreachable (new requests get 503, settlements are parked): %s", why)
         self._down = True
 
     async def _sweep(self) -> None:
@@ -216,7 +218,7 @@ class PgStore(Store):
                 return await txn(conn)
         except _UNREACHABLE as exc:
             await self._pool.expire_connections()  # the pool's idle connections are dead too: open new ones
-            raise StoreUnavailable(f"database unreachable: {exc}") from exc
+            raise StoreUnavailable(UNREACHABLE_MESSAGE) from exc  # the details are for the log, not callers
         except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise StoreError(f"database error: {exc}") from exc
 

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -150,9 +151,11 @@ def _stream(port: int, key: str, model: str) -> Answer:
 STREAM = "drip-20-25"  # 20 events 25 ms apart: half a second, 20 output tokens
 
 
-def _gateways(tmp_path: Path, upstream: DripUpstream, url: str) -> tuple[list[GatewayProcess], str]:
+def _gateways(
+    tmp_path: Path, upstream: DripUpstream, url: str, names: tuple[str, ...] = ("a", "b")
+) -> tuple[list[GatewayProcess], str]:
     gateways, key = [], ""
-    for name in ("a", "b"):
+    for name in names:
         home = tmp_path / name
         home.mkdir()
         config = home / "config.toml"
@@ -243,3 +246,66 @@ def test_postgres_restarted_in_the_middle_of_a_load_loses_and_doubles_nothing(
     for name in ("a", "b"):
         journal = tmp_path / name / "relayproxy-journal.jsonl"
         assert not journal.exists() or journal.read_bytes() == b""
+
+
+def _post_json(port: int, path: str, headers: dict[str, str], body: dict[str, object]) -> tuple[int, dict[str, Any]]:
+    data = json.dumps(body).encode()
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    request = (
+        f"POST {path} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n{head}"
+        f"content-length: {len(data)}\r\nconnection: close\r\n\r\n"
+    ).encode() + data
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(request)
+        raw = b""
+        while chunk := sock.recv(65536):
+            raw += chunk
+    head_bytes, _, payload = raw.partition(b"\r\n\r\n")
+    assert re.search(rb"(?i)\r\nretry-after: *1\r\n", head_bytes + b"\r\n"), head_bytes
+    return int(raw[9:12]), json.loads(payload)
+
+
+def test_while_postgres_is_down_each_protocol_gets_its_own_503(tmp_path: Path, cluster: PgCluster) -> None:
+    url = cluster.new_database()
+    with DripUpstream() as upstream:
+        (gateway,), key = _gateways(tmp_path, upstream, url, names=("a",))
+        try:
+            cluster.halt()
+            msgs = [{"role": "user", "content": "hi"}]
+            chat = _post_json(
+                gateway.port,
+                "/v1/chat/completions",
+                {"authorization": f"Bearer {key}"},
+                {"model": STREAM, "messages": msgs},
+            )
+            messages = _post_json(
+                gateway.port,
+                "/v1/messages",
+                {"x-api-key": key, "anthropic-version": "2023-06-01"},
+                {"model": STREAM, "max_tokens": 10, "messages": msgs},
+            )
+            gemini = _post_json(
+                gateway.port,
+                f"/v1beta/models/{STREAM}:generateContent",
+                {"x-goog-api-key": key},
+                {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]},
+            )
+            responses = _post_json(
+                gateway.port, "/v1/responses", {"authorization": f"Bearer {key}"}, {"model": STREAM, "input": "hi"}
+            )
+            ready = _ready(gateway.port)
+            cluster.resume()
+        finally:
+            gateway.signal(signal.SIGTERM)
+            gateway.wait(30)
+    assert ready == 503
+    for status, body in (chat, responses):
+        assert status == 503
+        assert body["error"]["type"] == "service_unavailable_error" and body["error"]["code"] == "store_unavailable"
+        assert "127.0.0.1" not in body["error"]["message"]  # no database address for callers
+    assert messages[0] == 503 and messages[1]["type"] == "error" and messages[1]["error"]["type"] == "api_error"
+    assert gemini[0] == 503 and gemini[1]["error"]["status"] == "UNAVAILABLE" and gemini[1]["error"]["code"] == 503
+    usage, balance, problems = asyncio.run(_usage_and_balance(url))
+    assert sorted(r.http_status for r in usage) == [503] * 4  # recorded once the database returned
+    assert all(r.cost_microusd == 0 and not r.billed for r in usage)
+    assert balance == (100_000_000, 0) and problems == []
