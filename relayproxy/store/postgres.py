@@ -33,7 +33,6 @@ import logging
 import os
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeAlias, TypeVar
@@ -44,9 +43,10 @@ from relayproxy.billing.pricing import Booking
 from relayproxy.errors import StoreError, StoreUnavailable
 from relayproxy.records import KeyInfo, Principal, UsageRecord
 from relayproxy.store import pg_ledger as q
-from relayproxy.store import pg_outage, pg_schema
-from relayproxy.store.facade import Admission, Store, utc_iso, utc_now
+from relayproxy.store import pg_schema
+from relayproxy.store.facade import Admission, Store, utc_now
 from relayproxy.store.pg_outage import Backlog, Parked
+from relayproxy.store.pg_upkeep import Upkeep
 
 __all__ = ["PgStore"]
 
@@ -82,7 +82,7 @@ def _password(env: str) -> str | None:
     return None
 
 
-class PgStore(Store):
+class PgStore(Upkeep, Store):
     """The store over one PostgreSQL database; see the module docstring."""
 
     def __init__(self, pool: asyncpg.Pool, url: str, lease_s: float, journal: Path | None = None) -> None:
@@ -128,49 +128,6 @@ class PgStore(Store):
             await pool.close()
             raise
         return store
-
-    async def maintain(self) -> None:
-        """For as long as the app runs (in its TaskGroup; cancelled with it): renew this store's
-        lease every third of ``lease_s``, release the holds of owners whose lease ran out, and
-        apply parked settlements once the database answers again (within about a second).
-        A database error is logged and retried; anything else ends the app, visibly."""
-        loop = asyncio.get_running_loop()
-        renew_at = loop.time() + self._lease_s / 3
-        while True:
-            await asyncio.sleep(min(1.0, self._lease_s / 3) if self._backlog or self._down else self._lease_s / 3)
-            if loop.time() < renew_at and not self._backlog and not self._down:
-                continue
-            try:
-                await self._renew()
-                if self._down:
-                    self._down = False
-                    self._sweep_after = loop.time() + self._lease_s
-                    log.warning("the database answers again; applying %d parked settlements", len(self._backlog))
-                await self._apply_backlog()
-                if loop.time() >= self._sweep_after:
-                    await self._sweep()
-                renew_at = loop.time() + self._lease_s / 3
-            except StoreError as exc:
-                self._mark_down(exc)
-
-    def _mark_down(self, exc: StoreError) -> None:
-        if not self._down:
-            why = exc.__cause__ or exc
-            log.warning("database unreachable (new requests get 503, settlements are parked): %s", why)
-        self._down = True
-
-    async def _sweep(self) -> None:
-        """Release the holds of owners whose lease ran out. Not in the first lease time after an
-        outage: the other gateways were cut off too, and must first renew and settle their own."""
-        released = await self.release_orphan_holds()
-        if released:
-            log.warning("released %d credit holds of a gateway whose lease expired (never billed)", released)
-        await self._run(
-            lambda c: c.execute(
-                "DELETE FROM leases l WHERE expires_at < now() - interval '1 hour'"
-                " AND NOT EXISTS (SELECT 1 FROM holds h WHERE h.owner = l.owner)"
-            )
-        )
 
     async def close(self) -> None:
         await self.flush()
@@ -343,33 +300,6 @@ class PgStore(Store):
         task.add_done_callback(self._pending.discard)
         return task
 
-    async def _settle_or_park(self, item: Parked) -> int:
-        if not self._backlog:  # else behind the parked ones: a settlement is applied after the earlier
-            try:
-                return await self._run(lambda c: q.settle(c, item.rec, item.charge_microusd, item.at))
-            except StoreUnavailable as exc:  # committed or not, the replay is right: keyed by request id
-                self._mark_down(exc)
-        self._backlog.park(item)
-        return 0
-
-    async def _apply_backlog(self) -> None:
-        """Apply parked settlements, oldest first, one transaction each; StoreError stops it."""
-        while (item := self._backlog.oldest()) is not None:
-            await self._run(partial(_settle_parked, item=item))
-            self._backlog.applied(item)
-
-    async def _apply_journal(self) -> None:
-        """Apply and empty the settlement journal a stopped gateway left (each entry exactly once)."""
-        if self._journal is None or not self._journal.exists():
-            return
-        with pg_outage.locked_journal(self._journal) as f:
-            items = pg_outage.read_lines(f)
-            for item in items:
-                await self._run(partial(_settle_parked, item=item))
-            pg_outage.empty(f)
-        if items:
-            log.warning("applied %d settlements from the journal %s", len(items), self._journal)
-
     async def settle(self, rec: UsageRecord, charge_microusd: int) -> int:
         now = utc_now()
         return await self._money(lambda c: q.settle(c, rec, charge_microusd, now))
@@ -381,30 +311,6 @@ class PgStore(Store):
             return await q.release(c, request_id, now) or 0
 
         return await self._money(txn)
-
-    async def release_orphan_holds(self, stale_after_s: float | None = None) -> int:
-        """Release (never bill) holds whose owner's lease has expired (or is missing), and with
-        ``stale_after_s`` any hold older than that. Returns how many were released."""
-        stale = utc_iso(datetime.now(UTC) - timedelta(seconds=stale_after_s)) if stale_after_s is not None else ""
-        rows = await self._all(
-            "SELECT h.request_id FROM holds h LEFT JOIN leases l ON l.owner = h.owner"
-            " WHERE (h.owner <> $1 AND (l.owner IS NULL OR l.expires_at < now())) OR h.created_at < $2",
-            (self._owner_id, stale),
-        )
-        released = 0
-        for (request_id,) in rows:  # one transaction each: a concurrent sweep makes the others no-ops
-            released += await self._money(partial(q.release, request_id=str(request_id), now=utc_now())) is not None
-        return released
-
-    async def _renew(self) -> None:
-        await self._run(
-            lambda c: c.execute(
-                "INSERT INTO leases(owner, expires_at) VALUES ($1, now() + make_interval(secs => $2))"
-                " ON CONFLICT (owner) DO UPDATE SET expires_at = EXCLUDED.expires_at",
-                self._owner_id,
-                self._lease_s,
-            )
-        )
 
     async def grant(self, account: str, amount_microusd: int, note: str = "") -> int:
         if amount_microusd <= 0:
@@ -443,21 +349,19 @@ class PgStore(Store):
             raise ValueError(f"a top-up must be 0 or more, got {amount_microusd}")
         now = utc_now()
 
-        async def txn(c: _Conn) -> Booking:
-            if not await c.fetchval("SELECT 1 FROM accounts WHERE id = $1", account_id):
-                return Booking.UNKNOWN_ACCOUNT
-            if not await q.new_event(c, event_id, event_type, now):
-                return Booking.DUPLICATE
-            if not await q.entry(
-                c, account_id, "topup", amount_microusd, payment_key, now, payment_ref=payment_ref, note=event_id
-            ):
-                raise _Duplicate  # roll the event row back too, as SQLite's caller sees it
-            await q.move(c, account_id, amount_microusd, 0)
-            return Booking.BOOKED
-
+        txn = partial(
+            q.credit_topup,
+            account_id=account_id,
+            amount=amount_microusd,
+            event_id=event_id,
+            event_type=event_type,
+            payment_key=payment_key,
+            payment_ref=payment_ref,
+            now=now,
+        )
         try:
             return await self._money(txn)
-        except _Duplicate:
+        except q.DuplicatePayment:
             return Booking.DUPLICATE
 
     async def book_refund(
@@ -465,36 +369,14 @@ class PgStore(Store):
     ) -> Booking:
         now = utc_now()
 
-        async def txn(c: _Conn) -> Booking:
-            topup = await c.fetchrow(
-                "SELECT account_id, amount_microusd FROM ledger WHERE kind = 'topup' AND payment_ref = $1", payment_ref
-            )
-            if topup is None:
-                return Booking.UNKNOWN_PAYMENT
-            account_id, target = int(topup[0]), min(refunded_total_microusd, int(topup[1]))
-            if not await q.new_event(c, event_id, event_type, now):
-                return Booking.DUPLICATE
-            await c.execute("SELECT 1 FROM accounts WHERE id = $1 FOR UPDATE", account_id)  # one refund at a time
-            done = await c.fetchval(
-                "SELECT COALESCE(SUM(amount_microusd), 0) FROM ledger WHERE kind = 'refund' AND payment_ref = $1",
-                payment_ref,
-            )
-            delta = target - int(done)
-            if delta <= 0:
-                return Booking.DUPLICATE
-            await q.entry(
-                c,
-                account_id,
-                "refund",
-                delta,
-                f"refund:{payment_ref}:{target}",
-                now,
-                payment_ref=payment_ref,
-                note=event_id,
-            )
-            await q.move(c, account_id, -delta, 0)
-            return Booking.BOOKED
-
+        txn = partial(
+            q.book_refund,
+            payment_ref=payment_ref,
+            refunded_total=refunded_total_microusd,
+            event_id=event_id,
+            event_type=event_type,
+            now=now,
+        )
         return await self._money(txn)
 
     async def ledger_check(self) -> list[str]:
@@ -515,14 +397,6 @@ class PgStore(Store):
                 await c.execute(f"SELECT setval($1, (SELECT max({columns[0]}) FROM {table}))", sequence)
 
         await self._run(txn)
-
-
-async def _settle_parked(c: _Conn, item: Parked) -> int:
-    return await q.settle(c, item.rec, item.charge_microusd, item.at)
-
-
-class _Duplicate(Exception):
-    pass
 
 
 def _redact(url: str) -> str:
