@@ -19,7 +19,12 @@ from relayproxy.store import pg_outage
 from relayproxy.store.facade import utc_iso, utc_now
 from relayproxy.store.pg_outage import Backlog, Parked
 
-__all__ = ["Upkeep"]
+__all__ = ["SETTLE_BATCH", "SETTLE_PIPELINE", "Upkeep"]
+
+#: Group commit: queued settlements go in batches of up to SETTLE_BATCH, one transaction (and one
+#: commit, one WAL flush) each, with up to SETTLE_PIPELINE batches in flight on their own connections.
+SETTLE_BATCH = 64
+SETTLE_PIPELINE = 2
 
 T = TypeVar("T")
 log = logging.getLogger("relayproxy.store")
@@ -36,6 +41,8 @@ class Upkeep:
     _backlog: Backlog
     _down: bool
     _sweep_after: float
+    _queue: list[tuple[Parked, asyncio.Future[int]]]
+    _committers: int
 
     async def _run(self, txn: Txn[T]) -> T:
         raise NotImplementedError
@@ -89,6 +96,46 @@ class Upkeep:
             )
         )
 
+    async def _commit_settlements(self) -> None:
+        """Commit the queued settlements, a batch per transaction, until the queue is empty.
+
+        A batch locks its rows in one order, by account then request (each hold row before its
+        account row, as every transaction does), so concurrent batches, here or on other machines,
+        cannot deadlock each other. A batch that fails for another reason than an outage is
+        retried one settlement per transaction, so one bad settlement cannot sink the others."""
+        try:
+            while self._queue:
+                batch, self._queue[:SETTLE_BATCH] = self._queue[:SETTLE_BATCH], []
+                batch.sort(key=lambda entry: (entry[0].rec.account or "", entry[0].rec.request_id))
+                try:
+                    results = await self._settle_batch([item for item, _ in batch])
+                except StoreError:
+                    results = [await self._settle_alone(item) for item, _ in batch]
+                for (_, future), result in zip(batch, results, strict=True):
+                    future.set_result(result)
+        finally:
+            self._committers -= 1
+
+    async def _settle_batch(self, items: list[Parked]) -> list[int]:
+        if self._backlog:  # behind the parked ones: a settlement is applied after the earlier
+            for item in items:
+                self._backlog.park(item)
+            return [0] * len(items)
+        try:
+            return await self._run(partial(_settle_all, items=items))
+        except StoreUnavailable as exc:  # committed or not, the replay is right: keyed by request id
+            self._mark_down(exc)
+            for item in items:
+                self._backlog.park(item)
+            return [0] * len(items)
+
+    async def _settle_alone(self, item: Parked) -> int:
+        try:
+            return await self._settle_or_park(item)
+        except StoreError as exc:  # not an outage: the statement itself fails (a bug); never retried
+            log.error("settlement of %s failed, nothing charged: %s", item.rec.request_id, exc)
+            return 0
+
     async def _settle_or_park(self, item: Parked) -> int:
         if not self._backlog:  # else behind the parked ones: a settlement is applied after the earlier
             try:
@@ -139,6 +186,10 @@ class Upkeep:
                 self._lease_s,
             )
         )
+
+
+async def _settle_all(c: _Conn, items: list[Parked]) -> list[int]:
+    return [await q.settle(c, item.rec, item.charge_microusd, item.at) for item in items]
 
 
 async def _settle_parked(c: _Conn, item: Parked) -> int:

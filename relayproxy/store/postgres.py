@@ -46,7 +46,7 @@ from relayproxy.store import pg_ledger as q
 from relayproxy.store import pg_schema
 from relayproxy.store.facade import Admission, Store, utc_now
 from relayproxy.store.pg_outage import Backlog, Parked
-from relayproxy.store.pg_upkeep import Upkeep
+from relayproxy.store.pg_upkeep import SETTLE_PIPELINE, Upkeep
 
 __all__ = ["PgStore"]
 
@@ -94,6 +94,8 @@ class PgStore(Upkeep, Store):
         self._pending: set[asyncio.Task[Any]] = set()
         self._journal = journal
         self._backlog = Backlog()
+        self._queue: list[tuple[Parked, asyncio.Future[int]]] = []  # settlements not yet sent
+        self._committers = 0  # tasks committing batches of them (at most SETTLE_PIPELINE)
         self._down = False  # the last housekeeping round found the database unreachable
         self._sweep_after = 0.0  # loop time before which others' holds are left alone (after an outage)
 
@@ -292,13 +294,17 @@ class PgStore(Upkeep, Store):
         return await self._money(lambda c: q.hold(c, account_id, request_id, amount_microusd, self._owner_id, now))
 
     def settle_soon(self, rec: UsageRecord, charge_microusd: int) -> asyncio.Future[int]:
-        """``settle``, queued; while the database is unreachable the settlement is parked (the
-        future then answers 0) and applied when it answers again (pg_outage.py)."""
-        parked = Parked(rec, charge_microusd, utc_now())
-        task = asyncio.get_running_loop().create_task(self._settle_or_park(parked))
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
-        return task
+        """``settle``, queued and group-committed with the others in flight (pg_upkeep.py); while
+        the database is unreachable the settlement is parked (the future then answers 0) and
+        applied when it answers again (pg_outage.py)."""
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._queue.append((Parked(rec, charge_microusd, utc_now()), future))
+        if self._committers < SETTLE_PIPELINE:
+            self._committers += 1
+            task = asyncio.get_running_loop().create_task(self._commit_settlements())
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
+        return future
 
     async def settle(self, rec: UsageRecord, charge_microusd: int) -> int:
         now = utc_now()
