@@ -36,8 +36,9 @@ def _free_port() -> int:
 
 
 class PgCluster:
-    def __init__(self, bindir: Path) -> None:
+    def __init__(self, bindir: Path, *, fsync: bool = False) -> None:
         self.bindir = bindir
+        self.fsync = fsync  # off for tests (speed); on for the bench (what a real server does)
         self.root = Path(tempfile.mkdtemp(prefix="relaypg-"))
         self.data = self.root / "data"
         self.port = _free_port()
@@ -68,7 +69,8 @@ class PgCluster:
 
     def resume(self) -> None:
         """Start the server (again, after ``halt``): same data, same port."""
-        opts = f"-c listen_addresses=127.0.0.1 -p {self.port} -c unix_socket_directories={self.root} -c fsync=off"
+        opts = f"-c listen_addresses=127.0.0.1 -p {self.port} -c unix_socket_directories={self.root}"
+        opts += f" -c fsync={'on' if self.fsync else 'off'}"
         opts += " -c max_connections=200"
         self._run(
             str(self.bindir / "pg_ctl"), "-D", str(self.data), "-l", str(self.root / "log"), "-w", "-o", opts, "start"
