@@ -83,5 +83,7 @@ deploy-check:
 # wrk (installed from Debian's packages when missing and root; else a Python load generator). Prints
 # the table and writes bench/results/latest.json; PROFILE=1 adds a py-spy profile of unary c=32
 # (bench/results/profile.txt). BENCH_ARGS passes options through, e.g. BENCH_ARGS="--duration 10".
+# bench/pg.py then prints the store rows: unary c=32 on SQLite, on PostgreSQL, two gateways on one.
 bench: $(STAMP)
 	$(BIN)/python bench/run.py $(if $(filter 1 yes true,$(PROFILE)),--profile) $(BENCH_ARGS)
+	$(BIN)/python bench/pg.py $(BENCH_ARGS)

@@ -202,8 +202,15 @@ async def run_gateway(
         gateway = Gateway(config, store, pool, spawn=spawner)
         spawner.end_streams = gateway.end_streams
         server = Server(gateway.handle, limits=server_limits(config), render_error=gateway.render_server_error)
-        await _serve(server, config, host, port, sock, ready or _log_ready, control_fd, spawner)
-        await _wait_cleanups(outside)
+        # The store's background work (PostgreSQL's lease) lives and dies with the app: a failure
+        # there ends the app visibly, and it stops before the store closes.
+        async with asyncio.TaskGroup() as upkeep_group:
+            upkeep = upkeep_group.create_task(store.maintain(), name="store upkeep")
+            try:
+                await _serve(server, config, host, port, sock, ready or _log_ready, control_fd, spawner)
+                await _wait_cleanups(outside | {upkeep})
+            finally:
+                upkeep.cancel()
     finally:
         await pool.aclose()
         await store.close()

@@ -30,6 +30,7 @@ __all__ = [
     "RequestTimeout",
     "ShuttingDown",
     "StoreError",
+    "StoreUnavailable",
     "Unauthorized",
     "UnknownModel",
     "UpstreamConnectError",
@@ -235,6 +236,14 @@ class StoreError(GatewayError):
     """The database failed; raised only by store.py."""
 
     kind = "store_error"
+
+
+class StoreUnavailable(StoreError):
+    """The database cannot be reached (down, restarting, network): retry later."""
+
+    status = 503
+    kind = "store_unavailable"
+    retry_after_s = 1
 
 
 class FramingError(Exception):

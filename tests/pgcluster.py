@@ -36,8 +36,9 @@ def _free_port() -> int:
 
 
 class PgCluster:
-    def __init__(self, bindir: Path) -> None:
+    def __init__(self, bindir: Path, *, fsync: bool = False) -> None:
         self.bindir = bindir
+        self.fsync = fsync  # off for tests (speed); on for the bench (what a real server does)
         self.root = Path(tempfile.mkdtemp(prefix="relaypg-"))
         self.data = self.root / "data"
         self.port = _free_port()
@@ -64,11 +65,21 @@ class PgCluster:
             "UTF8",
             "--no-sync",
         )
-        opts = f"-c listen_addresses=127.0.0.1 -p {self.port} -c unix_socket_directories={self.root} -c fsync=off"
+        self.resume()
+
+    def resume(self) -> None:
+        """Start the server (again, after ``halt``): same data, same port."""
+        opts = f"-c listen_addresses=127.0.0.1 -p {self.port} -c unix_socket_directories={self.root}"
+        opts += f" -c fsync={'on' if self.fsync else 'off'}"
         opts += " -c max_connections=200"
         self._run(
             str(self.bindir / "pg_ctl"), "-D", str(self.data), "-l", str(self.root / "log"), "-w", "-o", opts, "start"
         )
+
+    def halt(self) -> None:
+        """Stop the server as an operator's restart does (``pg_ctl stop -m fast``: sessions are
+        cut, nothing is lost), keeping its data for ``resume``."""
+        self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
 
     def stop(self) -> None:
         try:

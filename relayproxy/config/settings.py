@@ -47,6 +47,8 @@ class ServerConfig:
     database_password_env: str = "PGPASSWORD"
     database_pool_size: int = 10
     hold_lease_s: float = 15.0
+    # PostgreSQL: settlements the database could not take when the gateway stopped, applied at its next start
+    settlement_journal: Path = Path("relayproxy-journal.jsonl")
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,7 +201,8 @@ def _server(t: dict[str, Any], base: Path) -> ServerConfig:
     _check_keys(
         t,
         "server",
-        {"listen", "workers", "database", "event_loop", "database_password_env", "database_pool_size", "hold_lease_s"},
+        {"listen", "workers", "database", "event_loop", "database_password_env", "database_pool_size", "hold_lease_s"}
+        | {"settlement_journal"},
     )
     host, port = parse_listen(_get(t, "server", "listen", str, "127.0.0.1:8080"))
     workers = _get(t, "server", "workers", int, 1)
@@ -229,6 +232,7 @@ def _server(t: dict[str, Any], base: Path) -> ServerConfig:
         database_password_env=_get(t, "server", "database_password_env", str, "PGPASSWORD"),
         database_pool_size=pool_size,
         hold_lease_s=float(lease),
+        settlement_journal=base / _get(t, "server", "settlement_journal", str, "relayproxy-journal.jsonl"),
     )
 
 

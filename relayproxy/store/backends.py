@@ -20,14 +20,22 @@ def is_url(database: str | Path) -> bool:
 
 
 async def open_store(
-    database: str | Path, *, pool_size: int = 10, lease_s: float = 15.0, password_env: str = "PGPASSWORD"
+    database: str | Path,
+    *,
+    pool_size: int = 10,
+    lease_s: float = 15.0,
+    password_env: str = "PGPASSWORD",
+    journal: Path | None = None,
 ) -> Store:
-    """Open (creating and migrating) the store ``database`` names."""
+    """Open (creating and migrating) the store ``database`` names. ``journal``: PostgreSQL's
+    settlement journal (settlements kept while the database was unreachable; pg_outage.py)."""
     if is_url(database):
         # Imported here: a SQLite deployment does not load asyncpg (a few MB of resident memory).
         from relayproxy.store.postgres import PgStore
 
-        return await PgStore.connect(str(database), pool_size=pool_size, lease_s=lease_s, password_env=password_env)
+        return await PgStore.connect(
+            str(database), pool_size=pool_size, lease_s=lease_s, password_env=password_env, journal=journal
+        )
     return await Store.open(database)
 
 
@@ -40,6 +48,8 @@ class _ServerSettings(Protocol):
     def hold_lease_s(self) -> float: ...
     @property
     def database_password_env(self) -> str: ...
+    @property
+    def settlement_journal(self) -> Path: ...
 
 
 class _Config(Protocol):
@@ -51,5 +61,9 @@ async def open_store_for(config: _Config) -> Store:
     """The store of a configuration's ``[server]`` section."""
     s = config.server
     return await open_store(
-        s.database, pool_size=s.database_pool_size, lease_s=s.hold_lease_s, password_env=s.database_password_env
+        s.database,
+        pool_size=s.database_pool_size,
+        lease_s=s.hold_lease_s,
+        password_env=s.database_password_env,
+        journal=s.settlement_journal,
     )

@@ -93,6 +93,10 @@ class Store:
         if self._wal is not None:
             self._wal.close()
 
+    async def maintain(self) -> None:
+        """The store's background work, run in the app's TaskGroup for as long as it serves.
+        SQLite has none (its sweep runs once at start); PostgreSQL renews its hold lease there."""
+
     async def flush(self) -> None:
         """Wait until every operation submitted so far has been committed."""
         await self._commits.drain()

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import fields
 from typing import Any, TypeAlias
 
+from relayproxy.billing.pricing import Booking
 from relayproxy.records import Principal, UsageRecord
 from relayproxy.store.admission import PRINCIPAL_COLUMNS, principal_of
 from relayproxy.store.facade import as_charged, utc_now
@@ -207,3 +208,54 @@ async def check(c: _Conn) -> list[str]:
     ]
     problems += key_problems(await c.fetch(KEY_CHECK_SQL))
     return problems
+
+
+class DuplicatePayment(Exception):
+    """Raised inside a top-up transaction to roll its event row back too (as SQLite's caller sees it)."""
+
+
+async def credit_topup(
+    c: _Conn,
+    *,
+    account_id: int,
+    amount: int,
+    event_id: str,
+    event_type: str,
+    payment_key: str,
+    payment_ref: str,
+    now: str,
+) -> Booking:
+    if not await c.fetchval("SELECT 1 FROM accounts WHERE id = $1", account_id):
+        return Booking.UNKNOWN_ACCOUNT
+    if not await new_event(c, event_id, event_type, now):
+        return Booking.DUPLICATE
+    if not await entry(c, account_id, "topup", amount, payment_key, now, payment_ref=payment_ref, note=event_id):
+        raise DuplicatePayment
+    await move(c, account_id, amount, 0)
+    return Booking.BOOKED
+
+
+async def book_refund(
+    c: _Conn, *, payment_ref: str, refunded_total: int, event_id: str, event_type: str, now: str
+) -> Booking:
+    topup = await c.fetchrow(
+        "SELECT account_id, amount_microusd FROM ledger WHERE kind = 'topup' AND payment_ref = $1", payment_ref
+    )
+    if topup is None:
+        return Booking.UNKNOWN_PAYMENT
+    account_id, target = int(topup[0]), min(refunded_total, int(topup[1]))
+    if not await new_event(c, event_id, event_type, now):
+        return Booking.DUPLICATE
+    await c.execute("SELECT 1 FROM accounts WHERE id = $1 FOR UPDATE", account_id)  # one refund at a time
+    done = await c.fetchval(
+        "SELECT COALESCE(SUM(amount_microusd), 0) FROM ledger WHERE kind = 'refund' AND payment_ref = $1",
+        payment_ref,
+    )
+    delta = target - int(done)
+    if delta <= 0:
+        return Booking.DUPLICATE
+    await entry(
+        c, account_id, "refund", delta, f"refund:{payment_ref}:{target}", now, payment_ref=payment_ref, note=event_id
+    )
+    await move(c, account_id, -delta, 0)
+    return Booking.BOOKED

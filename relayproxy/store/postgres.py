@@ -14,8 +14,15 @@ the one order every transaction locks rows in. Stripe events are exactly-once th
 ``stripe_events`` primary key and the ledger's unique business keys (``ON CONFLICT DO NOTHING``).
 
 Holds belong to an owner (one opened store) with a row in ``leases`` that the store renews every
-third of ``lease_s``; any live store releases (never bills) the holds of owners whose lease has
-expired, so the holds of a dead process are freed within about two lease times.
+third of ``lease_s`` (``maintain``, which the app runs in its TaskGroup); any live store releases
+(never bills) the holds of owners whose lease has expired, so the holds of a dead process are
+freed within about two lease times.
+
+Outages. An error that means the database cannot be reached (refused or cut connections, a
+server shutting down or starting) is ``StoreUnavailable``: a 503 for the caller, and the pool's
+connections are expired so that the next call opens fresh ones (the pool reconnects by itself).
+Settlements that meet it are parked and applied by ``maintain`` once the database answers, or
+kept in the settlement journal when the store closes first (pg_outage.py).
 """
 
 from __future__ import annotations
@@ -26,7 +33,6 @@ import logging
 import os
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeAlias, TypeVar
@@ -34,14 +40,16 @@ from typing import Any, TypeAlias, TypeVar
 import asyncpg
 
 from relayproxy.billing.pricing import Booking
-from relayproxy.errors import StoreError
+from relayproxy.errors import StoreError, StoreUnavailable
 from relayproxy.records import KeyInfo, Principal, UsageRecord
 from relayproxy.store import pg_ledger as q
 from relayproxy.store import pg_schema
 from relayproxy.store.admission import Admission, admission, judge
-from relayproxy.store.facade import KEY_COLUMNS, Store, utc_iso, utc_now
+from relayproxy.store.facade import KEY_COLUMNS, Store, utc_now
 from relayproxy.store.ledger import HELD
+from relayproxy.store.pg_outage import Backlog, Parked
 from relayproxy.store.pg_qmark import QmarkConnection, to_dollar
+from relayproxy.store.pg_upkeep import SETTLE_PIPELINE, Upkeep
 
 __all__ = ["PgStore"]
 
@@ -49,6 +57,19 @@ T = TypeVar("T")
 log = logging.getLogger("relayproxy.store")
 
 _SERVER_SETTINGS = {"statement_timeout": "10000", "idle_in_transaction_session_timeout": "15000"}
+_CONNECT_TIMEOUT_S = 5.0
+UNREACHABLE_MESSAGE = "The gateway's database is unreachable; retry shortly. The request was not billed."
+#: Errors that mean the database cannot be reached now (the request may be retried later), as
+#: opposed to a failed statement: refused or cut connections, a server shutting down or starting.
+_UNREACHABLE = (
+    TimeoutError,
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.InterfaceError,
+)
 _Conn: TypeAlias = Any  # asyncpg.Connection (asyncpg ships no type hints)
 Txn = Callable[[_Conn], Awaitable[T]]
 
@@ -64,48 +85,68 @@ def _password(env: str) -> str | None:
     return None
 
 
-class PgStore(Store):
+class PgStore(Upkeep, Store):
     """The store over one PostgreSQL database; see the module docstring."""
 
-    def __init__(self, pool: asyncpg.Pool, url: str, lease_s: float) -> None:  # no SQLite state: no super()
+    def __init__(self, pool: asyncpg.Pool, url: str, lease_s: float, journal: Path | None = None) -> None:
+        # no SQLite state: no super()
         self._pool = pool
         self.url = url  # for another process to open the same database (never holds a password)
         self._lease_s = lease_s
         self._owner_id = uuid.uuid4().hex
         self._pending: set[asyncio.Task[Any]] = set()
-        self._keeper: asyncio.Task[None] | None = None
+        self._journal = journal
+        self._backlog = Backlog()
+        self._queue: list[tuple[Parked, asyncio.Future[int]]] = []  # settlements not yet sent
+        self._committers = 0  # tasks committing batches of them (at most SETTLE_PIPELINE)
+        self._down = False  # the last housekeeping round found the database unreachable
+        self._sweep_after = 0.0  # loop time before which others' holds are left alone (after an outage)
 
     @classmethod
     async def connect(
-        cls, url: str, *, pool_size: int = 10, lease_s: float = 15.0, password_env: str = "PGPASSWORD"
+        cls,
+        url: str,
+        *,
+        pool_size: int = 10,
+        lease_s: float = 15.0,
+        password_env: str = "PGPASSWORD",
+        journal: Path | None = None,
     ) -> PgStore:
         try:
             pool = await asyncpg.create_pool(
                 url,
                 password=_password(password_env),
-                min_size=1,
+                min_size=0,  # no floor: no reconnect loop of asyncpg's own while the database is down
                 max_size=pool_size + 1,  # one for the lease housekeeping
                 server_settings=_SERVER_SETTINGS,
                 command_timeout=30,
+                timeout=_CONNECT_TIMEOUT_S,
             )
         except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
-            raise StoreError(f"cannot open database {_redact(url)}: {exc}") from exc
-        store = cls(pool, url, lease_s)
+            raise StoreUnavailable(f"cannot open database {_redact(url)}: {exc}") from exc
+        store = cls(pool, url, lease_s, journal)
         try:
             await store._run(pg_schema.migrate)
             await store._renew()
+            await store._apply_journal()
         except StoreError:
             await pool.close()
             raise
-        store._keeper = asyncio.get_running_loop().create_task(store._keep_lease())
         return store
 
     async def close(self) -> None:
         await self.flush()
-        if self._keeper is not None:
-            self._keeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._keeper
+        if self._backlog:
+            with contextlib.suppress(StoreError):
+                await self._apply_backlog()
+        if self._backlog and self._journal is not None:
+            try:
+                count = self._backlog.write_journal(self._journal)
+                log.warning("database unreachable: %d settlements kept in %s for the next start", count, self._journal)
+            except OSError as exc:
+                log.error("database unreachable and the settlement journal cannot be written: %s", exc)
+        if self._backlog:
+            log.error("database unreachable: %d settlements lost (no settlement journal)", len(self._backlog))
         with contextlib.suppress(Exception):
             await self._run(
                 lambda c: c.execute(
@@ -113,7 +154,11 @@ class PgStore(Store):
                     self._owner_id,
                 )
             )
-        await self._pool.close()
+        try:
+            async with asyncio.timeout(5):
+                await self._pool.close()
+        except TimeoutError:
+            self._pool.terminate()
 
     async def flush(self) -> None:
         while self._pending:
@@ -133,7 +178,10 @@ class PgStore(Store):
         try:
             async with self._pool.acquire() as conn, conn.transaction():
                 return await txn(conn)
-        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except _UNREACHABLE as exc:
+            await self._pool.expire_connections()  # the pool's idle connections are dead too: open new ones
+            raise StoreUnavailable(UNREACHABLE_MESSAGE) from exc  # the details are for the log, not callers
+        except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise StoreError(f"database error: {exc}") from exc
 
     def _spawn(self, txn: Txn[T]) -> asyncio.Task[T]:
@@ -284,8 +332,17 @@ class PgStore(Store):
         return held == HELD
 
     def settle_soon(self, rec: UsageRecord, charge_microusd: int) -> asyncio.Future[int]:
-        now = utc_now()
-        return self._spawn(lambda c: q.settle(c, rec, charge_microusd, now))
+        """``settle``, queued and group-committed with the others in flight (pg_upkeep.py); while
+        the database is unreachable the settlement is parked (the future then answers 0) and
+        applied when it answers again (pg_outage.py)."""
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._queue.append((Parked(rec, charge_microusd, utc_now()), future))
+        if self._committers < SETTLE_PIPELINE:
+            self._committers += 1
+            task = asyncio.get_running_loop().create_task(self._commit_settlements())
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
+        return future
 
     async def settle(self, rec: UsageRecord, charge_microusd: int) -> int:
         now = utc_now()
@@ -298,48 +355,6 @@ class PgStore(Store):
             return await q.release(c, request_id, now) or 0
 
         return await self._money(txn)
-
-    async def release_orphan_holds(self, stale_after_s: float | None = None) -> int:
-        """Release (never bill) holds whose owner's lease has expired (or is missing), and with
-        ``stale_after_s`` any hold older than that. Returns how many were released."""
-        stale = utc_iso(datetime.now(UTC) - timedelta(seconds=stale_after_s)) if stale_after_s is not None else ""
-        rows = await self._all(
-            "SELECT h.request_id FROM holds h LEFT JOIN leases l ON l.owner = h.owner"
-            " WHERE (h.owner <> $1 AND (l.owner IS NULL OR l.expires_at < now())) OR h.created_at < $2",
-            (self._owner_id, stale),
-        )
-        released = 0
-        for (request_id,) in rows:  # one transaction each: a concurrent sweep makes the others no-ops
-            released += await self._money(partial(q.release, request_id=str(request_id), now=utc_now())) is not None
-        return released
-
-    async def _renew(self) -> None:
-        await self._run(
-            lambda c: c.execute(
-                "INSERT INTO leases(owner, expires_at) VALUES ($1, now() + make_interval(secs => $2))"
-                " ON CONFLICT (owner) DO UPDATE SET expires_at = EXCLUDED.expires_at",
-                self._owner_id,
-                self._lease_s,
-            )
-        )
-
-    async def _keep_lease(self) -> None:
-        """Renew this store's lease and release the holds of owners whose lease ran out."""
-        while True:
-            await asyncio.sleep(self._lease_s / 3)
-            try:
-                await self._renew()
-                released = await self.release_orphan_holds()
-                if released:
-                    log.warning("released %d credit holds of a gateway whose lease expired (never billed)", released)
-                await self._run(
-                    lambda c: c.execute(
-                        "DELETE FROM leases l WHERE expires_at < now() - interval '1 hour'"
-                        " AND NOT EXISTS (SELECT 1 FROM holds h WHERE h.owner = l.owner)"
-                    )
-                )
-            except StoreError as exc:
-                log.warning("lease renewal failed: %s", exc)
 
     async def grant(self, account: str, amount_microusd: int, note: str = "") -> int:
         if amount_microusd <= 0:
@@ -378,21 +393,19 @@ class PgStore(Store):
             raise ValueError(f"a top-up must be 0 or more, got {amount_microusd}")
         now = utc_now()
 
-        async def txn(c: _Conn) -> Booking:
-            if not await c.fetchval("SELECT 1 FROM accounts WHERE id = $1", account_id):
-                return Booking.UNKNOWN_ACCOUNT
-            if not await q.new_event(c, event_id, event_type, now):
-                return Booking.DUPLICATE
-            if not await q.entry(
-                c, account_id, "topup", amount_microusd, payment_key, now, payment_ref=payment_ref, note=event_id
-            ):
-                raise _Duplicate  # roll the event row back too, as SQLite's caller sees it
-            await q.move(c, account_id, amount_microusd, 0)
-            return Booking.BOOKED
-
+        txn = partial(
+            q.credit_topup,
+            account_id=account_id,
+            amount=amount_microusd,
+            event_id=event_id,
+            event_type=event_type,
+            payment_key=payment_key,
+            payment_ref=payment_ref,
+            now=now,
+        )
         try:
             return await self._money(txn)
-        except _Duplicate:
+        except q.DuplicatePayment:
             return Booking.DUPLICATE
 
     async def book_refund(
@@ -400,36 +413,14 @@ class PgStore(Store):
     ) -> Booking:
         now = utc_now()
 
-        async def txn(c: _Conn) -> Booking:
-            topup = await c.fetchrow(
-                "SELECT account_id, amount_microusd FROM ledger WHERE kind = 'topup' AND payment_ref = $1", payment_ref
-            )
-            if topup is None:
-                return Booking.UNKNOWN_PAYMENT
-            account_id, target = int(topup[0]), min(refunded_total_microusd, int(topup[1]))
-            if not await q.new_event(c, event_id, event_type, now):
-                return Booking.DUPLICATE
-            await c.execute("SELECT 1 FROM accounts WHERE id = $1 FOR UPDATE", account_id)  # one refund at a time
-            done = await c.fetchval(
-                "SELECT COALESCE(SUM(amount_microusd), 0) FROM ledger WHERE kind = 'refund' AND payment_ref = $1",
-                payment_ref,
-            )
-            delta = target - int(done)
-            if delta <= 0:
-                return Booking.DUPLICATE
-            await q.entry(
-                c,
-                account_id,
-                "refund",
-                delta,
-                f"refund:{payment_ref}:{target}",
-                now,
-                payment_ref=payment_ref,
-                note=event_id,
-            )
-            await q.move(c, account_id, -delta, 0)
-            return Booking.BOOKED
-
+        txn = partial(
+            q.book_refund,
+            payment_ref=payment_ref,
+            refunded_total=refunded_total_microusd,
+            event_id=event_id,
+            event_type=event_type,
+            now=now,
+        )
         return await self._money(txn)
 
     async def ledger_check(self) -> list[str]:
@@ -450,10 +441,6 @@ class PgStore(Store):
                 await c.execute(f"SELECT setval($1, (SELECT max({columns[0]}) FROM {table}))", sequence)
 
         await self._run(txn)
-
-
-class _Duplicate(Exception):
-    pass
 
 
 def _redact(url: str) -> str:

@@ -375,6 +375,7 @@ from relayproxy.store.backends import open_store
 
 async def main(db):
     store = await open_store(db, lease_s=2)
+    upkeep = asyncio.create_task(store.maintain())  # as the app runs it: renews the lease on PostgreSQL
     account = await store.ensure_account("alice")
     print(await store.hold(account, "live-1", 100_000), flush=True)
     await asyncio.to_thread(sys.stdin.readline)  # a request in flight until told otherwise
@@ -396,10 +397,13 @@ async def test_sweep_leaves_live_workers_alone_and_releases_dead_ones(store: Sto
     child.stdin.flush()
     await asyncio.to_thread(os.waitid, os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)  # a zombie: exited, not reaped
     if on_pg:  # its lease (2 s) runs out; this store's housekeeping then releases the hold by itself
-        for _ in range(50):
-            if await store.balance("alice") == (1_000_000, 0):
-                break
-            await asyncio.sleep(0.2)
+        async with asyncio.TaskGroup() as tg:
+            upkeep = tg.create_task(store.maintain())
+            for _ in range(50):
+                if await store.balance("alice") == (1_000_000, 0):
+                    break
+                await asyncio.sleep(0.2)
+            upkeep.cancel()
     else:
         assert await store.release_orphan_holds() == 1
     assert await store.balance("alice") == (1_000_000, 0)

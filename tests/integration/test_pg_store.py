@@ -341,3 +341,30 @@ def test_kill_9_of_one_gateway_the_other_releases_its_holds_within_the_lease(tmp
         finally:
             for gw in gateways:
                 gw.close()
+
+
+@pytest.mark.anyio
+async def test_group_committed_settlements_of_two_stores_charge_each_request_once(pg_url: str) -> None:
+    """Queued settlements go in batches (several accounts each, in one lock order): two stores
+    settling interleaved accounts at once neither deadlock nor charge anything twice."""
+    first, second = await open_store(pg_url), await open_store(pg_url)
+    names = [f"acct{i}" for i in range(5)]
+    for name in names:
+        await first.grant(name, 10_000_000)
+    ids = {name: await first.ensure_account(name) for name in names}
+    requests = [(f"r{n}", names[n % 5]) for n in range(400)]
+    for rid, name in requests:
+        assert await (first if int(rid[1:]) % 2 else second).hold(ids[name], rid, 20_000)
+
+    def rec(rid: str, name: str) -> UsageRecord:
+        return UsageRecord(rid, utc_now(), account=name, outcome="completed", cost_microusd=15_000, billed=True)
+
+    futures = [(first if int(rid[1:]) % 2 else second).settle_soon(rec(rid, name), 15_000) for rid, name in requests]
+    futures += [first.settle_soon(rec(rid, name), 15_000) for rid, name in requests[:50]]  # replays
+    assert await asyncio.gather(*futures) == [15_000] * 450
+    for name in names:
+        assert await first.balance(name) == (10_000_000 - 80 * 15_000, 0)
+    assert len(await second.list_usage(limit=1000)) == 400
+    assert await first.ledger_check() == []
+    await first.close()
+    await second.close()
