@@ -18,6 +18,7 @@ __all__ = [
     "BillingConfig",
     "Config",
     "ConfigError",
+    "DashboardConfig",
     "Limits",
     "ModelConfig",
     "ProviderConfig",
@@ -132,6 +133,17 @@ class Limits:
 
 
 @dataclass(frozen=True, slots=True)
+class DashboardConfig:
+    signup: str = "closed"  # "open": anyone may sign up at /signup; "closed": 404
+    signup_credit_usd: Decimal = Decimal(0)  # granted to each new account on signup
+    public_url: str = "http://127.0.0.1:8080"  # the base of links in pages and Stripe redirects, no trailing /
+
+    @property
+    def secure(self) -> bool:
+        return self.public_url.startswith("https://")
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     path: Path
     server: ServerConfig
@@ -140,6 +152,7 @@ class Config:
     models: dict[str, ModelConfig]
     timeouts: Timeouts = field(default_factory=Timeouts)
     limits: Limits = field(default_factory=Limits)
+    dashboard: DashboardConfig = field(default_factory=DashboardConfig)
 
     def missing_keys(self) -> list[ProviderConfig]:
         """Providers without a usable API key (disabled), as resolved when the config was loaded."""
@@ -161,7 +174,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
 
 
 def parse_config(raw: dict[str, Any], path: Path) -> Config:
-    _check_keys(raw, "", {"server", "billing", "providers", "models", "timeouts", "limits"})
+    _check_keys(raw, "", {"server", "billing", "providers", "models", "timeouts", "limits", "dashboard"})
     base = path.resolve().parent
     server = _server(_table(raw, "server"), base)
     providers = {n: _provider(n, t) for n, t in _table(raw, "providers").items()}
@@ -178,6 +191,7 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
         models=models,
         timeouts=_numbers(Timeouts, _table(raw, "timeouts"), "timeouts", float),
         limits=_numbers(Limits, _table(raw, "limits"), "limits", int),
+        dashboard=_dashboard(_table(raw, "dashboard"), server),
     )
 
 
@@ -255,7 +269,22 @@ def _billing(t: dict[str, Any]) -> BillingConfig:
     )
 
 
-def _usd(t: dict[str, Any], key: str, default: int, *, allow_zero: bool = False) -> Decimal:
+def _dashboard(t: dict[str, Any], server: ServerConfig) -> DashboardConfig:
+    _check_keys(t, "dashboard", {"signup", "signup_credit_usd", "public_url"})
+    signup = _get(t, "dashboard", "signup", str, "closed")
+    if signup not in ("open", "closed"):
+        raise ConfigError(f'[dashboard] signup: must be "open" or "closed", got {signup!r}')
+    host = f"[{server.host}]" if ":" in server.host else server.host
+    public_url = _get(t, "dashboard", "public_url", str, f"http://{host}:{server.port}").rstrip("/")
+    if not public_url.startswith(("http://", "https://")) or "?" in public_url or "#" in public_url:
+        raise ConfigError(
+            f'[dashboard] public_url: must be a base URL starting with https:// (or http://), got "{public_url}"'
+        )
+    credit = _usd(t, "signup_credit_usd", 0, allow_zero=True, where="dashboard")
+    return DashboardConfig(signup=signup, signup_credit_usd=credit, public_url=public_url)
+
+
+def _usd(t: dict[str, Any], key: str, default: int, *, allow_zero: bool = False, where: str = "billing") -> Decimal:
     """A positive USD amount in whole cents, read exactly (no float rounding)."""
     value = t.get(key, default)
     try:
@@ -263,11 +292,11 @@ def _usd(t: dict[str, Any], key: str, default: int, *, allow_zero: bool = False)
             raise InvalidOperation
         amount = Decimal(str(value))
     except InvalidOperation:
-        raise ConfigError(f"[billing] {key}: expected a USD amount such as 5 or 12.50, got {value!r}") from None
+        raise ConfigError(f"[{where}] {key}: expected a USD amount such as 5 or 12.50, got {value!r}") from None
     low_ok = amount >= 0 if allow_zero else amount > 0
     if not amount.is_finite() or not low_ok or amount != amount.quantize(Decimal("0.01")):
         kind = "zero or a positive" if allow_zero else "a positive"
-        raise ConfigError(f"[billing] {key}: must be {kind} USD amount in whole cents, got {value!r}")
+        raise ConfigError(f"[{where}] {key}: must be {kind} USD amount in whole cents, got {value!r}")
     return amount
 
 
