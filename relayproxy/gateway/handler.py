@@ -13,7 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -56,11 +56,22 @@ _JSON = (b"content-type", b"application/json")
 Handler = Callable[[Exchange, Endpoint], Awaitable[HttpResponse]]
 
 
+class Pages(Protocol):
+    """The web pages served beside the API (the dashboard package; app.py plugs it in)."""
+
+    def owns(self, path: str) -> bool: ...
+
+    async def handle(self, req: HttpRequest) -> HttpResponse: ...
+
+
 class Gateway:
     """Turns an HttpRequest into an HttpResponse."""
 
-    def __init__(self, config: Config, store: Store, pool: Pool, *, spawn: Spawn | None = None) -> None:
+    def __init__(
+        self, config: Config, store: Store, pool: Pool, *, spawn: Spawn | None = None, pages: Pages | None = None
+    ) -> None:
         self._config = config
+        self._pages = pages
         self._store = store
         self.metrics = GatewayMetrics()
         self._recorder = Recorder(store, config.billing.discount, self.metrics, frozenset(config.models))
@@ -84,6 +95,10 @@ class Gateway:
     async def handle(self, req: HttpRequest) -> HttpResponse:
         ex = Exchange(req, protocol_for(req.path, req.headers, req.query))
         try:
+            if self._pages is not None and self._pages.owns(req.path):
+                response = await self._pages.handle(req)
+                self._log_untracked(ex, response.status)
+                return response
             endpoint = match_endpoint(req.method, req.path, req.headers, req.query)
             handler = self._routes.get(endpoint.kind) if endpoint is not None else None
             if endpoint is None or handler is None:
