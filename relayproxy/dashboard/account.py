@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 
+import relayproxy.dashboard.queries as queries
 from relayproxy.billing.payments import PaymentProviderError, PaymentsDisabled
-from relayproxy.dashboard import queries
 from relayproxy.dashboard.core import Site, nav, user_of
 from relayproxy.dashboard.sessions import Request
 from relayproxy.dashboard.web import PageError, form, form_all, page_headers, redirect, render

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from decimal import Decimal, InvalidOperation
 
-from relayproxy.dashboard import queries
+import relayproxy.dashboard.queries as queries
 from relayproxy.dashboard.core import Site, nav, user_of
 from relayproxy.dashboard.sessions import Request
 from relayproxy.dashboard.web import PageError, form, redirect, render

@@ -12,7 +12,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from relayproxy.config.settings import Config
-from relayproxy.dashboard import account, admin, auth
+from relayproxy.dashboard.account import ROUTES as ACCOUNT_ROUTES
+from relayproxy.dashboard.admin import ROUTES as ADMIN_ROUTES
+from relayproxy.dashboard.auth import ROUTES as AUTH_ROUTES
 from relayproxy.dashboard.core import Site
 from relayproxy.dashboard.sessions import IDLE_S, Request, check_origin, check_token, read_cookie
 from relayproxy.dashboard.web import PageError, form, redirect, render, static_file
@@ -24,7 +26,7 @@ __all__ = ["Dashboard"]
 log = logging.getLogger("relayproxy.dashboard")
 
 Page = Callable[..., Awaitable[HttpResponse]]
-_ROUTES: dict[tuple[str, str], tuple[Page, bool]] = {**auth.ROUTES, **account.ROUTES, **admin.ROUTES}
+_ROUTES: dict[tuple[str, str], tuple[Page, bool]] = {**AUTH_ROUTES, **ACCOUNT_ROUTES, **ADMIN_ROUTES}
 _PATHS = frozenset(path for _, path in _ROUTES)
 _STATIC = "/static/"
 

@@ -22,7 +22,9 @@ PASSWORD = "correct horse battery"
 
 
 @pytest.fixture(scope="module")
-def fresh(tmp_path_factory: pytest.TempPathFactory, upstream: FakeUpstream, stripe_fake: FakeStripe) -> Iterator[FreshGateway]:
+def fresh(
+    tmp_path_factory: pytest.TempPathFactory, upstream: FakeUpstream, stripe_fake: FakeStripe
+) -> Iterator[FreshGateway]:
     gw = start_fresh(tmp_path_factory.mktemp("dash-sec"), upstream, stripe_fake)
     yield gw
     gw.stop()
@@ -46,8 +48,17 @@ def _user(gw: FreshGateway, email: str) -> Browserless:
 
 def test_every_page_has_the_security_headers(fresh: FreshGateway) -> None:
     client = _user(fresh, "headers@example.test")
-    for path in ("/login", "/signup", "/dashboard", "/dashboard/keys", "/dashboard/usage", "/dashboard/billing",
-                 "/dashboard/settings", "/admin", "/dashboard/usage.csv"):
+    for path in (
+        "/login",
+        "/signup",
+        "/dashboard",
+        "/dashboard/keys",
+        "/dashboard/usage",
+        "/dashboard/billing",
+        "/dashboard/settings",
+        "/admin",
+        "/dashboard/usage.csv",
+    ):
         _, headers, _ = client.request("GET", path)
         csp = headers["content-security-policy"]
         assert "frame-ancestors 'none'" in csp and "form-action 'self' https://checkout.stripe.com" in csp, path
@@ -112,15 +123,21 @@ def test_markup_in_a_label_or_email_is_shown_escaped(fresh: FreshGateway) -> Non
 def test_another_accounts_key_cannot_be_revoked_or_its_usage_seen(fresh: FreshGateway) -> None:
     alice, mallory = _user(fresh, "alice@example.test"), _user(fresh, "mallory@example.test")
     alice.request("POST", "/dashboard/keys", {"label": "alice-key", "csrf": alice.csrf("/dashboard/keys")})
-    (key_id, _, _), = _keys(fresh, "alice@example.test")
-    status, _, _ = mallory.request("POST", "/dashboard/keys/revoke", {"key_id": key_id, "csrf": mallory.csrf("/dashboard/keys")})
+    ((key_id, _, _),) = _keys(fresh, "alice@example.test")
+    status, _, _ = mallory.request(
+        "POST", "/dashboard/keys/revoke", {"key_id": key_id, "csrf": mallory.csrf("/dashboard/keys")}
+    )
     assert status == 404
     assert _keys(fresh, "alice@example.test")[0][2] is None
     _, _, html = mallory.request("GET", f"/dashboard/usage?key={key_id}")
     assert "alice" not in html
     status, _, _ = mallory.request("GET", "/admin")
     assert status == 403
-    status, _, _ = mallory.request("POST", "/admin/grant", {"account": "mallory@example.test", "amount_usd": "100", "csrf": mallory.csrf("/dashboard/keys")})
+    status, _, _ = mallory.request(
+        "POST",
+        "/admin/grant",
+        {"account": "mallory@example.test", "amount_usd": "100", "csrf": mallory.csrf("/dashboard/keys")},
+    )
     assert status == 403
 
 
@@ -137,7 +154,9 @@ def test_login_throttling_engages_and_answers_alike_for_unknown_and_wrong(fresh:
     assert status == 429, html
 
 
-def test_signup_closed_is_404(tmp_path_factory: pytest.TempPathFactory, upstream: FakeUpstream, stripe_fake: FakeStripe) -> None:
+def test_signup_closed_is_404(
+    tmp_path_factory: pytest.TempPathFactory, upstream: FakeUpstream, stripe_fake: FakeStripe
+) -> None:
     gw = start_fresh(tmp_path_factory.mktemp("dash-closed"), upstream, stripe_fake, signup="closed")
     try:
         client = Browserless(gw)
@@ -146,7 +165,12 @@ def test_signup_closed_is_404(tmp_path_factory: pytest.TempPathFactory, upstream
         setup = urlparse(gw.setup_link)
         path = f"{setup.path}?{setup.query}"
         token = re.search(r'name="csrf" value="([^"]+)"', client.request("GET", path)[2]).group(1)  # type: ignore[union-attr]
-        fields = {"csrf": token, "token": setup.query.removeprefix("token="), "email": "op@example.test", "password": PASSWORD}
+        fields = {
+            "csrf": token,
+            "token": setup.query.removeprefix("token="),
+            "email": "op@example.test",
+            "password": PASSWORD,
+        }
         assert client.request("POST", "/setup", fields)[0] == 303
         assert client.request("GET", "/admin")[0] == 200
         again = Browserless(gw)
@@ -168,3 +192,19 @@ def test_no_password_hash_or_session_token_in_pages_logs_or_metrics(fresh: Fresh
         assert token not in text
         assert "$argon2" not in text and not any(h in text for h in hashes)
     assert PASSWORD not in log
+
+
+def test_usage_csv_export_is_the_accounts_own_records(fresh: FreshGateway) -> None:
+    import openai
+
+    owner, other = _user(fresh, "csv@example.test"), _user(fresh, "csv-other@example.test")
+    _, _, html = owner.request("POST", "/dashboard/keys", {"label": "csv", "csrf": owner.csrf("/dashboard/keys")})
+    secret = re.search(r'<code id="new-key">([^<]+)</code>', html).group(1)  # type: ignore[union-attr]
+    sdk = openai.OpenAI(base_url=fresh.base_url + "/v1", api_key=secret, max_retries=0)
+    sdk.chat.completions.create(model="text", messages=[{"role": "user", "content": "Hi"}])
+    status, headers, body = owner.request("GET", "/dashboard/usage.csv?model=text")
+    assert status == 200 and headers["content-type"].startswith("text/csv")
+    lines = body.strip().splitlines()
+    assert lines[0].startswith("request_id,created_at,key_id,model") and lines[0].endswith("billed,reason")
+    assert len(lines) == 2 and ",text," in lines[1] and ",completed," in lines[1]
+    assert other.request("GET", "/dashboard/usage.csv")[2].strip().count("\n") == 0  # the header alone
