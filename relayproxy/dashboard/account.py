@@ -7,6 +7,7 @@ from decimal import Decimal, InvalidOperation
 
 import relayproxy.dashboard.queries as queries
 from relayproxy.billing.payments import PaymentProviderError, PaymentsDisabled
+from relayproxy.dashboard.chart import HEIGHT, WIDTH, spend_bars
 from relayproxy.dashboard.core import Site, nav, user_of
 from relayproxy.dashboard.sessions import Request
 from relayproxy.dashboard.web import PageError, form, form_all, page_headers, redirect, render
@@ -36,7 +37,19 @@ async def overview(site: Site, r: Request) -> HttpResponse:
     since = utc_iso(datetime.now(UTC) - timedelta(days=30))
     outcomes = await queries.outcomes_since(site.store, user.account, since)
     recent, _ = await queries.usage_page(site.store, user.account, queries.UsageFilter(), 0)
-    return render("overview.html", balance=balance, held=held, outcomes=outcomes, recent=recent[:10], **nav(r))
+    today = datetime.now(UTC).date()
+    per_day = await queries.spend_per_day(site.store, user.account, (today - timedelta(days=29)).isoformat())
+    return render(
+        "overview.html",
+        balance=balance,
+        held=held,
+        outcomes=outcomes,
+        recent=recent[:10],
+        bars=spend_bars(per_day, today),
+        chart=(WIDTH, HEIGHT),
+        spent=sum(per_day.values()),
+        **nav(r),
+    )
 
 
 async def keys_page(site: Site, r: Request, new_secret: str | None = None, error: str | None = None) -> HttpResponse:

@@ -146,3 +146,13 @@ async def outcomes_since(store: Store, account: str, since: str) -> list[tuple[s
         (account, since),
     )
     return [(str(r[0]), int(r[1])) for r in rows]
+
+
+async def spend_per_day(store: Store, account: str, since_day: str) -> dict[str, int]:
+    rows = await store.query(
+        "SELECT substr(l.created_at, 1, 10), SUM(l.amount_microusd) FROM ledger l"
+        " JOIN accounts a ON a.id = l.account_id WHERE a.name = ? AND l.kind = 'charge' AND l.created_at >= ?"
+        " GROUP BY substr(l.created_at, 1, 10)",
+        (account, since_day),
+    )
+    return {str(r[0]): int(r[1]) for r in rows}

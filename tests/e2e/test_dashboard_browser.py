@@ -170,6 +170,8 @@ def test_the_customer_journey(browser: webdriver.Chrome, fresh: FreshGateway, st
     d.get(base + "/dashboard/settings")
     shot(d, "11-settings")
     d.get(base + "/dashboard")
+    bars = d.find_elements(By.CSS_SELECTOR, "svg.chart rect")
+    assert len(bars) == 30 and float(bars[-1].get_attribute("height") or 0) > 0  # today's charge
     shot(d, "12-overview-after")
 
     # Revoke: the SDK is refused at once.
