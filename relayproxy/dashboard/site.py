@@ -16,6 +16,7 @@ from relayproxy.dashboard.account import ROUTES as ACCOUNT_ROUTES
 from relayproxy.dashboard.admin import ROUTES as ADMIN_ROUTES
 from relayproxy.dashboard.auth import ROUTES as AUTH_ROUTES
 from relayproxy.dashboard.core import Site
+from relayproxy.dashboard.docs import ROUTES as DOCS_ROUTES
 from relayproxy.dashboard.sessions import IDLE_S, Request, check_origin, check_token, read_cookie
 from relayproxy.dashboard.web import PageError, form, redirect, render, static_file
 from relayproxy.http_types import HttpRequest, HttpResponse
@@ -26,7 +27,7 @@ __all__ = ["Dashboard"]
 log = logging.getLogger("relayproxy.dashboard")
 
 Page = Callable[..., Awaitable[HttpResponse]]
-_ROUTES: dict[tuple[str, str], tuple[Page, bool]] = {**AUTH_ROUTES, **ACCOUNT_ROUTES, **ADMIN_ROUTES}
+_ROUTES: dict[tuple[str, str], tuple[Page, bool]] = {**AUTH_ROUTES, **ACCOUNT_ROUTES, **ADMIN_ROUTES, **DOCS_ROUTES}
 _PATHS = frozenset(path for _, path in _ROUTES)
 _STATIC = "/static/"
 

@@ -183,6 +183,11 @@ def test_the_customer_journey(browser: webdriver.Chrome, fresh: FreshGateway, st
     with pytest.raises(openai.AuthenticationError):
         sdk.chat.completions.create(model="text", messages=MESSAGES)
 
+    # The customers' documentation names this gateway's own base URLs and its models.
+    d.get(base + "/docs")
+    assert f"{base}/v1" in d.page_source and "oa-text" in d.page_source
+    shot(d, "14-docs")
+
 
 def _wait_row(d: webdriver.Chrome, base: str, model: str) -> WebElement:
     """The usage row of ``model`` (the record is written as the request ends)."""
