@@ -16,6 +16,7 @@ import secrets
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from relayproxy.config.settings import DashboardConfig
 from relayproxy.dashboard.web import PageError, cookies, origin_of
@@ -65,7 +66,8 @@ def check_origin(req: HttpRequest, config: DashboardConfig) -> None:
     origin = origin_of(req)
     scheme = "https" if config.secure else "http"
     host = header(req.headers, b"host")
-    allowed = {config.public_url.lower()}
+    public = urlsplit(config.public_url)
+    allowed = {f"{public.scheme}://{public.netloc}".lower()}
     if host is not None:
         allowed.add(f"{scheme}://{host.decode('latin-1')}".lower())
     if origin is None or origin.lower() not in allowed:

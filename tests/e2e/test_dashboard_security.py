@@ -208,3 +208,63 @@ def test_usage_csv_export_is_the_accounts_own_records(fresh: FreshGateway) -> No
     assert lines[0].startswith("request_id,created_at,key_id,model") and lines[0].endswith("billed,reason")
     assert len(lines) == 2 and ",text," in lines[1] and ",completed," in lines[1]
     assert other.request("GET", "/dashboard/usage.csv")[2].strip().count("\n") == 0  # the header alone
+
+
+def _admin(gw: FreshGateway) -> Browserless:
+    """The admin created through the one-time setup link (once per gateway)."""
+    client = Browserless(gw)
+    setup = urlparse(gw.setup_link)
+    _, _, html = client.request("GET", f"{setup.path}?{setup.query}")
+    token = re.search(r'name="csrf" value="([^"]+)"', html).group(1)  # type: ignore[union-attr]
+    fields = {"csrf": token, "token": setup.query.removeprefix("token="), "email": "admin@example.test"}
+    assert client.request("POST", "/setup", {**fields, "password": PASSWORD})[0] == 303
+    return client
+
+
+def test_admin_grants_credit_and_disables_a_user_with_an_audit_trail(fresh: FreshGateway) -> None:
+    admin, target = _admin(fresh), _user(fresh, "target@example.test")
+    token = admin.csrf("/admin")
+    _, _, html = admin.request("GET", "/admin")
+    assert "target@example.test" in html and html.count(">Grant credit</button>") >= 2
+    assert (
+        admin.request("POST", "/admin/grant", {"account": "target@example.test", "amount_usd": "12.50", "csrf": token})[
+            0
+        ]
+        == 303
+    )
+    with sqlite3.connect(fresh.db) as db:
+        balance = db.execute("SELECT balance_microusd FROM accounts WHERE name = 'target@example.test'").fetchone()[0]
+        grants = db.execute(
+            "SELECT amount_microusd, note FROM ledger l JOIN accounts a ON a.id = l.account_id"
+            " WHERE a.name = 'target@example.test' AND kind = 'grant' ORDER BY seq"
+        ).fetchall()
+        audit = db.execute("SELECT actor, action, target FROM audit ORDER BY seq").fetchall()
+        (user_id,) = db.execute("SELECT id FROM users WHERE email = 'target@example.test'").fetchone()
+    assert balance == 13_500_000  # 1 of sign-up credit + 12.50
+    assert grants[-1] == (12_500_000, "granted by admin@example.test on the admin page")
+    assert ("admin@example.test", "credit.grant", "account:target@example.test") in audit
+    bad = admin.request("POST", "/admin/grant", {"account": "target@example.test", "amount_usd": "-1", "csrf": token})
+    assert bad[0] == 400 and "Amount (USD)" in bad[2]
+    assert target.request("GET", "/dashboard")[0] == 200
+    assert admin.request("POST", "/admin/disable", {"user_id": str(user_id), "csrf": token})[0] == 303
+    assert target.request("GET", "/dashboard")[0] == 303  # its session ended at once
+    assert target.login("target@example.test", PASSWORD)[0] == 401
+
+
+def test_settings_change_password_and_end_other_sessions(fresh: FreshGateway) -> None:
+    laptop = _user(fresh, "two-devices@example.test")
+    phone = Browserless(fresh)
+    assert phone.login("two-devices@example.test", PASSWORD)[0] == 303
+    token = laptop.csrf("/dashboard/settings")
+    assert laptop.request("POST", "/dashboard/settings/sessions", {"csrf": token})[0] == 200
+    assert phone.request("GET", "/dashboard")[0] == 303 and laptop.request("GET", "/dashboard")[0] == 200
+    assert phone.login("two-devices@example.test", PASSWORD)[0] == 303
+    new = "another long password"
+    fields = {"csrf": token, "current": "not it at all", "password": new}
+    assert laptop.request("POST", "/dashboard/settings/password", fields)[0] == 400
+    fields["current"] = PASSWORD
+    status, _, html = laptop.request("POST", "/dashboard/settings/password", fields)
+    assert status == 200 and "Password changed" in html
+    assert phone.request("GET", "/dashboard")[0] == 303 and laptop.request("GET", "/dashboard")[0] == 200
+    assert Browserless(fresh).login("two-devices@example.test", PASSWORD)[0] == 401
+    assert Browserless(fresh).login("two-devices@example.test", new)[0] == 303
