@@ -121,9 +121,12 @@ def test_the_customer_journey(browser: webdriver.Chrome, fresh: FreshGateway, st
     field(d, "Label").send_keys("laptop")
     field(d, "Spend limit (USD)").send_keys("0.50")
     assert field(d, "Expires").get_attribute("type") == "date"
+    d.find_element(By.XPATH, "//fieldset//label[normalize-space()='text']/input[@type='checkbox']").click()
     button(d, "Create key").click()
     secret = d.find_element(By.ID, "new-key").text
     assert secret.startswith("rp_") and len(secret) == 35
+    listed = d.find_element(By.XPATH, "//tr[td[normalize-space()='laptop']]").text
+    assert "limit $0.5" in listed and "models text" in listed
     shot(d, "06-keys-created")
 
     # The official SDK uses it through the gateway to the fake upstream.
