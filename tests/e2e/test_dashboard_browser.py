@@ -79,7 +79,21 @@ def button(driver: webdriver.Chrome | WebElement, name: str) -> WebElement:
     return driver.find_element(By.XPATH, f".//button[normalize-space()='{name}']")
 
 
+_UNLABELLED = """
+const bad = [];
+for (const el of document.querySelectorAll("input:not([type=hidden]), select, textarea")) {
+  if (!(el.labels && el.labels.length) && !el.getAttribute("aria-label")) bad.push(el.outerHTML);
+}
+for (const b of document.querySelectorAll("button, a")) { if (!b.textContent.trim()) bad.push(b.outerHTML); }
+if (!document.documentElement.lang) bad.push("<html> without lang");
+if (!document.title) bad.push("no <title>");
+return bad;
+"""
+
+
 def shot(driver: webdriver.Chrome, name: str) -> None:
+    """Screenshot the page, after checking that every control on it has an accessible name."""
+    assert driver.execute_script(_UNLABELLED) == [], name
     SHOTS.mkdir(parents=True, exist_ok=True)
     driver.save_screenshot(str(SHOTS / f"{name}.png"))
 
