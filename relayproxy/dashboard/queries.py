@@ -23,6 +23,7 @@ _CSV_FIELDS = (
     "request_id", "created_at", "key_id", "model", "client_protocol", "stream", "outcome", "http_status",
     "input_tokens", "cached_input_tokens", "output_tokens", "cost_microusd", "billed", "reason",
 )  # fmt: skip
+_FLAGS = frozenset(i for i, name in enumerate(_CSV_FIELDS) if name in ("stream", "billed"))  # 1/0 or true/false
 PAGE_SIZE = 50
 
 
@@ -107,9 +108,15 @@ async def csv_rows(store: Store, account: str, flt: UsageFilter, batch: int = 50
         out.seek(0)
         out.truncate()
         for row in rows:
-            writer.writerow(row[1:])
+            writer.writerow([_cell(i, v) for i, v in enumerate(row[1:])])
         last = int(rows[-1][0])
         yield out.getvalue().encode()
+
+
+def _cell(index: int, value: Any) -> Any:
+    if index in _FLAGS:
+        return "true" if value else "false"
+    return value
 
 
 async def ledger_history(store: Store, account: str, limit: int = 100) -> list[tuple[str, str, int, str]]:

@@ -207,6 +207,7 @@ def test_usage_csv_export_is_the_accounts_own_records(fresh: FreshGateway) -> No
     lines = body.strip().splitlines()
     assert lines[0].startswith("request_id,created_at,key_id,model") and lines[0].endswith("billed,reason")
     assert len(lines) == 2 and ",text," in lines[1] and ",completed," in lines[1]
+    assert lines[1].split(",")[-2:] == ["true", "charged"]
     assert other.request("GET", "/dashboard/usage.csv")[2].strip().count("\n") == 0  # the header alone
 
 
