@@ -24,6 +24,7 @@ __all__ = [
     "ProviderConfig",
     "ServerConfig",
     "Timeouts",
+    "default_public_url",
     "load_config",
     "parse_config",
     "parse_listen",
@@ -269,13 +270,17 @@ def _billing(t: dict[str, Any]) -> BillingConfig:
     )
 
 
+def default_public_url(host: str, port: int) -> str:
+    """``[dashboard] public_url`` when the file sets none: http:// and the listen address."""
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
 def _dashboard(t: dict[str, Any], server: ServerConfig) -> DashboardConfig:
     _check_keys(t, "dashboard", {"signup", "signup_credit_usd", "public_url"})
     signup = _get(t, "dashboard", "signup", str, "closed")
     if signup not in ("open", "closed"):
         raise ConfigError(f'[dashboard] signup: must be "open" or "closed", got {signup!r}')
-    host = f"[{server.host}]" if ":" in server.host else server.host
-    public_url = _get(t, "dashboard", "public_url", str, f"http://{host}:{server.port}").rstrip("/")
+    public_url = _get(t, "dashboard", "public_url", str, default_public_url(server.host, server.port)).rstrip("/")
     if not public_url.startswith(("http://", "https://")) or "?" in public_url or "#" in public_url:
         raise ConfigError(
             f'[dashboard] public_url: must be a base URL starting with https:// (or http://), got "{public_url}"'

@@ -110,6 +110,8 @@ def test_dashboard_defaults_and_public_url_from_listen() -> None:
         "http://0.0.0.0:9000",
         False,
     )
+    ipv6 = parse_config({**BASE, "server": {"listen": "[::1]:8080"}}, Path("c.toml")).dashboard
+    assert ipv6.public_url == "http://[::1]:8080"
     dash = parse_config({**BASE, "dashboard": {"public_url": "https://relay.example.com/"}}, Path("c.toml")).dashboard
     assert (dash.public_url, dash.secure) == ("https://relay.example.com", True)
 
