@@ -56,6 +56,10 @@ class Dashboard:
         except PageError as err:
             return _error(err.status, err.message, r)
 
+    def price_page(self, prices: dict[str, Any]) -> HttpResponse:
+        """``GET /models`` for a browser: the price list in the dashboard's style."""
+        return render("prices.html", prices=prices, base=self._site.config.dashboard.public_url, user=None, csrf="")
+
     async def _request(self, req: HttpRequest) -> Request:
         site = self._site
         token = read_cookie(req, site.cookies.session)

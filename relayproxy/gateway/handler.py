@@ -63,6 +63,8 @@ class Pages(Protocol):
 
     async def handle(self, req: HttpRequest) -> HttpResponse: ...
 
+    def price_page(self, prices: dict[str, Any]) -> HttpResponse: ...
+
 
 class Gateway:
     """Turns an HttpRequest into an HttpResponse."""
@@ -212,6 +214,8 @@ class Gateway:
     async def _price_list(self, ex: Exchange, ep: Endpoint) -> HttpResponse:
         """The public price list: JSON, or an HTML table for a browser (Accept: text/html)."""
         if b"text/html" in (header(ex.req.headers, b"accept") or b""):
+            if self._pages is not None:
+                return self._pages.price_page(self._prices)
             html = render_price_table_html(self._prices).encode()
             return HttpResponse(200, [(b"content-type", b"text/html; charset=utf-8"), ex.id_header], html)
         return _json(200, self._prices, ex)

@@ -37,6 +37,7 @@ from selenium import webdriver  # noqa: E402 - only once the browser is known to
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.remote.webelement import WebElement  # noqa: E402
+from selenium.webdriver.support.expected_conditions import staleness_of  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 
@@ -79,6 +80,13 @@ def button(driver: webdriver.Chrome | WebElement, name: str) -> WebElement:
     return driver.find_element(By.XPATH, f".//button[normalize-space()='{name}']")
 
 
+def submit(driver: webdriver.Chrome, name: str, scope: WebElement | None = None) -> None:
+    """Click the form's button ``name`` and wait until the next page has replaced this one."""
+    page = driver.find_element(By.TAG_NAME, "html")
+    button(scope or driver, name).click()
+    WebDriverWait(driver, 15).until(staleness_of(page))
+
+
 _UNLABELLED = """
 const bad = [];
 for (const el of document.querySelectorAll("input:not([type=hidden]), select, textarea")) {
@@ -113,11 +121,11 @@ def test_the_customer_journey(browser: webdriver.Chrome, fresh: FreshGateway, st
     d.get(fresh.setup_link)
     fill_credentials(d, "operator@example.test")
     shot(d, "01-setup")
-    button(d, "Create admin").click()
+    submit(d, "Create admin")
     assert d.current_url == base + "/dashboard"
     d.get(base + "/admin")
     shot(d, "02-admin")
-    button(d, "Log out").click()
+    submit(d, "Log out")
     assert d.current_url == base + "/login"
     shot(d, "03-login")
 
@@ -125,7 +133,7 @@ def test_the_customer_journey(browser: webdriver.Chrome, fresh: FreshGateway, st
     d.get(base + "/signup")
     fill_credentials(d, "customer@example.test")
     shot(d, "04-signup")
-    button(d, "Sign up").click()
+    submit(d, "Sign up")
     assert d.current_url == base + "/dashboard"
     assert balance(d) == "$1"
     shot(d, "05-overview-new")
@@ -136,7 +144,7 @@ def test_the_customer_journey(browser: webdriver.Chrome, fresh: FreshGateway, st
     field(d, "Spend limit (USD)").send_keys("0.50")
     assert field(d, "Expires").get_attribute("type") == "date"
     d.find_element(By.XPATH, "//fieldset//label[normalize-space()='text']/input[@type='checkbox']").click()
-    button(d, "Create key").click()
+    submit(d, "Create key")
     secret = d.find_element(By.ID, "new-key").text
     assert secret.startswith("rp_") and len(secret) == 35
     listed = d.find_element(By.XPATH, "//tr[td[normalize-space()='laptop']]").text
@@ -161,7 +169,7 @@ def test_the_customer_journey(browser: webdriver.Chrome, fresh: FreshGateway, st
     before = balance(d)
     field(d, "Amount (USD)").send_keys("20")
     shot(d, "08-billing")
-    button(d, "Top up").click()
+    submit(d, "Top up")
     WebDriverWait(d, 15).until(lambda drv: drv.current_url.startswith("https://checkout.stripe.com/"))
     session_id = next(
         sid for sid, s in stripe_fake.sessions.items() if d.current_url.startswith(s["url"].split("#")[0])
@@ -180,7 +188,7 @@ def test_the_customer_journey(browser: webdriver.Chrome, fresh: FreshGateway, st
 
     # An amount outside the bounds is a clear error on the page, not a redirect.
     field(d, "Amount (USD)").send_keys("1")
-    button(d, "Top up").click()
+    submit(d, "Top up")
     assert "Amount (USD): enter between" in d.find_element(By.CLASS_NAME, "error").text
     shot(d, "10-billing-bad-amount")
 
@@ -194,7 +202,7 @@ def test_the_customer_journey(browser: webdriver.Chrome, fresh: FreshGateway, st
     # Revoke: the SDK is refused at once.
     d.get(base + "/dashboard/keys")
     row = d.find_element(By.XPATH, "//tr[td[normalize-space()='laptop']]")
-    button(row, "Revoke").click()
+    submit(d, "Revoke", row)
     assert d.find_elements(By.XPATH, "//tr[td[normalize-space()='laptop']]") == []
     shot(d, "13-keys-revoked")
     with pytest.raises(openai.AuthenticationError):
@@ -204,6 +212,9 @@ def test_the_customer_journey(browser: webdriver.Chrome, fresh: FreshGateway, st
     d.get(base + "/docs")
     assert f"{base}/v1" in d.page_source and "oa-text" in d.page_source
     shot(d, "14-docs")
+    d.get(base + "/models")  # the public price list, in the dashboard's style for a browser
+    assert d.find_element(By.TAG_NAME, "h1").text == "Models and prices" and "oa-text" in d.page_source
+    shot(d, "15-models")
 
 
 def _wait_row(d: webdriver.Chrome, base: str, model: str) -> WebElement:
