@@ -175,6 +175,7 @@ def test_signup_closed_is_404(
         assert client.request("GET", "/admin")[0] == 200
         again = Browserless(gw)
         assert again.request("GET", path)[0] == 404  # the link works once
+        assert setup.query.removeprefix("token=") not in gw.log.read_text()  # the access log has no query
     finally:
         gw.stop()
 
