@@ -23,6 +23,7 @@ import asyncio
 import enum
 import logging
 import os
+import secrets
 import signal
 import socket
 import sys
@@ -30,10 +31,12 @@ from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 from relayproxy.config.settings import Config
+from relayproxy.dashboard import Dashboard
 from relayproxy.gateway.handler import Gateway
 from relayproxy.gateway.opening import Answer
 from relayproxy.keys import display_prefix, hash_key, new_key, new_key_id
 from relayproxy.server.listener import Server, ServerLimits
+from relayproxy.store.accounts import Accounts
 from relayproxy.store.backends import open_store_for
 from relayproxy.store.facade import Store
 from relayproxy.upstream import Pool
@@ -113,6 +116,11 @@ async def _bootstrap(store: Store, config: Config) -> None:
             key_id,
         )
         print(secret, flush=True)  # noqa: T201 - the one place a secret is shown: the operator's terminal
+        if await Accounts(store).user_count() == 0:
+            setup = secrets.token_urlsafe(32)
+            await Accounts(store).issue_setup_token(setup, valid_s=24 * 3600)
+            log.info("open the one-time setup link printed on stdout to create the dashboard's admin user (24 h)")
+            print(f"{config.dashboard.public_url}/setup?token={setup}", flush=True)  # noqa: T201 - as the key above
 
 
 def _report_missing_keys(config: Config) -> None:
@@ -199,7 +207,7 @@ async def run_gateway(
         if startup:
             await _startup_once(store, config)
         spawner = _Spawner()
-        gateway = Gateway(config, store, pool, spawn=spawner)
+        gateway = Gateway(config, store, pool, spawn=spawner, pages=Dashboard(config, store))
         spawner.end_streams = gateway.end_streams
         server = Server(gateway.handle, limits=server_limits(config), render_error=gateway.render_server_error)
         # The store's background work (PostgreSQL's lease) lives and dies with the app: a failure

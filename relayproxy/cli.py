@@ -8,6 +8,7 @@ import asyncio
 import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from relayproxy import __version__
 from relayproxy.app import run, run_gateway
 from relayproxy.billing.pricing import format_usd, parse_usd, price_list
 from relayproxy.cli_accounts import add_key_commands, add_user_commands, emit, out
-from relayproxy.config.settings import Config, ConfigError, load_config, parse_listen
+from relayproxy.config.settings import Config, ConfigError, default_public_url, load_config, parse_listen
 from relayproxy.errors import StoreError
 from relayproxy.store.backends import is_url, open_store, open_store_for
 from relayproxy.store.copy import copy_store
@@ -118,6 +119,9 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
     # Redacted (keys, secrets and bearer tokens never reach a log line), one write per loop iteration.
     configure_logging(sys.stderr, "%(asctime)s %(levelname)s %(message)s")
     host, port = parse_listen(args.listen, "--listen") if args.listen else (config.server.host, config.server.port)
+    if config.dashboard.public_url == default_public_url(config.server.host, config.server.port):
+        # No public_url in the file: the dashboard's links follow a --listen override.
+        config = replace(config, dashboard=replace(config.dashboard, public_url=default_public_url(host, port)))
     workers = args.workers if args.workers is not None else config.server.workers
     if workers < 1:
         raise ConfigError(f"--workers: must be 1 or more, got {workers}")

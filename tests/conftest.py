@@ -34,3 +34,10 @@ def pg_cluster() -> Iterator[PgCluster]:
 def pg_url(pg_cluster: PgCluster) -> str:
     """The URL of a fresh, empty PostgreSQL database for one test."""
     return pg_cluster.new_database()
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """asyncio only: trio is installed as a dependency of selenium (the dashboard's browser test),
+    and anyio's plugin would otherwise run every async test on it too."""
+    return "asyncio"

@@ -18,11 +18,13 @@ __all__ = [
     "BillingConfig",
     "Config",
     "ConfigError",
+    "DashboardConfig",
     "Limits",
     "ModelConfig",
     "ProviderConfig",
     "ServerConfig",
     "Timeouts",
+    "default_public_url",
     "load_config",
     "parse_config",
     "parse_listen",
@@ -137,6 +139,17 @@ class Limits:
 
 
 @dataclass(frozen=True, slots=True)
+class DashboardConfig:
+    signup: str = "closed"  # "open": anyone may sign up at /signup; "closed": 404
+    signup_credit_usd: Decimal = Decimal(0)  # granted to each new account on signup
+    public_url: str = "http://127.0.0.1:8080"  # the base of links in pages and Stripe redirects, no trailing /
+
+    @property
+    def secure(self) -> bool:
+        return self.public_url.startswith("https://")
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     path: Path
     server: ServerConfig
@@ -145,6 +158,7 @@ class Config:
     models: dict[str, ModelConfig]
     timeouts: Timeouts = field(default_factory=Timeouts)
     limits: Limits = field(default_factory=Limits)
+    dashboard: DashboardConfig = field(default_factory=DashboardConfig)
 
     def missing_keys(self) -> list[ProviderConfig]:
         """Providers without a usable API key (disabled), as resolved when the config was loaded."""
@@ -166,7 +180,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
 
 
 def parse_config(raw: dict[str, Any], path: Path) -> Config:
-    _check_keys(raw, "", {"server", "billing", "providers", "models", "timeouts", "limits"})
+    _check_keys(raw, "", {"server", "billing", "providers", "models", "timeouts", "limits", "dashboard"})
     base = path.resolve().parent
     server = _server(_table(raw, "server"), base)
     providers = {n: _provider(n, t) for n, t in _table(raw, "providers").items()}
@@ -183,6 +197,7 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
         models=models,
         timeouts=_numbers(Timeouts, _table(raw, "timeouts"), "timeouts", float),
         limits=_numbers(Limits, _table(raw, "limits"), "limits", int),
+        dashboard=_dashboard(_table(raw, "dashboard"), server),
     )
 
 
@@ -262,7 +277,26 @@ def _billing(t: dict[str, Any]) -> BillingConfig:
     )
 
 
-def _usd(t: dict[str, Any], key: str, default: int, *, allow_zero: bool = False) -> Decimal:
+def default_public_url(host: str, port: int) -> str:
+    """``[dashboard] public_url`` when the file sets none: http:// and the listen address."""
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _dashboard(t: dict[str, Any], server: ServerConfig) -> DashboardConfig:
+    _check_keys(t, "dashboard", {"signup", "signup_credit_usd", "public_url"})
+    signup = _get(t, "dashboard", "signup", str, "closed")
+    if signup not in ("open", "closed"):
+        raise ConfigError(f'[dashboard] signup: must be "open" or "closed", got {signup!r}')
+    public_url = _get(t, "dashboard", "public_url", str, default_public_url(server.host, server.port)).rstrip("/")
+    if not public_url.startswith(("http://", "https://")) or "?" in public_url or "#" in public_url:
+        raise ConfigError(
+            f'[dashboard] public_url: must be a base URL starting with https:// (or http://), got "{public_url}"'
+        )
+    credit = _usd(t, "signup_credit_usd", 0, allow_zero=True, where="dashboard")
+    return DashboardConfig(signup=signup, signup_credit_usd=credit, public_url=public_url)
+
+
+def _usd(t: dict[str, Any], key: str, default: int, *, allow_zero: bool = False, where: str = "billing") -> Decimal:
     """A positive USD amount in whole cents, read exactly (no float rounding)."""
     value = t.get(key, default)
     try:
@@ -270,11 +304,11 @@ def _usd(t: dict[str, Any], key: str, default: int, *, allow_zero: bool = False)
             raise InvalidOperation
         amount = Decimal(str(value))
     except InvalidOperation:
-        raise ConfigError(f"[billing] {key}: expected a USD amount such as 5 or 12.50, got {value!r}") from None
+        raise ConfigError(f"[{where}] {key}: expected a USD amount such as 5 or 12.50, got {value!r}") from None
     low_ok = amount >= 0 if allow_zero else amount > 0
     if not amount.is_finite() or not low_ok or amount != amount.quantize(Decimal("0.01")):
         kind = "zero or a positive" if allow_zero else "a positive"
-        raise ConfigError(f"[billing] {key}: must be {kind} USD amount in whole cents, got {value!r}")
+        raise ConfigError(f"[{where}] {key}: must be {kind} USD amount in whole cents, got {value!r}")
     return amount
 
 

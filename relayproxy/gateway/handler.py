@@ -13,7 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -56,11 +56,24 @@ _JSON = (b"content-type", b"application/json")
 Handler = Callable[[Exchange, Endpoint], Awaitable[HttpResponse]]
 
 
+class Pages(Protocol):
+    """The web pages served beside the API (the dashboard package; app.py plugs it in)."""
+
+    def owns(self, path: str) -> bool: ...
+
+    async def handle(self, req: HttpRequest) -> HttpResponse: ...
+
+    def price_page(self, prices: dict[str, Any]) -> HttpResponse: ...
+
+
 class Gateway:
     """Turns an HttpRequest into an HttpResponse."""
 
-    def __init__(self, config: Config, store: Store, pool: Pool, *, spawn: Spawn | None = None) -> None:
+    def __init__(
+        self, config: Config, store: Store, pool: Pool, *, spawn: Spawn | None = None, pages: Pages | None = None
+    ) -> None:
         self._config = config
+        self._pages = pages
         self._store = store
         self.metrics = GatewayMetrics()
         self._recorder = Recorder(store, config.billing.discount, self.metrics, frozenset(config.models))
@@ -84,6 +97,10 @@ class Gateway:
     async def handle(self, req: HttpRequest) -> HttpResponse:
         ex = Exchange(req, protocol_for(req.path, req.headers, req.query))
         try:
+            if self._pages is not None and self._pages.owns(req.path):
+                response = await self._pages.handle(req)
+                self._log_untracked(ex, response.status)
+                return response
             endpoint = match_endpoint(req.method, req.path, req.headers, req.query)
             handler = self._routes.get(endpoint.kind) if endpoint is not None else None
             if endpoint is None or handler is None:
@@ -200,6 +217,8 @@ class Gateway:
     async def _price_list(self, ex: Exchange, ep: Endpoint) -> HttpResponse:
         """The public price list: JSON, or an HTML table for a browser (Accept: text/html)."""
         if b"text/html" in (header(ex.req.headers, b"accept") or b""):
+            if self._pages is not None:
+                return self._pages.price_page(self._prices)
             html = render_price_table_html(self._prices).encode()
             return HttpResponse(200, [(b"content-type", b"text/html; charset=utf-8"), ex.id_header], html)
         return _json(200, self._prices, ex)

@@ -79,7 +79,8 @@ def test_one_key_for_many_workers_and_a_dead_worker_is_replaced(tmp_path: Path, 
     gw = _start(tmp_path, upstream, workers=3)
     try:
         out = gw.stdout.read_text().split()
-        assert len(out) == 1 and out[0].startswith("rp_"), out  # the first-start key, once
+        # The first-start key and the dashboard's one-time setup link, once.
+        assert len(out) == 2 and out[0].startswith("rp_") and "/setup?token=" in out[1], out
         with sqlite3.connect(gw.db) as db:
             assert db.execute("SELECT name FROM accounts").fetchall() == [("default",)]
         key = out[0]
@@ -105,7 +106,7 @@ def test_one_key_for_many_workers_and_a_dead_worker_is_replaced(tmp_path: Path, 
     finally:
         gw.close()
     assert "Traceback" not in gw.log_text()
-    assert gw.stdout.read_text().split() == [key]
+    assert gw.stdout.read_text().split() == out
 
 
 @pytest.mark.parametrize("to_group", [False, True], ids=["sigterm-supervisor", "ctrl-c-group"])
@@ -115,7 +116,7 @@ def test_a_stop_drains_every_worker(tmp_path: Path, upstream: DripUpstream, to_g
     config = tmp_path / "config.toml"
     gw = _start(tmp_path, upstream, workers=2, new_session=to_group)
     try:
-        key = gw.stdout.read_text().strip()
+        key = gw.stdout.read_text().split()[0]
         streams = [stream_in_thread(gw.port, key, FAST) for _ in range(8)]
         for _, result in streams:
             assert result.started.wait(10)

@@ -110,3 +110,34 @@ def test_context_length_reaches_the_model_lists() -> None:
     assert MODEL_ENTRY["gemini"](model)["inputTokenLimit"] == 400000
     with pytest.raises(ConfigError, match="context_length"):
         parse_config(with_("models/m/context_length", 0), Path("/c.toml"))
+
+
+def test_dashboard_defaults_and_public_url_from_listen() -> None:
+    config = parse_config({**BASE, "server": {"listen": "0.0.0.0:9000"}}, Path("/etc/relay/config.toml"))
+    dash = config.dashboard
+    assert (dash.signup, dash.signup_credit_usd, dash.public_url, dash.secure) == (
+        "closed",
+        0,
+        "http://0.0.0.0:9000",
+        False,
+    )
+    ipv6 = parse_config({**BASE, "server": {"listen": "[::1]:8080"}}, Path("c.toml")).dashboard
+    assert ipv6.public_url == "http://[::1]:8080"
+    dash = parse_config({**BASE, "dashboard": {"public_url": "https://relay.example.com/"}}, Path("c.toml")).dashboard
+    assert (dash.public_url, dash.secure) == ("https://relay.example.com", True)
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ({"signup": "maybe"}, '[dashboard] signup: must be "open" or "closed"'),
+        ({"signup_credit_usd": -1}, "[dashboard] signup_credit_usd: must be zero or a positive"),
+        ({"signup_credit_usd": "lots"}, "[dashboard] signup_credit_usd: expected a USD amount"),
+        ({"public_url": "relay.example.com"}, "[dashboard] public_url: must be a base URL"),
+        ({"smtp": "x"}, "[dashboard] smtp: unknown key"),
+    ],
+)
+def test_dashboard_errors_name_the_key(table: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config({**BASE, "dashboard": table}, Path("c.toml"))
+    assert message in str(info.value)
