@@ -128,6 +128,11 @@ def assert_agent_streamed(agent: str, run: Run) -> None:
                 assert_streamed(first, t, f"claude-code turn {turns}")
                 first, turns = None, turns + 1
         assert turns, "no message_stop event"
+    elif agent == "codex":  # items only: the tool run's first message item, then (after the end) the command
+        started = [t for t, o in lines if o.get("type") == "item.started"]
+        said = [t for t, o in lines if o.get("type") == "item.completed" and o["item"]["type"] == "agent_message"]
+        assert said and started, [o for _, o in lines]
+        assert_streamed(said[0], started[0], "codex")
     elif agent == "gemini-cli":  # its own timestamps: the first delta, the result after the end
         stamp = {o["type"] if not o.get("delta") else "delta": datetime.fromisoformat(o["timestamp"]).timestamp() * 1000
                  for _, o in reversed(lines) if "timestamp" in o}  # fmt: skip
