@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONFIG ?= config.toml
 
-.PHONY: install run test test-slow test-e2e-previous-sdks test-unit test-e2e lint fmt typecheck check clean dist test-dist deploy-check bench
+.PHONY: install clients-install clients-table run test test-slow test-e2e-previous-sdks test-unit test-e2e lint fmt typecheck check clean dist test-dist deploy-check bench
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -31,7 +31,38 @@ $(PREV_STAMP): pyproject.toml
 	$(PREV_VENV)/bin/pip install -q -e '.[dev]' $(PREV_SDKS)
 	touch $(PREV_STAMP)
 
-test: $(STAMP) $(PREV_STAMP)
+# The client x upstream matrix (tests/clients): the Node SDKs and coding agents from
+# tests/clients/js/package-lock.json (npm ci), the Python clients in their own venv.
+CLIENTS_VENV ?= .venv-clients
+CLIENTS_STAMP := $(CLIENTS_VENV)/.installed
+JS_DIR := tests/clients/js
+JS_STAMP := $(JS_DIR)/node_modules/.installed
+JUNIT := build/clients
+
+$(CLIENTS_STAMP): tests/clients/requirements.txt
+	$(PY) -m venv $(CLIENTS_VENV)
+	$(CLIENTS_VENV)/bin/pip install -q -U pip
+	$(CLIENTS_VENV)/bin/pip install -q -r tests/clients/requirements.txt
+	touch $(CLIENTS_STAMP)
+
+$(JS_STAMP): $(JS_DIR)/package-lock.json
+	cd $(JS_DIR) && npm ci --no-audit --no-fund --loglevel=error
+	touch $(JS_STAMP)
+
+clients-install: $(CLIENTS_STAMP) $(JS_STAMP)
+
+# Runs the matrix (and the Python openai Responses e2e tests on both SDK generations), then
+# rewrites README.md's client x upstream table from the junit results; fails if a cell failed.
+clients-table: $(STAMP) $(PREV_STAMP) clients-install
+	mkdir -p $(JUNIT)
+	$(BIN)/pytest -q -p no:cacheprovider tests/clients tests/e2e/test_sdk_openai_responses.py \
+		--junitxml=$(JUNIT)/main.xml; s1=$$?; \
+	RELAYPROXY_TEST_EVENT_LOOP=asyncio $(PREV_VENV)/bin/pytest -q -p no:cacheprovider \
+		tests/e2e/test_sdk_openai_responses.py --junitxml=$(JUNIT)/previous.xml; s2=$$?; \
+	$(BIN)/python -m tests.clients.table README.md py-openai=$(JUNIT)/main.xml \
+		py-openai-previous=$(JUNIT)/previous.xml && [ $$s1 -eq 0 ] && [ $$s2 -eq 0 ]
+
+test: $(STAMP) $(PREV_STAMP) clients-install
 	$(BIN)/pytest -q
 	RELAYPROXY_TEST_EVENT_LOOP=asyncio $(PREV_VENV)/bin/pytest -q -p no:cacheprovider tests/e2e
 
@@ -64,7 +95,7 @@ typecheck: $(STAMP)
 check: lint typecheck test
 
 clean:
-	rm -rf $(VENV) $(PREV_VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(PREV_VENV) $(CLIENTS_VENV) $(JS_DIR)/node_modules build *.egg-info .pytest_cache .mypy_cache .ruff_cache
 
 # Single-file build: relayproxy and its pinned runtime dependencies in one zipapp (deploy/build_pyz.py).
 dist: $(STAMP)

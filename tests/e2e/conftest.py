@@ -88,7 +88,7 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
 UPSTREAMS = {"oa": "fake", "an": "fake-anthropic", "ge": "fake-gemini"}
 MATRIX_SCENARIOS = (
     "text", "tools", "nousage", "midstream-error", "truncated", "http429", "http500", "http400",
-    "text@7", "tools@7", "slow", "late", "pause", "thinking", "runaway", "nodone",
+    "text@7", "tools@7", "slow", "late", "pause", "thinking", "runaway", "nodone", "agent",
     "tail40", "tail1000", "tailhang", "hang", "nousagehang",
 )  # fmt: skip
 

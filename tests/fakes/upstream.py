@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.fakes.scripted import HOLD, HOLD_S, Holds, run_token, scripted_reply
+
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 
 __all__ = ["Captured", "FakeUpstream"]
@@ -57,6 +59,7 @@ class Reply:
     pause_after: int = 0  # a long pause after this many events (0: none)
     pause_s: float = 0.0  # its length (0: PAUSE_S)
     hang_after: int = -1  # after this many events, wait for the gateway to hang up (-1: never)
+    hold_token: str | None = None  # instead of the pause: wait for that client's release (scripted.Holds)
     end: str = "ok"  # ok | truncate (clean chunked end, no terminator) | reset | stall | cut (no final chunk)
 
 
@@ -436,6 +439,11 @@ class FakeUpstream:
         if scenario == "flaky" and self.seen[scenario] % 2:  # every other request: overloaded
             body_503 = {"error": {"message": "overloaded", "type": "server_error", "param": None, "code": None}}
             return await _write_reply(reader, writer, _json_error(503, body_503), mode)
+        if path.startswith("/release/"):
+            Holds.release(path[len("/release/") :])
+            return await _write_reply(reader, writer, _json_reply({"released": True}), mode)
+        if scenario == "agent":
+            return await _write_reply(reader, writer, _scripted(path, body), mode)
         reply = self._route(path, "text" if scenario == "flaky" else scenario, body)
         return await _write_reply(reader, writer, reply, mode, self._hung)
 
@@ -459,6 +467,22 @@ class FakeUpstream:
         if path.endswith(":generateContent"):
             return gemini_reply(scenario, False)
         return _json_error(404, {"error": {"message": f"fake upstream: no route {path}"}})
+
+
+def _scripted(path: str, body: dict[str, Any]) -> Reply:
+    """The ``agent`` scenario (tests/fakes/scripted.py): the reply depends on the conversation."""
+    protocol = "gemini" if path.startswith("/v1beta/") else "anthropic" if path == "/v1/messages" else "openai"
+    stream = path.endswith(":streamGenerateContent") or bool(body.get("stream"))
+    if path.endswith(":countTokens") or path.endswith("/count_tokens"):
+        return _json_reply({"totalTokens": 42} if protocol == "gemini" else {"input_tokens": 42})
+    events, _ = scripted_reply(protocol, body, stream)
+    if not stream:
+        return Reply(200, [("content-type", "application/json")], events)
+    pause_after = events.index(HOLD)
+    sent = [e for e in events if e != HOLD]
+    token = run_token(body)
+    return Reply(200, [("content-type", "text/event-stream")], sent, pause_after=pause_after, pause_s=HOLD_S,
+                 hold_token=token)  # fmt: skip
 
 
 async def _read_request(reader: asyncio.StreamReader) -> Captured | None:
@@ -501,7 +525,9 @@ async def _write_reply(
         await _send(writer, framed, piece)
         if reply.delay_s:
             await asyncio.sleep(reply.delay_s)
-        if i == reply.pause_after:
+        if i == reply.pause_after and reply.hold_token:
+            await Holds.wait(reply.hold_token)
+        elif i == reply.pause_after:
             await asyncio.sleep(reply.pause_s or PAUSE_S)
     if reply.hang_after == len(reply.events):
         return await _hang(reader, hung)
