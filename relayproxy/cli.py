@@ -16,8 +16,8 @@ import orjson
 
 from relayproxy import __version__
 from relayproxy.app import run, run_gateway
-from relayproxy.billing.pricing import format_usd, parse_usd, price_list
-from relayproxy.cli_accounts import add_key_commands, add_user_commands, emit, out
+from relayproxy.billing.pricing import format_usd, price_list
+from relayproxy.cli_accounts import add_key_commands, add_user_commands, emit, out, positive_usd
 from relayproxy.config.settings import Config, ConfigError, default_public_url, load_config, parse_listen
 from relayproxy.errors import StoreError
 from relayproxy.store.backends import is_url, open_store, open_store_for
@@ -177,7 +177,7 @@ def _add_money_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     add = credits.add_parser("add", parents=[common], help="operator grant: a ledger entry (creates the account)")
     add.add_argument("--account", required=True)
-    add.add_argument("--usd", required=True, type=_positive_usd, metavar="AMOUNT", help="e.g. 25 or 12.50")
+    add.add_argument("--usd", required=True, type=positive_usd, metavar="AMOUNT", help="e.g. 25 or 12.50")
     add.add_argument("--note", default="")
     add.set_defaults(func=_run(_credits_add))
     show = credits.add_parser("show", parents=[common], help="balance and held credit of an account")
@@ -194,16 +194,6 @@ def _add_money_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     models = sub.add_parser("models", parents=[common], help="the price list as served at /models")
     models.add_argument("--json", action="store_true")
     models.set_defaults(func=_models)
-
-
-def _positive_usd(text: str) -> int:
-    try:
-        amount = parse_usd(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    if amount <= 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
-    return amount
 
 
 async def _credits_add(store: Store, args: argparse.Namespace) -> int:

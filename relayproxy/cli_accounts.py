@@ -25,7 +25,7 @@ from relayproxy.store.backends import open_store_for
 from relayproxy.store.facade import Store
 from relayproxy.store.passwords import hash_password
 
-__all__ = ["add_key_commands", "add_user_commands", "emit", "out"]
+__all__ = ["add_key_commands", "add_user_commands", "emit", "out", "positive_usd"]
 
 Command = Callable[[Config, Store, argparse.Namespace], Awaitable[int]]
 
@@ -70,7 +70,8 @@ def _run(fn: Command) -> Callable[[Config, argparse.Namespace], int]:
 # -- keys -------------------------------------------------------------------------------------------
 
 
-def _limit_usd(text: str) -> int:
+def positive_usd(text: str) -> int:
+    """An argparse type: a USD amount above 0, in micro-USD."""
     try:
         amount = parse_usd(text)
     except ValueError as exc:
@@ -103,7 +104,7 @@ def add_key_commands(keys: Any, common: argparse.ArgumentParser) -> None:
     create = keys.add_parser("create", parents=[common], help="create a key (and the account if missing)")
     create.add_argument("--account", required=True)
     create.add_argument("--label", default="")
-    create.add_argument("--limit-usd", type=_limit_usd, metavar="N", help="the key's own spend limit in USD")
+    create.add_argument("--limit-usd", type=positive_usd, metavar="N", help="the key's own spend limit in USD")
     create.add_argument("--expires", type=_expires, metavar="YYYY-MM-DD", help="valid through that UTC day")
     create.add_argument("--models", type=_models, metavar="a,b,...", help="the only models the key may use")
     create.set_defaults(func=_run(_keys_create))
