@@ -34,10 +34,10 @@ if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):  # .ci/run installs them
     pytest.skip("needs Debian's chromium and chromium-driver", allow_module_level=True)
 
 from selenium import webdriver  # noqa: E402 - only once the browser is known to be there
+from selenium.common.exceptions import WebDriverException  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.remote.webelement import WebElement  # noqa: E402
-from selenium.webdriver.support.expected_conditions import staleness_of  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 
@@ -82,9 +82,18 @@ def button(driver: webdriver.Chrome | WebElement, name: str) -> WebElement:
 
 def submit(driver: webdriver.Chrome, name: str, scope: WebElement | None = None) -> None:
     """Click the form's button ``name`` and wait until the next page has replaced this one."""
-    page = driver.find_element(By.TAG_NAME, "html")
+    # A mark on this document, gone once another one has loaded. (Waiting for the old <html> to go
+    # stale is not enough: mid-navigation Chromium may answer "Node with given id does not belong
+    # to the document" instead of a stale-element error.)
+    driver.execute_script("document.documentElement.dataset.leaving = '1'")
     button(scope or driver, name).click()
-    WebDriverWait(driver, 15).until(staleness_of(page))
+    WebDriverWait(driver, 15, ignored_exceptions=(WebDriverException,)).until(_next_page_loaded)
+
+
+def _next_page_loaded(driver: webdriver.Chrome) -> bool:
+    return bool(
+        driver.execute_script("return document.readyState === 'complete' && !document.documentElement.dataset.leaving")
+    )
 
 
 _UNLABELLED = """
