@@ -21,12 +21,12 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeAlias, TypeVar
 
 import aiosqlite
 
@@ -35,9 +35,9 @@ from relayproxy.errors import StoreError
 from relayproxy.records import KeyInfo, Principal, UsageRecord
 from relayproxy.store import ledger, schema
 from relayproxy.store.admission import PRINCIPAL_COLUMNS, Admission, admission, judge, principal_of
-from relayproxy.store.group_commit import GroupCommit, SyncDb, drive, sync_op
+from relayproxy.store.group_commit import GroupCommit, Op
 
-__all__ = ["KEY_COLUMNS", "Admission", "Booking", "Store", "utc_iso", "utc_now"]
+__all__ = ["KEY_COLUMNS", "Admission", "Booking", "Outcome", "Statement", "Store", "utc_iso", "utc_now"]
 
 T = TypeVar("T")
 
@@ -47,6 +47,17 @@ KEY_COLUMNS = (
     "k.id, k.prefix, k.label, a.name, k.created_at, k.revoked_at,"
     " k.spend_limit_microusd, k.expires, k.models, k.spend_microusd, k.last_used_at"
 )
+
+#: One statement of ``Store.transaction``: portable SQL with ``?`` placeholders, and its parameters.
+Statement: TypeAlias = tuple[str, tuple[Any, ...]]
+
+
+class Outcome(NamedTuple):
+    """What one statement of ``Store.transaction`` did: its rows ([] for most writes) and how many
+    rows it changed (-1 for a query)."""
+
+    rows: list[Any]
+    rowcount: int
 
 
 def utc_now() -> str:
@@ -109,20 +120,19 @@ class Store:
             return False
         return True
 
-    async def _write(self, txn: Callable[[aiosqlite.Connection], Coroutine[Any, Any, T]], *, durable: bool = True) -> T:
-        """Run ``txn`` (written against aiosqlite's ``execute``, as the ledger is) as one write
+    async def _write(self, txn: Op[T], *, durable: bool = True) -> T:
+        """Run ``txn`` (a function of the ``sqlite3.Connection``, as the ledger's are) as one write
         transaction on the database thread, committed with its batch; durable = fsynced (FULL)."""
-        return await self._commits.run(sync_op(txn), durable=durable)  # type: ignore[arg-type]
+        return await self._commits.run(txn, durable=durable)
 
-    async def _read(self, txn: Callable[[aiosqlite.Connection], Coroutine[Any, Any, T]]) -> T:
+    async def _read(self, txn: Op[T]) -> T:
         """Run ``txn`` as one read transaction (one consistent snapshot)."""
-        return await self._commits.run(sync_op(txn), durable=False, write=False)  # type: ignore[arg-type]
+        return await self._commits.run(txn, durable=False, write=False)
 
-    async def transaction(
-        self, txn: Callable[[aiosqlite.Connection], Coroutine[Any, Any, T]], *, durable: bool = True
-    ) -> T:
-        """``_write`` for the store's other modules (accounts.py): one write transaction."""
-        return await self._write(txn, durable=durable)
+    async def transaction(self, statements: Sequence[Statement], *, durable: bool = True) -> list[Outcome]:
+        """For the store's other modules (accounts.py): ``statements`` (portable SQL with ``?``
+        placeholders) run in order as one write transaction; one ``Outcome`` per statement."""
+        return await self._write(partial(_run_statements, statements), durable=durable)
 
     async def query(self, sql: str, args: Iterable[Any] = ()) -> list[Any]:
         """All rows of one read-only statement."""
@@ -158,9 +168,9 @@ class Store:
         created = utc_now()
         allowed = None if models is None else ",".join(models)
 
-        async def txn(db: aiosqlite.Connection) -> None:
-            account_id = await _ensure_account(db, account)
-            await db.execute(
+        def txn(db: sqlite3.Connection) -> None:
+            account_id = _ensure_account(db, account)
+            db.execute(
                 "INSERT INTO api_keys(id, account_id, prefix, hash, label, created_at,"
                 " spend_limit_microusd, expires, models) VALUES (?,?,?,?,?,?,?,?,?)",
                 (key_id, account_id, prefix, key_hash, label, created, spend_limit_microusd, expires, allowed),
@@ -181,8 +191,8 @@ class Store:
     async def revoke_key(self, key_id: str) -> bool:
         """Revoke a key; False when no active key has that id."""
 
-        async def txn(db: aiosqlite.Connection) -> bool:
-            cur = await db.execute(
+        def txn(db: sqlite3.Connection) -> bool:
+            cur = db.execute(
                 "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (utc_now(), key_id)
             )
             return bool(cur.rowcount == 1)
@@ -223,9 +233,7 @@ class Store:
             if found is not None:
                 return found
             assert principal is not None and hold_microusd is not None
-            held = drive(
-                ledger.hold(SyncDb(conn), principal.account_id, request_id, hold_microusd, owner, now, principal.key_id)  # type: ignore[arg-type]
-            )
+            held = ledger.hold(conn, principal.account_id, request_id, hold_microusd, owner, now, principal.key_id)
             return admission(principal, held)
 
         # Not fsynced on its own, like ``hold``: the next durable commit's sync flushes it. Nor
@@ -282,7 +290,7 @@ class Store:
         startup sweep releases it: a request is then never charged, never charged twice.
         """
         now = utc_now()
-        return self._commits.post(sync_op(lambda db: _settle_txn(db, rec, charge_microusd, now)), durable=True)  # type: ignore[arg-type]
+        return self._commits.post(lambda db: _settle_txn(db, rec, charge_microusd, now), durable=True)
 
     async def settle(self, rec: UsageRecord, charge_microusd: int) -> int:
         """In one transaction: charge min(charge, hold), release the rest, insert the usage record.
@@ -299,8 +307,8 @@ class Store:
         """Release a request's open hold in full without recording usage; returns the amount."""
         now = utc_now()
 
-        async def txn(db: aiosqlite.Connection) -> int:
-            return await ledger.release(db, request_id, now) or 0
+        def txn(db: sqlite3.Connection) -> int:
+            return ledger.release(db, request_id, now) or 0
 
         return await self._write(txn)
 
@@ -311,10 +319,10 @@ class Store:
         orphans = await self._read(lambda db: ledger.orphan_holds(db, self._owner, stale))
         now = utc_now()
 
-        async def txn(db: aiosqlite.Connection) -> int:
+        def txn(db: sqlite3.Connection) -> int:
             released = 0
             for request_id in orphans:  # a concurrent sweep already released some: no-ops then
-                released += await ledger.release(db, request_id, now) is not None
+                released += ledger.release(db, request_id, now) is not None
             return released
 
         return await self._write(txn) if orphans else 0
@@ -327,9 +335,9 @@ class Store:
             raise ValueError(f"a grant must be positive, got {amount_microusd} micro-USD")
         now = utc_now()
 
-        async def txn(db: aiosqlite.Connection) -> int:
-            account_id = await _ensure_account(db, account)
-            return await ledger.grant(db, account_id, amount_microusd, note, now)
+        def txn(db: sqlite3.Connection) -> int:
+            account_id = _ensure_account(db, account)
+            return ledger.grant(db, account_id, amount_microusd, note, now)
 
         return await self._write(txn)
 
@@ -403,23 +411,19 @@ def _principal(conn: sqlite3.Connection, key_hash: bytes, aborts_since: str | No
     return None if row is None else principal_of(row[:-1], key_hash, int(row[-1]))
 
 
-async def _settle_txn(db: aiosqlite.Connection, rec: UsageRecord, charge: int, now: str) -> int:
-    async with db.execute("SELECT cost_microusd FROM usage WHERE request_id = ?", (rec.request_id,)) as cur:
-        done = await cur.fetchone()
+def _settle_txn(db: sqlite3.Connection, rec: UsageRecord, charge: int, now: str) -> int:
+    done = db.execute("SELECT cost_microusd FROM usage WHERE request_id = ?", (rec.request_id,)).fetchone()
     if done is not None:  # a replay; a hold left open by a bare record_usage is freed, never billed
-        await ledger.release(db, rec.request_id, now)
+        ledger.release(db, rec.request_id, now)
         return int(done[0])
-    charged = await ledger.settle_hold(db, rec.request_id, charge, now)
-    await _insert_usage(db, as_charged(rec, charge, charged))
+    charged = ledger.settle_hold(db, rec.request_id, charge, now)
+    _insert_usage(db, as_charged(rec, charge, charged))
     return charged or 0
 
 
-async def _ensure_account(db: aiosqlite.Connection, name: str) -> int:
-    await db.execute(
-        "INSERT INTO accounts(name, created_at) VALUES (?, ?) ON CONFLICT(name) DO NOTHING", (name, utc_now())
-    )
-    async with db.execute("SELECT id FROM accounts WHERE name = ?", (name,)) as cur:
-        row = await cur.fetchone()
+def _ensure_account(db: sqlite3.Connection, name: str) -> int:
+    db.execute("INSERT INTO accounts(name, created_at) VALUES (?, ?) ON CONFLICT(name) DO NOTHING", (name, utc_now()))
+    row = db.execute("SELECT id FROM accounts WHERE name = ?", (name,)).fetchone()
     assert row is not None
     return int(row[0])
 
@@ -427,8 +431,16 @@ async def _ensure_account(db: aiosqlite.Connection, name: str) -> int:
 _INSERT_USAGE = f"INSERT INTO usage({','.join(_USAGE_FIELDS)}) VALUES ({','.join('?' * len(_USAGE_FIELDS))})"
 
 
-async def _insert_usage(db: aiosqlite.Connection, rec: UsageRecord) -> None:
-    await db.execute(_INSERT_USAGE, [getattr(rec, f) for f in _USAGE_FIELDS])
+def _insert_usage(db: sqlite3.Connection, rec: UsageRecord) -> None:
+    db.execute(_INSERT_USAGE, [getattr(rec, f) for f in _USAGE_FIELDS])
+
+
+def _run_statements(statements: Sequence[Statement], conn: sqlite3.Connection) -> list[Outcome]:
+    outcomes = []
+    for sql, params in statements:
+        cur = conn.execute(sql, params)
+        outcomes.append(Outcome(cur.fetchall(), cur.rowcount))
+    return outcomes
 
 
 def as_charged(rec: UsageRecord, asked: int, charged: int | None) -> UsageRecord:

@@ -32,7 +32,7 @@ import contextlib
 import logging
 import os
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeAlias, TypeVar
@@ -45,10 +45,10 @@ from relayproxy.records import KeyInfo, Principal, UsageRecord
 from relayproxy.store import pg_ledger as q
 from relayproxy.store import pg_schema
 from relayproxy.store.admission import Admission, admission, judge
-from relayproxy.store.facade import KEY_COLUMNS, Store, utc_now
+from relayproxy.store.facade import KEY_COLUMNS, Outcome, Statement, Store, utc_now
 from relayproxy.store.ledger import HELD
 from relayproxy.store.pg_outage import Backlog, Parked
-from relayproxy.store.pg_qmark import QmarkConnection, to_dollar
+from relayproxy.store.pg_qmark import run_statements, to_dollar
 from relayproxy.store.pg_upkeep import SETTLE_PIPELINE, Upkeep
 
 __all__ = ["PgStore"]
@@ -197,10 +197,10 @@ class PgStore(Upkeep, Store):
     async def _all(self, sql: str, args: Any = ()) -> list[Any]:
         return await self._run(lambda c: c.fetch(sql, *args))
 
-    async def transaction(self, txn: Callable[[Any], Awaitable[T]], *, durable: bool = True) -> T:
-        """``Store.transaction`` for the store's other modules (accounts.py): ``txn``, written for
-        SQLite's driver, as one PostgreSQL transaction through pg_qmark.py's seam."""
-        return await self._money(lambda c: txn(QmarkConnection(c)))
+    async def transaction(self, statements: Sequence[Statement], *, durable: bool = True) -> list[Outcome]:
+        """``Store.transaction`` for the store's other modules (accounts.py): the portable
+        statements as one PostgreSQL transaction (pg_qmark.py numbers their placeholders)."""
+        return await self._money(lambda c: run_statements(c, statements))
 
     async def query(self, sql: str, args: Any = ()) -> list[Any]:
         """All rows of one read-only statement written with ``?`` placeholders."""
