@@ -59,8 +59,9 @@ class KeyInfo:
     last_used_at: str | None = None
 
     @classmethod
-    def from_row(cls, row: tuple[object, ...]) -> KeyInfo:
-        """From the store's columns (``KEY_COLUMNS`` order), ``models`` as comma-separated text."""
+    def from_row(cls, row: tuple[Any, ...]) -> KeyInfo:
+        """From the store's columns (``KEY_COLUMNS`` order, as the database driver gives them: untyped),
+        ``models`` as comma-separated text."""
         kid, prefix, label, account, created, revoked, limit, expires, models, spend, last_used = row
         return cls(
             str(kid),
@@ -69,10 +70,10 @@ class KeyInfo:
             str(account),
             str(created),
             None if revoked is None else str(revoked),
-            None if limit is None else int(limit),  # type: ignore[call-overload]
+            None if limit is None else int(limit),
             None if expires is None else str(expires),
             allowed_models(models),
-            int(spend),  # type: ignore[call-overload]
+            int(spend),
             None if last_used is None else str(last_used),
         )
 

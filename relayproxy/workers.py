@@ -42,6 +42,8 @@ import tomllib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
+from typing import Any, TypeAlias
 
 from relayproxy.app import CLEANUP_GRACE_S, CONTROL_DRAIN, CONTROL_STOP, prepare_service, run, run_gateway
 from relayproxy.config.settings import Config, ConfigError, parse_config
@@ -56,6 +58,8 @@ LOG_FORMAT = "%(asctime)s %(levelname)s [{who}] %(message)s"
 _BACKLOG = 1024
 _STOP_MARGIN_S = 15.0  # beyond drain_s: cleanups, closing the store, interpreter exit
 _HEADER = struct.Struct("!I")
+_HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD)
+_Handler: TypeAlias = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None  # signal.signal's
 # The worker's first lines: the parent's sys.path makes the child import the very same code (a
 # venv, an editable checkout, or the extracted zipapp; `-I` ignores PYTHONPATH and user sites).
 _BOOT = (
@@ -272,23 +276,19 @@ class Supervisor:
 
     # -- signals ------------------------------------------------------------------------------
 
-    def _install_signals(self) -> dict[int, object]:
+    def _install_signals(self) -> tuple[int, dict[signal.Signals, _Handler]]:
         """Signals wake select() through a pipe (``set_wakeup_fd``), SIGCHLD included."""
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
-        previous: dict[int, object] = {-1: signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)}
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
-            previous[sig] = signal.signal(sig, _ignore_signal)
-        return previous
+        wakeup_fd = signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        return wakeup_fd, {sig: signal.signal(sig, _ignore_signal) for sig in _HANDLED}
 
-    def _restore_signals(self, previous: dict[int, object]) -> None:
-        for sig, handler in previous.items():
-            if sig == -1:
-                assert isinstance(handler, int)
-                signal.set_wakeup_fd(handler)
-            else:
-                signal.signal(sig, handler)  # type: ignore[arg-type]
+    def _restore_signals(self, previous: tuple[int, dict[signal.Signals, _Handler]]) -> None:
+        wakeup_fd, handlers = previous
+        signal.set_wakeup_fd(wakeup_fd)
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
         os.close(self._wake_r)
         os.close(self._wake_w)
 

@@ -1,4 +1,4 @@
 """Configuration: ``config.toml`` read once into frozen dataclasses (``settings``), and the
 secrets it names read from the environment or systemd credentials (``credentials``). Errors name
-the offending TOML key path. Imports only the standard library.
+the offending TOML key path (the typed getters in ``_tables``). Imports only the standard library.
 """

@@ -23,20 +23,15 @@ from relayproxy.server.limits import (
     describe_malformed,
     split_target,
 )
-from relayproxy.server.writer import ClientGone, ResponseWriter, h11_bytes, render_whole
+from relayproxy.server.writer import ClientGone, ResponseWriter, h11_bytes, render_whole, should_keep_alive
 
-__all__ = ["ClientConnection", "should_keep_alive"]
+__all__ = ["ClientConnection"]
 
 _log = logging.getLogger("relayproxy.server")
 
 _READ_HIGH_WATER = 64 * 1024  # pipelined bytes buffered while a response is in progress
 _CHUNKED_PIECE = 16 * 1024
 _INTERNAL_ERROR = "The server failed while answering this request."
-
-
-def should_keep_alive(h11_state: object, draining: bool) -> bool:
-    """After a response: reuse the connection only if h11 agrees and the server is not draining."""
-    return h11_state is h11.DONE and not draining
 
 
 class ClientConnection(asyncio.Protocol):

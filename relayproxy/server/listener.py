@@ -27,9 +27,10 @@ from typing import Any
 
 from relayproxy.errors import SERVER_ERRORS
 from relayproxy.http_types import HttpRequest, HttpResponse
-from relayproxy.server.connection import ClientConnection, should_keep_alive
+from relayproxy.server.connection import ClientConnection
 from relayproxy.server.host import Connection, ConnState
 from relayproxy.server.limits import ServerLimits
+from relayproxy.server.writer import should_keep_alive
 
 __all__ = [
     "ConnState",

@@ -16,7 +16,7 @@ import h11
 from relayproxy.http_types import HttpRequest, HttpResponse, header
 from relayproxy.server.limits import body_allowed
 
-__all__ = ["ClientGone", "ResponseWriter", "frame_chunk", "render_whole"]
+__all__ = ["ClientGone", "ResponseWriter", "frame_chunk", "render_whole", "should_keep_alive"]
 
 _CLOSE = (b"connection", b"close")
 _REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
@@ -24,6 +24,11 @@ _REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
 
 class ClientGone(Exception):
     """The client cannot be written to any more (closed, reset, or stalled past the limit)."""
+
+
+def should_keep_alive(h11_state: object, draining: bool) -> bool:
+    """After a response: reuse the connection only if h11 agrees and the server is not draining."""
+    return h11_state is h11.DONE and not draining
 
 
 def frame_chunk(data: bytes) -> bytes:

@@ -6,6 +6,7 @@ with "database is locked" under concurrency). Each store call is one transaction
 the database thread and committed in a group with the others in flight (group_commit.py).
 ``sqlite3.Error`` never leaves this module: it becomes ``StoreError``. The ledger's SQL lives in
 ``ledger.py``; its rules (guarded holds, one transaction per money movement) are described there.
+The store's other transactions are in ``sqlite_txn.py``, what both backends share in ``common.py``.
 
 Orphan holds. A hold records its owner: the pid, the kernel's start time of that process (so a
 recycled pid is not mistaken for the owner) and a ``boot`` id fresh per ``Store.open``. At
@@ -20,11 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import time
-from collections.abc import Callable, Coroutine, Iterable
-from dataclasses import replace
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
-from functools import lru_cache
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -33,37 +32,14 @@ import aiosqlite
 from relayproxy.billing.pricing import Booking
 from relayproxy.errors import StoreError
 from relayproxy.records import KeyInfo, Principal, UsageRecord
-from relayproxy.store import ledger, schema
-from relayproxy.store.admission import PRINCIPAL_COLUMNS, Admission, admission, judge, principal_of
-from relayproxy.store.group_commit import GroupCommit, SyncDb, drive, sync_op
+from relayproxy.store import ledger, schema, sqlite_txn
+from relayproxy.store.admission import Admission, admission, judge
+from relayproxy.store.common import KEY_COLUMNS, Outcome, Statement, utc_iso, utc_now
+from relayproxy.store.group_commit import GroupCommit, Op
 
-__all__ = ["KEY_COLUMNS", "Admission", "Booking", "Store", "utc_iso", "utc_now"]
+__all__ = ["KEY_COLUMNS", "Admission", "Booking", "Outcome", "Statement", "Store", "utc_iso", "utc_now"]
 
 T = TypeVar("T")
-
-_USAGE_FIELDS = tuple(f for f in UsageRecord.__dataclass_fields__)
-#: A key's columns as ``KeyInfo.from_row`` reads them (``k``: api_keys, ``a``: accounts).
-KEY_COLUMNS = (
-    "k.id, k.prefix, k.label, a.name, k.created_at, k.revoked_at,"
-    " k.spend_limit_microusd, k.expires, k.models, k.spend_microusd, k.last_used_at"
-)
-
-
-def utc_now() -> str:
-    """ISO-8601 UTC with milliseconds, e.g. 2026-11-23T10:00:00.123Z (the same as
-    ``utc_iso(datetime.now(UTC))``; the text up to the second is formatted once per second)."""
-    second, ms = divmod(time.time_ns() // 1_000_000, 1000)
-    return f"{_second_text(second)}.{ms:03d}Z"
-
-
-@lru_cache(maxsize=1)  # a pure function of its argument; strftime costs more than the whole rest
-def _second_text(second: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-
-
-def utc_iso(moment: datetime) -> str:
-    """``moment`` in the store's timestamp format (comparable as text), e.g. for ``recent_aborts``."""
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class Store:
@@ -109,20 +85,19 @@ class Store:
             return False
         return True
 
-    async def _write(self, txn: Callable[[aiosqlite.Connection], Coroutine[Any, Any, T]], *, durable: bool = True) -> T:
-        """Run ``txn`` (written against aiosqlite's ``execute``, as the ledger is) as one write
+    async def _write(self, txn: Op[T], *, durable: bool = True) -> T:
+        """Run ``txn`` (a function of the ``sqlite3.Connection``, as the ledger's are) as one write
         transaction on the database thread, committed with its batch; durable = fsynced (FULL)."""
-        return await self._commits.run(sync_op(txn), durable=durable)  # type: ignore[arg-type]
+        return await self._commits.run(txn, durable=durable)
 
-    async def _read(self, txn: Callable[[aiosqlite.Connection], Coroutine[Any, Any, T]]) -> T:
+    async def _read(self, txn: Op[T]) -> T:
         """Run ``txn`` as one read transaction (one consistent snapshot)."""
-        return await self._commits.run(sync_op(txn), durable=False, write=False)  # type: ignore[arg-type]
+        return await self._commits.run(txn, durable=False, write=False)
 
-    async def transaction(
-        self, txn: Callable[[aiosqlite.Connection], Coroutine[Any, Any, T]], *, durable: bool = True
-    ) -> T:
-        """``_write`` for the store's other modules (accounts.py): one write transaction."""
-        return await self._write(txn, durable=durable)
+    async def transaction(self, statements: Sequence[Statement], *, durable: bool = True) -> list[Outcome]:
+        """For the store's other modules (accounts.py): ``statements`` (portable SQL with ``?``
+        placeholders) run in order as one write transaction; one ``Outcome`` per statement."""
+        return await self._write(partial(sqlite_txn.run_statements, statements), durable=durable)
 
     async def query(self, sql: str, args: Iterable[Any] = ()) -> list[Any]:
         """All rows of one read-only statement."""
@@ -140,7 +115,7 @@ class Store:
 
     async def ensure_account(self, name: str) -> int:
         """The id of account ``name``, created if missing."""
-        return await self._write(lambda db: _ensure_account(db, name))
+        return await self._write(lambda db: sqlite_txn.ensure_account(db, name))
 
     async def add_key(
         self,
@@ -158,9 +133,9 @@ class Store:
         created = utc_now()
         allowed = None if models is None else ",".join(models)
 
-        async def txn(db: aiosqlite.Connection) -> None:
-            account_id = await _ensure_account(db, account)
-            await db.execute(
+        def txn(db: sqlite3.Connection) -> None:
+            account_id = sqlite_txn.ensure_account(db, account)
+            db.execute(
                 "INSERT INTO api_keys(id, account_id, prefix, hash, label, created_at,"
                 " spend_limit_microusd, expires, models) VALUES (?,?,?,?,?,?,?,?,?)",
                 (key_id, account_id, prefix, key_hash, label, created, spend_limit_microusd, expires, allowed),
@@ -181,8 +156,8 @@ class Store:
     async def revoke_key(self, key_id: str) -> bool:
         """Revoke a key; False when no active key has that id."""
 
-        async def txn(db: aiosqlite.Connection) -> bool:
-            cur = await db.execute(
+        def txn(db: sqlite3.Connection) -> bool:
+            cur = db.execute(
                 "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (utc_now(), key_id)
             )
             return bool(cur.rowcount == 1)
@@ -196,7 +171,7 @@ class Store:
         requests since then (``Principal.recent_aborts``): one database trip instead of two.
         """
         return await self._commits.run(
-            lambda conn: _principal(conn, key_hash, aborts_since), durable=False, write=False
+            lambda conn: sqlite_txn.principal(conn, key_hash, aborts_since), durable=False, write=False
         )
 
     async def admit(
@@ -218,14 +193,12 @@ class Store:
         now, owner = utc_now(), self._owner
 
         def txn(conn: sqlite3.Connection) -> Admission:
-            principal = _principal(conn, key_hash, aborts_since if abort_cap > 0 else None)
+            principal = sqlite_txn.principal(conn, key_hash, aborts_since if abort_cap > 0 else None)
             found = judge(principal, hold_microusd, abort_cap, model, now)
             if found is not None:
                 return found
             assert principal is not None and hold_microusd is not None
-            held = drive(
-                ledger.hold(SyncDb(conn), principal.account_id, request_id, hold_microusd, owner, now, principal.key_id)  # type: ignore[arg-type]
-            )
+            held = ledger.hold(conn, principal.account_id, request_id, hold_microusd, owner, now, principal.key_id)
             return admission(principal, held)
 
         # Not fsynced on its own, like ``hold``: the next durable commit's sync flushes it. Nor
@@ -235,21 +208,23 @@ class Store:
     # -- usage ------------------------------------------------------------------------------------
 
     async def record_usage(self, rec: UsageRecord) -> None:
-        await self._write(lambda db: _insert_usage(db, rec))
+        await self._write(lambda db: sqlite_txn.insert_usage(db, rec))
 
     async def list_usage(self, account: str | None = None, limit: int = 50) -> list[UsageRecord]:
-        cols = ",".join(_USAGE_FIELDS)
+        cols = ",".join(sqlite_txn.USAGE_FIELDS)
         if account:
             rows = await self._all(
                 f"SELECT {cols} FROM usage WHERE account = ? ORDER BY seq DESC LIMIT ?", (account, limit)
             )
         else:
             rows = await self._all(f"SELECT {cols} FROM usage ORDER BY seq DESC LIMIT ?", (limit,))
-        return [_usage_row(row) for row in rows]
+        return [sqlite_txn.usage_row(row) for row in rows]
 
     async def get_usage(self, request_id: str) -> UsageRecord | None:
-        rows = await self._all(f"SELECT {','.join(_USAGE_FIELDS)} FROM usage WHERE request_id = ?", (request_id,))
-        return _usage_row(rows[0]) if rows else None
+        rows = await self._all(
+            f"SELECT {','.join(sqlite_txn.USAGE_FIELDS)} FROM usage WHERE request_id = ?", (request_id,)
+        )
+        return sqlite_txn.usage_row(rows[0]) if rows else None
 
     async def recent_aborts(self, key_id: str, since_iso: str) -> int:
         """How many of the key's requests ended ``client_disconnected`` since ``since_iso`` (utc_iso)."""
@@ -282,7 +257,7 @@ class Store:
         startup sweep releases it: a request is then never charged, never charged twice.
         """
         now = utc_now()
-        return self._commits.post(sync_op(lambda db: _settle_txn(db, rec, charge_microusd, now)), durable=True)  # type: ignore[arg-type]
+        return self._commits.post(lambda db: sqlite_txn.settle_txn(db, rec, charge_microusd, now), durable=True)
 
     async def settle(self, rec: UsageRecord, charge_microusd: int) -> int:
         """In one transaction: charge min(charge, hold), release the rest, insert the usage record.
@@ -293,14 +268,14 @@ class Store:
         ``billed`` follows it (and ``reason`` becomes ``no_hold`` if there was no hold at all).
         """
         now = utc_now()
-        return await self._write(lambda db: _settle_txn(db, rec, charge_microusd, now))
+        return await self._write(lambda db: sqlite_txn.settle_txn(db, rec, charge_microusd, now))
 
     async def release(self, request_id: str) -> int:
         """Release a request's open hold in full without recording usage; returns the amount."""
         now = utc_now()
 
-        async def txn(db: aiosqlite.Connection) -> int:
-            return await ledger.release(db, request_id, now) or 0
+        def txn(db: sqlite3.Connection) -> int:
+            return ledger.release(db, request_id, now) or 0
 
         return await self._write(txn)
 
@@ -311,10 +286,10 @@ class Store:
         orphans = await self._read(lambda db: ledger.orphan_holds(db, self._owner, stale))
         now = utc_now()
 
-        async def txn(db: aiosqlite.Connection) -> int:
+        def txn(db: sqlite3.Connection) -> int:
             released = 0
             for request_id in orphans:  # a concurrent sweep already released some: no-ops then
-                released += await ledger.release(db, request_id, now) is not None
+                released += ledger.release(db, request_id, now) is not None
             return released
 
         return await self._write(txn) if orphans else 0
@@ -327,9 +302,9 @@ class Store:
             raise ValueError(f"a grant must be positive, got {amount_microusd} micro-USD")
         now = utc_now()
 
-        async def txn(db: aiosqlite.Connection) -> int:
-            account_id = await _ensure_account(db, account)
-            return await ledger.grant(db, account_id, amount_microusd, note, now)
+        def txn(db: sqlite3.Connection) -> int:
+            account_id = sqlite_txn.ensure_account(db, account)
+            return ledger.grant(db, account_id, amount_microusd, note, now)
 
         return await self._write(txn)
 
@@ -391,56 +366,3 @@ class Store:
         sql = f"INSERT INTO {table}({','.join(columns)}) VALUES ({','.join('?' * len(columns))})"
 
         await self._commits.run(lambda conn: conn.executemany(sql, rows), durable=True)
-
-
-def _principal(conn: sqlite3.Connection, key_hash: bytes, aborts_since: str | None) -> Principal | None:
-    row = conn.execute(
-        f"SELECT {PRINCIPAL_COLUMNS}, (SELECT COUNT(*) FROM usage u"
-        " WHERE u.key_id = k.id AND u.created_at >= ? AND u.outcome = 'client_disconnected')"
-        " FROM api_keys k JOIN accounts a ON a.id = k.account_id WHERE k.hash = ?",
-        (aborts_since or "9999", key_hash),
-    ).fetchone()
-    return None if row is None else principal_of(row[:-1], key_hash, int(row[-1]))
-
-
-async def _settle_txn(db: aiosqlite.Connection, rec: UsageRecord, charge: int, now: str) -> int:
-    async with db.execute("SELECT cost_microusd FROM usage WHERE request_id = ?", (rec.request_id,)) as cur:
-        done = await cur.fetchone()
-    if done is not None:  # a replay; a hold left open by a bare record_usage is freed, never billed
-        await ledger.release(db, rec.request_id, now)
-        return int(done[0])
-    charged = await ledger.settle_hold(db, rec.request_id, charge, now)
-    await _insert_usage(db, as_charged(rec, charge, charged))
-    return charged or 0
-
-
-async def _ensure_account(db: aiosqlite.Connection, name: str) -> int:
-    await db.execute(
-        "INSERT INTO accounts(name, created_at) VALUES (?, ?) ON CONFLICT(name) DO NOTHING", (name, utc_now())
-    )
-    async with db.execute("SELECT id FROM accounts WHERE name = ?", (name,)) as cur:
-        row = await cur.fetchone()
-    assert row is not None
-    return int(row[0])
-
-
-_INSERT_USAGE = f"INSERT INTO usage({','.join(_USAGE_FIELDS)}) VALUES ({','.join('?' * len(_USAGE_FIELDS))})"
-
-
-async def _insert_usage(db: aiosqlite.Connection, rec: UsageRecord) -> None:
-    await db.execute(_INSERT_USAGE, [getattr(rec, f) for f in _USAGE_FIELDS])
-
-
-def as_charged(rec: UsageRecord, asked: int, charged: int | None) -> UsageRecord:
-    """The record as stored: its cost is what was really charged."""
-    got = charged or 0
-    if got == asked:
-        return rec if rec.cost_microusd == got else replace(rec, cost_microusd=got)
-    return replace(rec, cost_microusd=got, billed=got > 0, reason=rec.reason if charged is not None else "no_hold")
-
-
-def _usage_row(row: Any) -> UsageRecord:
-    rec = UsageRecord(*row)
-    rec.stream = bool(rec.stream)
-    rec.billed = bool(rec.billed)
-    return rec

@@ -30,8 +30,7 @@ as before, just out of its way.
 
 Ops run in the order they were submitted, so a caller reads its own writes: a read submitted after
 a write (even one nobody awaited) sees it. Ops must be short and must not wait on the event loop:
-they are ordinary functions, or ledger coroutines driven to their end by ``drive`` over ``SyncDb``
-(aiosqlite's ``execute`` shape over the plain connection).
+they are plain functions of the ``sqlite3.Connection`` (the ledger's, ledger.py, among them).
 """
 
 from __future__ import annotations
@@ -39,7 +38,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-from collections.abc import Callable, Coroutine, Generator, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Generic, TypeVar
@@ -49,7 +48,7 @@ import aiosqlite
 from relayproxy.errors import StoreError
 from relayproxy.store._aiosqlite_adapter import plain_connection, queue_on_thread
 
-__all__ = ["GroupCommit", "Op", "SyncDb", "drive", "sync_op"]
+__all__ = ["GroupCommit", "Op"]
 
 T = TypeVar("T")
 log = logging.getLogger("relayproxy.store")
@@ -305,70 +304,3 @@ def _as_store_error(exc: Exception, what: str) -> Exception:
     if isinstance(exc, sqlite3.Error):
         return StoreError(f"database {what} failed: {exc}")
     return exc
-
-
-# -- aiosqlite's execute shape over the plain connection, for ledger coroutines ---------------------
-
-
-class _SyncCursor:
-    """The part of aiosqlite's Cursor the ledger code uses, over a sqlite3 cursor."""
-
-    def __init__(self, cur: sqlite3.Cursor) -> None:
-        self._cur = cur
-        self.rowcount = cur.rowcount
-        self.lastrowid = cur.lastrowid
-
-    async def fetchone(self) -> Any:
-        return self._cur.fetchone()
-
-    async def fetchall(self) -> list[Any]:
-        return self._cur.fetchall()
-
-    async def __aenter__(self) -> _SyncCursor:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self._cur.close()
-
-
-class _SyncCall:
-    """``db.execute(...)``: both awaitable and an async context manager, completing at once."""
-
-    def __init__(self, cur: _SyncCursor) -> None:
-        self._cur = cur
-
-    def __await__(self) -> Generator[Any, None, _SyncCursor]:
-        yield from ()  # a generator that never suspends
-        return self._cur
-
-    async def __aenter__(self) -> _SyncCursor:
-        return self._cur
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self._cur.__aexit__()
-
-
-class SyncDb:
-    """aiosqlite's ``execute`` over the plain connection, for code on the database thread."""
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self._conn = conn
-
-    def execute(self, sql: str, args: Iterable[Any] = ()) -> _SyncCall:
-        return _SyncCall(_SyncCursor(self._conn.execute(sql, tuple(args))))
-
-
-def sync_op(txn: Callable[[SyncDb], Coroutine[Any, Any, T]]) -> Op[T]:
-    """A transaction written against aiosqlite's ``execute`` (as the ledger is), as an ``Op``."""
-    return lambda conn: drive(txn(SyncDb(conn)))
-
-
-def drive(coro: Coroutine[Any, Any, T]) -> T:
-    """Run a coroutine that never suspends to its end, synchronously."""
-    try:
-        coro.send(None)
-    except StopIteration as done:
-        result: T = done.value
-        return result
-    coro.close()
-    raise RuntimeError("a store transaction tried to wait on the event loop")

@@ -21,21 +21,19 @@ api_keys SET held += :amount WHERE spend + held + :amount <= limit`` (the hold c
 limit); the hold row names the key, and settling it moves the charge from the key's ``held`` into
 its ``spend`` (a release only lowers ``held``). Rows are locked key, then account.
 
-The functions here run inside a transaction the caller opened (``Store._write``: BEGIN IMMEDIATE)
-and never commit. The store turns ``sqlite3.Error`` into ``StoreError``.
+The functions here are plain functions of the ``sqlite3.Connection``, run on aiosqlite's database
+thread inside a transaction the caller opened (``Store._write``, through group_commit.py: BEGIN
+IMMEDIATE); they never commit. The store turns ``sqlite3.Error`` into ``StoreError``.
 """
 
 from __future__ import annotations
 
-import os
+import sqlite3
 import uuid
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import aiosqlite
-
 from relayproxy.billing.pricing import Booking
+from relayproxy.store.owners import Owner
 
 __all__ = [
     "HELD",
@@ -94,72 +92,15 @@ _BALANCE_EFFECT = (
 _HELD_EFFECT = "CASE kind WHEN 'hold' THEN 1 WHEN 'release' THEN -1 WHEN 'charge' THEN -1 ELSE 0 END"
 
 
-# -- hold owners (for the startup sweep) ----------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Owner:
-    """Who holds a hold: a process (pid + its kernel start time, to survive pid reuse) and one
-    opened store in it (``boot``, fresh per ``Store.open``)."""
-
-    pid: int
-    start: str
-    boot: str
-
-    @classmethod
-    def current(cls) -> Owner:
-        pid = os.getpid()
-        return cls(pid, _process_start(pid), uuid.uuid4().hex)
-
-    def is_gone(self, pid: int, start: str, boot: str) -> bool:
-        """True when a hold's owner can no longer settle it: an earlier store of this very pid
-        (this process's past, or a dead process whose pid we reuse), or a process that no longer runs."""
-        if pid == self.pid:
-            return boot != self.boot
-        return not _alive(pid, start)
-
-
-def _proc_stat(pid: int) -> list[str] | None:
-    """/proc/<pid>/stat fields from the state on (Linux), or None when unavailable."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    except OSError:
-        return None
-    return fields if len(fields) > 19 else None
-
-
-def _process_start(pid: int) -> str:
-    """The process's start time in clock ticks since boot, or '' when unknown."""
-    stat = _proc_stat(pid)
-    return stat[19] if stat else ""
-
-
-def _alive(pid: int, start: str) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # exists, owned by another user
-    stat = _proc_stat(pid)
-    if stat is None:
-        return True  # no /proc: trust the signal check
-    # A zombie has finished its work; another start time means the pid was recycled.
-    return stat[0] != "Z" and (not start or stat[19] == start)
-
-
 # -- entries --------------------------------------------------------------------------------------
 
 
-async def _one(db: aiosqlite.Connection, sql: str, args: tuple[Any, ...]) -> Any:
-    async with db.execute(sql, args) as cur:
-        return await cur.fetchone()
+def _one(db: sqlite3.Connection, sql: str, args: tuple[Any, ...]) -> Any:
+    return db.execute(sql, args).fetchone()
 
 
-async def _entry(
-    db: aiosqlite.Connection,
+def _entry(
+    db: sqlite3.Connection,
     account_id: int,
     kind: str,
     amount: int,
@@ -171,7 +112,7 @@ async def _entry(
     note: str = "",
 ) -> bool:
     """Append one entry; False (and nothing written) when its business key or payment exists."""
-    cur = await db.execute(
+    cur = db.execute(
         "INSERT INTO ledger(account_id, kind, amount_microusd, business_key, request_id, payment_ref, note,"
         " created_at) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
         (account_id, kind, amount, key, request_id, payment_ref, note, now),
@@ -179,18 +120,18 @@ async def _entry(
     return cur.rowcount == 1
 
 
-async def _move(db: aiosqlite.Connection, account_id: int, balance: int, held: int) -> None:
-    await db.execute(
+def _move(db: sqlite3.Connection, account_id: int, balance: int, held: int) -> None:
+    db.execute(
         "UPDATE accounts SET balance_microusd = balance_microusd + ?, held_microusd = held_microusd + ? WHERE id = ?",
         (balance, held, account_id),
     )
 
 
-async def grant(db: aiosqlite.Connection, account_id: int, amount: int, note: str, now: str) -> int:
+def grant(db: sqlite3.Connection, account_id: int, amount: int, note: str, now: str) -> int:
     """Add operator credit; returns the new balance."""
-    await _entry(db, account_id, "grant", amount, f"grant:{uuid.uuid4()}", now, note=note)
-    await _move(db, account_id, amount, 0)
-    row = await _one(db, "SELECT balance_microusd FROM accounts WHERE id = ?", (account_id,))
+    _entry(db, account_id, "grant", amount, f"grant:{uuid.uuid4()}", now, note=note)
+    _move(db, account_id, amount, 0)
+    row = _one(db, "SELECT balance_microusd FROM accounts WHERE id = ?", (account_id,))
     return int(row[0])
 
 
@@ -204,8 +145,8 @@ KEY_HOLD_SQL = (
 )
 
 
-async def hold(
-    db: aiosqlite.Connection,
+def hold(
+    db: sqlite3.Connection,
     account_id: int,
     request_id: str,
     amount: int,
@@ -217,22 +158,22 @@ async def hold(
     credit cover it: ``HELD``, ``KEY_LIMIT`` or ``NO_CREDIT``; no credit moves unless held (a key
     its limit admits has its ``last_used_at`` set, in that same guarded statement).
     Replaying an existing hold answers whether it is still open; a request id is held at most once."""
-    if await _one(db, "SELECT 1 FROM ledger WHERE business_key = ?", (f"req:{request_id}:hold",)):
-        return HELD if await _one(db, "SELECT 1 FROM holds WHERE request_id = ?", (request_id,)) else NO_CREDIT
+    if _one(db, "SELECT 1 FROM ledger WHERE business_key = ?", (f"req:{request_id}:hold",)):
+        return HELD if _one(db, "SELECT 1 FROM holds WHERE request_id = ?", (request_id,)) else NO_CREDIT
     if key_id is not None:
-        cur = await db.execute(KEY_HOLD_SQL, (amount, now, key_id, amount))
+        cur = db.execute(KEY_HOLD_SQL, (amount, now, key_id, amount))
         if cur.rowcount != 1:
             return KEY_LIMIT
-    cur = await db.execute(
+    cur = db.execute(
         "UPDATE accounts SET held_microusd = held_microusd + ? WHERE id = ? AND balance_microusd - held_microusd >= ?",
         (amount, account_id, amount),
     )
     if cur.rowcount != 1:
         if key_id is not None:  # undo the key's share: the transaction goes on (and commits)
-            await db.execute("UPDATE api_keys SET held_microusd = held_microusd - ? WHERE id = ?", (amount, key_id))
+            db.execute("UPDATE api_keys SET held_microusd = held_microusd - ? WHERE id = ?", (amount, key_id))
         return NO_CREDIT
-    await _entry(db, account_id, "hold", amount, f"req:{request_id}:hold", now, request_id=request_id)
-    await db.execute(
+    _entry(db, account_id, "hold", amount, f"req:{request_id}:hold", now, request_id=request_id)
+    db.execute(
         "INSERT INTO holds(request_id, account_id, key_id, amount_microusd, owner_pid, owner_start, owner_boot,"
         " created_at) VALUES (?,?,?,?,?,?,?,?)",
         (request_id, account_id, key_id, amount, owner.pid, owner.start, owner.boot, now),
@@ -240,41 +181,40 @@ async def hold(
     return HELD
 
 
-async def settle_hold(db: aiosqlite.Connection, request_id: str, charge: int, now: str) -> int | None:
+def settle_hold(db: sqlite3.Connection, request_id: str, charge: int, now: str) -> int | None:
     """Charge min(charge, hold) and release the rest; returns the amount charged, or None when
     the request has no open hold (nothing is written then)."""
-    row = await _one(db, "SELECT account_id, amount_microusd, key_id FROM holds WHERE request_id = ?", (request_id,))
+    row = _one(db, "SELECT account_id, amount_microusd, key_id FROM holds WHERE request_id = ?", (request_id,))
     if row is None:
         return None
     account_id, held, key_id = int(row[0]), int(row[1]), row[2]
     charged = min(max(charge, 0), held)
     if key_id is not None:
-        await db.execute(
+        db.execute(
             "UPDATE api_keys SET spend_microusd = spend_microusd + ?, held_microusd = held_microusd - ? WHERE id = ?",
             (charged, held, key_id),
         )
     if charged:
-        await _entry(db, account_id, "charge", charged, f"req:{request_id}:charge", now, request_id=request_id)
+        _entry(db, account_id, "charge", charged, f"req:{request_id}:charge", now, request_id=request_id)
     if held - charged:
-        await _entry(db, account_id, "release", held - charged, f"req:{request_id}:release", now, request_id=request_id)
-    await _move(db, account_id, -charged, -held)
-    await db.execute("DELETE FROM holds WHERE request_id = ?", (request_id,))
+        _entry(db, account_id, "release", held - charged, f"req:{request_id}:release", now, request_id=request_id)
+    _move(db, account_id, -charged, -held)
+    db.execute("DELETE FROM holds WHERE request_id = ?", (request_id,))
     return charged
 
 
-async def release(db: aiosqlite.Connection, request_id: str, now: str) -> int | None:
+def release(db: sqlite3.Connection, request_id: str, now: str) -> int | None:
     """Release an open hold in full (never bills); returns the amount, or None when none is open."""
-    row = await _one(db, "SELECT amount_microusd FROM holds WHERE request_id = ?", (request_id,))
+    row = _one(db, "SELECT amount_microusd FROM holds WHERE request_id = ?", (request_id,))
     if row is None:
         return None
-    await settle_hold(db, request_id, 0, now)
+    settle_hold(db, request_id, 0, now)
     return int(row[0])
 
 
-async def orphan_holds(db: aiosqlite.Connection, owner: Owner, stale_before: str | None) -> list[str]:
+def orphan_holds(db: sqlite3.Connection, owner: Owner, stale_before: str | None) -> list[str]:
     """Request ids of open holds whose owner is gone (or, with ``stale_before``, that are older)."""
-    async with db.execute("SELECT request_id, owner_pid, owner_start, owner_boot, created_at FROM holds") as cur:
-        rows = await cur.fetchall()
+    rows = db.execute("SELECT request_id, owner_pid, owner_start, owner_boot, created_at FROM holds").fetchall()
     return [
         str(rid)
         for rid, pid, start, boot, created in rows
@@ -285,16 +225,16 @@ async def orphan_holds(db: aiosqlite.Connection, owner: Owner, stale_before: str
 # -- Stripe bookings ------------------------------------------------------------------------------
 
 
-async def _new_event(db: aiosqlite.Connection, event_id: str, event_type: str, now: str) -> bool:
-    cur = await db.execute(
+def _new_event(db: sqlite3.Connection, event_id: str, event_type: str, now: str) -> bool:
+    cur = db.execute(
         "INSERT INTO stripe_events(event_id, type, received_at) VALUES (?,?,?) ON CONFLICT DO NOTHING",
         (event_id, event_type, now),
     )
     return cur.rowcount == 1
 
 
-async def credit_topup(
-    db: aiosqlite.Connection,
+def credit_topup(
+    db: sqlite3.Connection,
     account_id: int,
     amount: int,
     *,
@@ -306,30 +246,30 @@ async def credit_topup(
 ) -> Booking:
     """Credit a paid top-up once per event AND once per payment (``payment_key`` e.g.
     ``checkout:<session>``, ``payment_ref`` the PaymentIntent or session id refunds refer to)."""
-    if not await _one(db, "SELECT 1 FROM accounts WHERE id = ?", (account_id,)):
+    if not _one(db, "SELECT 1 FROM accounts WHERE id = ?", (account_id,)):
         return Booking.UNKNOWN_ACCOUNT
-    if not await _new_event(db, event_id, event_type, now):
+    if not _new_event(db, event_id, event_type, now):
         return Booking.DUPLICATE
-    if not await _entry(db, account_id, "topup", amount, payment_key, now, payment_ref=payment_ref, note=event_id):
+    if not _entry(db, account_id, "topup", amount, payment_key, now, payment_ref=payment_ref, note=event_id):
         return Booking.DUPLICATE
-    await _move(db, account_id, amount, 0)
+    _move(db, account_id, amount, 0)
     return Booking.BOOKED
 
 
-async def book_refund(
-    db: aiosqlite.Connection, payment_ref: str, refunded_total: int, *, event_id: str, event_type: str, now: str
+def book_refund(
+    db: sqlite3.Connection, payment_ref: str, refunded_total: int, *, event_id: str, event_type: str, now: str
 ) -> Booking:
     """Bring the payment's refunded total up to ``refunded_total`` (Stripe's cumulative
     ``amount_refunded``) with one negative entry; replays and out-of-order older totals add nothing."""
-    topup = await _one(
+    topup = _one(
         db, "SELECT account_id, amount_microusd FROM ledger WHERE kind = 'topup' AND payment_ref = ?", (payment_ref,)
     )
     if topup is None:
         return Booking.UNKNOWN_PAYMENT  # nothing recorded: Stripe retries the event later
     account_id, target = int(topup[0]), min(refunded_total, int(topup[1]))
-    if not await _new_event(db, event_id, event_type, now):
+    if not _new_event(db, event_id, event_type, now):
         return Booking.DUPLICATE
-    row = await _one(
+    row = _one(
         db,
         "SELECT COALESCE(SUM(amount_microusd), 0) FROM ledger WHERE kind = 'refund' AND payment_ref = ?",
         (payment_ref,),
@@ -337,17 +277,17 @@ async def book_refund(
     delta = target - int(row[0])
     if delta <= 0:
         return Booking.DUPLICATE
-    await _entry(
+    _entry(
         db, account_id, "refund", delta, f"refund:{payment_ref}:{target}", now, payment_ref=payment_ref, note=event_id
     )
-    await _move(db, account_id, -delta, 0)
+    _move(db, account_id, -delta, 0)
     return Booking.BOOKED
 
 
 # -- the invariant ----------------------------------------------------------------------------------
 
 
-async def check(db: aiosqlite.Connection) -> list[str]:
+def check(db: sqlite3.Connection) -> list[str]:
     """Every way the cached balances, the entries and the open holds disagree; [] when consistent."""
     problems: list[str] = []
     sql = (
@@ -358,12 +298,10 @@ async def check(db: aiosqlite.Connection) -> list[str]:
         f" (SELECT COUNT(*) FROM ledger WHERE account_id = a.id AND kind = 'refund')"
         f" FROM accounts a ORDER BY a.id"
     )
-    async with db.execute(sql) as cur:
-        for _, name, balance, held, entries_balance, entries_held, open_holds, refunds in await cur.fetchall():
-            problems += account_problems(name, balance, held, entries_balance, entries_held, open_holds, refunds)
-    problems += await _request_problems(db)
-    async with db.execute(KEY_CHECK_SQL) as cur:
-        problems += key_problems(await cur.fetchall())
+    for _, name, balance, held, entries_balance, entries_held, open_holds, refunds in db.execute(sql).fetchall():
+        problems += account_problems(name, balance, held, entries_balance, entries_held, open_holds, refunds)
+    problems += _request_problems(db)
+    problems += key_problems(db.execute(KEY_CHECK_SQL).fetchall())
     return problems
 
 
@@ -398,7 +336,7 @@ def account_problems(name: str, *values: int) -> list[str]:
     return out
 
 
-async def _request_problems(db: aiosqlite.Connection) -> list[str]:
+def _request_problems(db: sqlite3.Connection) -> list[str]:
     """Per request: hold = charge + release (+ the open hold), and nothing settled without a hold."""
     sql = (
         "SELECT l.request_id, SUM(CASE kind WHEN 'hold' THEN amount_microusd ELSE 0 END),"
@@ -406,8 +344,7 @@ async def _request_problems(db: aiosqlite.Connection) -> list[str]:
         " COALESCE((SELECT amount_microusd FROM holds h WHERE h.request_id = l.request_id), 0)"
         " FROM ledger l WHERE l.request_id IS NOT NULL GROUP BY l.request_id"
     )
-    async with db.execute(sql) as cur:
-        rows = await cur.fetchall()
+    rows = db.execute(sql).fetchall()
     return [
         f"request {rid}: held {held}, settled {settled}, still open {still_open}"
         for rid, held, settled, still_open in rows

@@ -12,7 +12,7 @@ from typing import Any, TypeAlias
 from relayproxy.billing.pricing import Booking
 from relayproxy.records import Principal, UsageRecord
 from relayproxy.store.admission import PRINCIPAL_COLUMNS, principal_of
-from relayproxy.store.facade import as_charged, utc_now
+from relayproxy.store.common import as_charged, utc_now
 from relayproxy.store.ledger import HELD, KEY_CHECK_SQL, KEY_LIMIT, NO_CREDIT, account_problems, key_problems
 
 _Conn: TypeAlias = Any  # asyncpg.Connection (asyncpg ships no type hints)

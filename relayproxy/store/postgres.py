@@ -32,23 +32,22 @@ import contextlib
 import logging
 import os
 import uuid
-from collections.abc import Awaitable, Callable
-from functools import partial
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeAlias, TypeVar
 
 import asyncpg
 
-from relayproxy.billing.pricing import Booking
 from relayproxy.errors import StoreError, StoreUnavailable
 from relayproxy.records import KeyInfo, Principal, UsageRecord
 from relayproxy.store import pg_ledger as q
 from relayproxy.store import pg_schema
 from relayproxy.store.admission import Admission, admission, judge
-from relayproxy.store.facade import KEY_COLUMNS, Store, utc_now
+from relayproxy.store.facade import KEY_COLUMNS, Outcome, Statement, Store, utc_now
 from relayproxy.store.ledger import HELD
+from relayproxy.store.pg_bookings import Bookings
 from relayproxy.store.pg_outage import Backlog, Parked
-from relayproxy.store.pg_qmark import QmarkConnection, to_dollar
+from relayproxy.store.pg_qmark import run_statements, to_dollar
 from relayproxy.store.pg_upkeep import SETTLE_PIPELINE, Upkeep
 
 __all__ = ["PgStore"]
@@ -85,7 +84,7 @@ def _password(env: str) -> str | None:
     return None
 
 
-class PgStore(Upkeep, Store):
+class PgStore(Bookings, Upkeep, Store):
     """The store over one PostgreSQL database; see the module docstring."""
 
     def __init__(self, pool: asyncpg.Pool, url: str, lease_s: float, journal: Path | None = None) -> None:
@@ -197,10 +196,10 @@ class PgStore(Upkeep, Store):
     async def _all(self, sql: str, args: Any = ()) -> list[Any]:
         return await self._run(lambda c: c.fetch(sql, *args))
 
-    async def transaction(self, txn: Callable[[Any], Awaitable[T]], *, durable: bool = True) -> T:
-        """``Store.transaction`` for the store's other modules (accounts.py): ``txn``, written for
-        SQLite's driver, as one PostgreSQL transaction through pg_qmark.py's seam."""
-        return await self._money(lambda c: txn(QmarkConnection(c)))
+    async def transaction(self, statements: Sequence[Statement], *, durable: bool = True) -> list[Outcome]:
+        """``Store.transaction`` for the store's other modules (accounts.py): the portable
+        statements as one PostgreSQL transaction (pg_qmark.py numbers their placeholders)."""
+        return await self._money(lambda c: run_statements(c, statements))
 
     async def query(self, sql: str, args: Any = ()) -> list[Any]:
         """All rows of one read-only statement written with ``?`` placeholders."""
@@ -355,92 +354,6 @@ class PgStore(Upkeep, Store):
             return await q.release(c, request_id, now) or 0
 
         return await self._money(txn)
-
-    async def grant(self, account: str, amount_microusd: int, note: str = "") -> int:
-        if amount_microusd <= 0:
-            raise ValueError(f"a grant must be positive, got {amount_microusd} micro-USD")
-        now = utc_now()
-
-        async def txn(c: _Conn) -> int:
-            account_id = await q.ensure_account(c, account)
-            await q.entry(c, account_id, "grant", amount_microusd, f"grant:{uuid.uuid4()}", now, note=note)
-            return int(
-                await c.fetchval(
-                    "UPDATE accounts SET balance_microusd = balance_microusd + $1 WHERE id = $2"
-                    " RETURNING balance_microusd",
-                    amount_microusd,
-                    account_id,
-                )
-            )
-
-        return await self._money(txn)
-
-    async def balance(self, account: str) -> tuple[int, int] | None:
-        rows = await self._all("SELECT balance_microusd, held_microusd FROM accounts WHERE name = $1", (account,))
-        return (int(rows[0][0]), int(rows[0][1])) if rows else None
-
-    async def credit_topup(
-        self,
-        account_id: int,
-        amount_microusd: int,
-        *,
-        event_id: str,
-        event_type: str,
-        payment_key: str,
-        payment_ref: str,
-    ) -> Booking:
-        if amount_microusd < 0:
-            raise ValueError(f"a top-up must be 0 or more, got {amount_microusd}")
-        now = utc_now()
-
-        txn = partial(
-            q.credit_topup,
-            account_id=account_id,
-            amount=amount_microusd,
-            event_id=event_id,
-            event_type=event_type,
-            payment_key=payment_key,
-            payment_ref=payment_ref,
-            now=now,
-        )
-        try:
-            return await self._money(txn)
-        except q.DuplicatePayment:
-            return Booking.DUPLICATE
-
-    async def book_refund(
-        self, payment_ref: str, refunded_total_microusd: int, *, event_id: str, event_type: str
-    ) -> Booking:
-        now = utc_now()
-
-        txn = partial(
-            q.book_refund,
-            payment_ref=payment_ref,
-            refunded_total=refunded_total_microusd,
-            event_id=event_id,
-            event_type=event_type,
-            now=now,
-        )
-        return await self._money(txn)
-
-    async def ledger_check(self) -> list[str]:
-        async def txn(c: _Conn) -> list[str]:
-            await c.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            return await q.check(c)
-
-        return await self._run(txn)
-
-    async def export_rows(self, table: str, columns: tuple[str, ...]) -> list[tuple[Any, ...]]:
-        return [tuple(row) for row in await self._all(f"SELECT {','.join(columns)} FROM {table} ORDER BY 1")]
-
-    async def import_rows(self, table: str, columns: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
-        async def txn(c: _Conn) -> None:
-            await c.copy_records_to_table(table, records=rows, columns=list(columns))
-            sequence = await c.fetchval("SELECT pg_get_serial_sequence($1, $2)", table, columns[0])
-            if sequence is not None and rows:  # an identity column continues after the copied keys
-                await c.execute(f"SELECT setval($1, (SELECT max({columns[0]}) FROM {table}))", sequence)
-
-        await self._run(txn)
 
 
 def _redact(url: str) -> str:

@@ -35,7 +35,8 @@ from relayproxy.errors import StoreError
 from relayproxy.records import UsageRecord
 from relayproxy.store.backends import open_store
 from relayproxy.store.facade import Store, utc_iso, utc_now
-from relayproxy.store.ledger import Owner, _process_start
+from relayproxy.store.ledger import Owner
+from relayproxy.store.owners import _process_start
 from relayproxy.store.postgres import PgStore
 from tests.pgcluster import PgCluster
 
