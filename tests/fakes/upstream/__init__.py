@@ -1,6 +1,7 @@
 """FakeUpstream: a stdlib asyncio HTTP/1.1 server speaking the providers' real wire formats.
 
-It answers OpenAI (``/v1/chat/completions``, ``/v1/responses``), Anthropic (``/v1/messages``, ``count_tokens``) and
+It answers OpenAI (``/v1/chat/completions``, ``/v1/responses``, ``/v1/responses/input_tokens``),
+Anthropic (``/v1/messages``, ``count_tokens``) and
 Gemini (``/v1beta/models/{m}:generateContent`` / ``:streamGenerateContent`` / ``:countTokens``).
 
 Deliberately not built on relayproxy's own server. The behaviour is chosen by the ``model`` field

@@ -103,6 +103,8 @@ class FakeUpstream:
             return responses_reply(scenario, bool(body.get("stream")))
         if path == "/v1/messages":
             return anthropic_reply(scenario, bool(body.get("stream")))
+        if path == "/v1/responses/input_tokens":
+            return json_reply({"object": "response.input_tokens", "input_tokens": 42})
         if path == "/v1/messages/count_tokens":
             return json_reply({"input_tokens": 42})
         if path.endswith(":countTokens"):
