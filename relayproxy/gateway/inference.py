@@ -38,7 +38,7 @@ from relayproxy.gateway.exchange import Charge, Exchange, Recorder, TrackedBody
 from relayproxy.gateway.opening import Answer, Opened, unwrap
 from relayproxy.gateway.streaming import StreamBody
 from relayproxy.http_types import HttpResponse, header
-from relayproxy.policy.plan import Plan, decode, output_limit, parse_json, plan
+from relayproxy.policy.plan import Plan, count_call, decode, output_limit, parse_json, plan
 from relayproxy.policy.retries import next_try, schedule
 from relayproxy.policy.router import Endpoint, Route, resolve_model
 from relayproxy.policy.tokens import estimate_input_tokens
@@ -122,8 +122,7 @@ class Inference:
         client: Codec = CODECS[ep.protocol]
         req = client.decode_request(body, model=ep.model, stream=False)
         route = resolve_model(self._config, req.model)
-        upstream: Codec = CODECS[route.provider.protocol]
-        call = upstream.encode_count_request(req, route.model.upstream_model)
+        upstream, call = count_call(ep, body, req, route, ex.req.headers)
         if call is None:
             tokens = estimate_input_tokens(req)
         else:

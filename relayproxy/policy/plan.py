@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 
 from relayproxy.codecs import Codec, UpstreamCall
+from relayproxy.codecs.openai_responses import prepare_count_passthrough
 from relayproxy.codecs.registry import CODECS
 from relayproxy.config.settings import Config
 from relayproxy.errors import InvalidRequest, ProviderUnavailable
@@ -19,6 +20,7 @@ from relayproxy.policy.router import Endpoint, Route, resolve_model
 
 __all__ = [
     "Plan",
+    "count_call",
     "decode",
     "fallback_routes",
     "output_limit",
@@ -94,10 +96,7 @@ def plan_route(
     name = route.model.upstream_model
     if passthrough:
         call = upstream.prepare_passthrough(body, req, name)
-        forwarded = upstream.caller_headers(list(headers))
-        if forwarded:  # the caller's version and betas, in place of the codec's defaults
-            names = {k for k, _ in forwarded}
-            call.headers = [h for h in call.headers if h[0] not in names] + forwarded
+        _forward_caller_headers(call, upstream, headers)
     else:
         dropped = _builtin_tools(req.builtin_tools)
         # The credit hold covers the model's output limit when the request sets none: send that
@@ -106,6 +105,31 @@ def plan_route(
         call = upstream.encode_request(translated, name)
         return Plan(req, route, client, upstream, call, passthrough, ep.sse, dropped)
     return Plan(req, route, client, upstream, call, passthrough, ep.sse)
+
+
+def _forward_caller_headers(call: UpstreamCall, upstream: Codec, headers: Sequence[tuple[bytes, bytes]]) -> None:
+    forwarded = upstream.caller_headers(list(headers))
+    if forwarded:  # the caller's version and betas, in place of the codec's defaults
+        names = {k for k, _ in forwarded}
+        call.headers = [h for h in call.headers if h[0] not in names] + forwarded
+
+
+def count_call(
+    ep: Endpoint, body: Any, req: ChatRequest, route: Route, headers: Sequence[tuple[bytes, bytes]] = ()
+) -> tuple[Codec, UpstreamCall | None]:
+    """A token-count request's upstream codec and call (None: the upstream cannot count, the gateway
+    estimates). A Responses client on a provider serving Responses gets its body passed through to
+    ``/responses/input_tokens``; on a same-protocol passthrough the caller's protocol headers go
+    along as for inference (Anthropic's version and betas); otherwise the count is translated."""
+    protocol = upstream_protocol(ep, route)
+    upstream: Codec = CODECS[protocol]
+    name = route.model.upstream_model
+    if protocol == "openai_responses":
+        return upstream, prepare_count_passthrough(body, name)
+    call = upstream.encode_count_request(req, name)
+    if call is not None and protocol == ep.protocol and route.provider.passthrough:
+        _forward_caller_headers(call, upstream, headers)
+    return upstream, call
 
 
 def _builtin_tools(kinds: list[str]) -> list[str]:

@@ -61,6 +61,8 @@ _POSTS: dict[str, tuple[EndpointKind, str]] = {
     "/v1/messages": (EndpointKind.INFERENCE, "anthropic"),
     "/v1/v1/messages": (EndpointKind.INFERENCE, "anthropic"),  # an Anthropic base URL set with /v1
     "/v1/messages/count_tokens": (EndpointKind.COUNT_TOKENS, "anthropic"),
+    "/v1/responses/input_tokens": (EndpointKind.COUNT_TOKENS, "openai_responses"),
+    "/responses/input_tokens": (EndpointKind.COUNT_TOKENS, "openai_responses"),
     "/v1/v1/messages/count_tokens": (EndpointKind.COUNT_TOKENS, "anthropic"),
 }
 
@@ -74,7 +76,7 @@ def protocol_for(path: str, headers: Headers, query: str = "") -> str:
     """
     if path.startswith(("/v1/messages", "/v1/v1/messages")):
         return "anthropic"
-    if path in ("/v1/responses", "/responses"):
+    if path in ("/v1/responses", "/responses", "/v1/responses/input_tokens", "/responses/input_tokens"):
         return "openai_responses"
     if path.startswith(("/v1beta/", "/v1alpha/")) or _GEMINI.match(path):
         return "gemini"

@@ -6,6 +6,7 @@ fake upstream pauses HOLD_S before each finish event; streaming shows in the age
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -63,17 +64,23 @@ def codex(case: str) -> Launch:
         need_node()
         home = work / "codex"
         home.mkdir(exist_ok=True)
-        # A custom provider (Codex ignores OPENAI_BASE_URL); web_search off, since the gateway
-        # refuses built-in tools it cannot run (a 400 naming web_search).
+        # A custom provider (Codex ignores OPENAI_BASE_URL), Codex's default tools (web_search
+        # among them: translated upstreams leave it out, x-relayproxy-dropped-tools says so).
         (home / "config.toml").write_text(
             f'model = "{model}"\nmodel_provider = "relay"\ncheck_for_update_on_startup = false\n'
-            'web_search = "disabled"\n[analytics]\nenabled = false\n[model_providers.relay]\nname = "relay"\n'
+            '[analytics]\nenabled = false\n[model_providers.relay]\nname = "relay"\n'
             f'base_url = "{gw.base_url}/v1"\nenv_key = "RELAY_KEY"\nwire_api = "responses"\n'
         )
         argv = [str(BIN / "codex"), "exec", "--json", "--skip-git-repo-check", "-s", "read-only", _prompt(case)]
-        return argv, {"CODEX_HOME": str(home)}, work
+        return argv, {"CODEX_HOME": str(home), "RUST_LOG": CODEX_SSE_LOG}, work
 
     return launch
+
+
+#: Codex's own trace of every SSE event it reads, on stderr with its clock: its --json output has
+#: completed items only, which show no streaming when a message ends in the response's last chunk.
+CODEX_SSE_LOG = "codex_api::sse::responses=trace"
+CODEX_SSE = re.compile(r"^(\S+Z)\s+TRACE codex_api::sse::responses: SSE event: (\{.*\})$", re.M)
 
 
 #: id -> (README label, launch per case). The coding agents (test_agents.py).
@@ -128,11 +135,16 @@ def assert_agent_streamed(agent: str, run: Run) -> None:
                 assert_streamed(first, t, f"claude-code turn {turns}")
                 first, turns = None, turns + 1
         assert turns, "no message_stop event"
-    elif agent == "codex":  # items only: the tool run's first message item, then (after the end) the command
-        started = [t for t, o in lines if o.get("type") == "item.started"]
-        said = [t for t, o in lines if o.get("type") == "item.completed" and o["item"]["type"] == "agent_message"]
-        assert said and started, [o for _, o in lines]
-        assert_streamed(said[0], started[0], "codex")
+    elif agent == "codex":  # the SSE events Codex logged reading (CODEX_SSE_LOG): per response
+        first, responses = None, 0
+        for stamp, data in CODEX_SSE.findall(run.stderr):
+            kind, at = json.loads(data).get("type"), datetime.fromisoformat(stamp).timestamp() * 1000
+            if kind == "response.output_text.delta" and first is None:
+                first = at
+            if kind == "response.completed":
+                assert_streamed(first, at, f"codex response {responses}")
+                first, responses = None, responses + 1
+        assert responses, f"no response.completed in Codex's SSE trace: {run.stderr[-2000:]}"
     elif agent == "gemini-cli":  # its own timestamps: the first delta, the result after the end
         stamp = {o["type"] if not o.get("delta") else "delta": datetime.fromisoformat(o["timestamp"]).timestamp() * 1000
                  for _, o in reversed(lines) if "timestamp" in o}  # fmt: skip

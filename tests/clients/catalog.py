@@ -68,9 +68,11 @@ SDKS: dict[str, tuple[str, Launch, int]] = {
 }
 
 STORED = (
-    "the AI SDK's OpenAI Responses provider defaults to store: true and then sends the earlier turn's "
-    "items as item_reference ids, which a stateless gateway cannot resolve (400 naming input[1].type); "
-    "providerOptions.openai.store = false (the aisdk-openai row) sends the items themselves"
+    "the AI SDK's OpenAI Responses provider defaults to store: true and then sends an earlier streamed "
+    "assistant text as only {type: item_reference, id} (captured: input = [user, item_reference msg_…, "
+    "function_call, function_call_output]); the id is fixed by output_item.added before the text exists, "
+    "so no id the gateway mints can carry it, and a stateless gateway has nothing to look it up in: a 400 "
+    "saying to set store: false (providerOptions.openai.store = false, the aisdk-openai row, sends the items)"
 )
 #: (client id, test kind) -> reason the cell is expected to fail on every upstream.
 XFAIL: dict[tuple[str, str], str] = {

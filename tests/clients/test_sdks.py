@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from tests.clients.catalog import SDKS, cells, launches
-from tests.clients.harness import Run, assert_billed, matrix_gateway, run_all, usage_rows
+from tests.clients.harness import UPSTREAMS, Run, assert_billed, matrix_gateway, run_all, usage_rows
 from tests.e2e.conftest import Gateway
 from tests.fakes.scripted import ANSWER, TEXT
 
@@ -52,3 +52,16 @@ def test_deltas_arrive_before_the_end(runs: dict[str, Run], cell: str) -> None:
 @pytest.mark.parametrize("cell", cells(SDKS, "usage"))
 def test_usage_completed_and_billed(runs: dict[str, Run], usage: list[dict[str, Any]], cell: str) -> None:
     assert_billed(usage, runs[cell], expected=3)  # the text turn, the call, the answer
+
+
+@pytest.mark.parametrize("up", list(UPSTREAMS))
+def test_stored_item_references_get_a_400_saying_store_false(runs: dict[str, Run], up: str) -> None:
+    """The AI SDK's default store: true replays a streamed text as an item_reference only (catalog
+    STORED): the caller is told how to fix it, not left with a bare type error."""
+    run = runs.get(f"aisdk-openai-stored/{up}")
+    if run is None:
+        pytest.skip("aisdk-openai-stored not run (RELAYPROXY_CLIENTS_ONLY)")
+    assert run.case("text")["text"] == TEXT
+    objects = [obj for _, obj in run.lines if isinstance(obj, dict)]
+    error = objects[-1]["tool"]["error"]
+    assert "item_reference" in error and "setting store: false" in error, error[-2000:]

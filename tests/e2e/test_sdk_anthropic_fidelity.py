@@ -106,8 +106,26 @@ def test_billing_block_stays_out_of_a_translated_prompt(gateway: Gateway) -> Non
 
 
 def test_count_tokens_on_the_beta_path(gateway: Gateway) -> None:
-    """``client.beta.messages.count_tokens`` posts to ``/v1/messages/count_tokens?beta=true``."""
+    """``client.beta.messages.count_tokens`` posts to ``/v1/messages/count_tokens?beta=true``; the
+    caller's betas and version reach the upstream as they do for /v1/messages (a count under other
+    betas than the request it sizes would be another count)."""
     with _anthropic(gateway) as c:
-        counted = c.beta.messages.count_tokens(model="an-text", messages=USER, betas=BETAS)
+        counted = c.beta.messages.count_tokens(
+            model="an-text", messages=USER, betas=BETAS, extra_headers={"anthropic-version": "2099-01-01"}
+        )
     assert counted.input_tokens == 42
-    assert gateway.upstream.requests[-1].path == "/v1/messages/count_tokens"
+    seen = gateway.upstream.requests[-1]
+    assert seen.path == "/v1/messages/count_tokens"
+    assert set(BETAS) <= set(str(seen.header("anthropic-beta")).split(","))  # with the SDK's token-counting beta
+    assert [v for k, v in seen.headers if k == "anthropic-version"] == ["2099-01-01"]
+
+
+def test_a_translated_count_gets_the_default_version_and_no_betas(gateway: Gateway) -> None:
+    """An OpenAI Responses client counting on an Anthropic upstream: the gateway's own version."""
+    with openai.OpenAI(base_url=gateway.base_url + "/v1", api_key=gateway.key, max_retries=0) as c:
+        if not hasattr(c.responses, "input_tokens"):
+            pytest.skip("this openai SDK generation has no responses.input_tokens")
+        assert c.responses.input_tokens.count(model="an-text", input="Hi").input_tokens == 42
+    seen = gateway.upstream.requests[-1]
+    assert seen.path == "/v1/messages/count_tokens" and seen.header("anthropic-beta") is None
+    assert [v for k, v in seen.headers if k == "anthropic-version"] == ["2023-06-01"]

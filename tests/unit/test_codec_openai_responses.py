@@ -90,7 +90,7 @@ def test_namespace_tools_are_flattened_and_untyped_messages_accepted() -> None:
     [
         ({"previous_response_id": "resp_1"}, "resend the whole conversation"),
         ({"input": []}, "input"),
-        ({"input": [{"type": "item_reference", "id": "x"}]}, "stateless"),
+        ({"input": [{"type": "item_reference", "id": "x"}]}, "setting store: false"),
         ({"reasoning": {"effort": "huge"}}, "reasoning.effort"),
         ({"text": {"format": {"type": "json_schema"}}}, "text.format.schema"),
         ({"tool_choice": {"type": "function", "name": "nope"}}, "tool_choice"),

@@ -10,7 +10,7 @@ import pytest
 
 from relayproxy.config.settings import Config, parse_config
 from relayproxy.errors import InvalidRequest, ProviderUnavailable, UnknownModel
-from relayproxy.policy.plan import decode, output_limit, parse_json, plan
+from relayproxy.policy.plan import count_call, decode, output_limit, parse_json, plan
 from relayproxy.policy.router import Endpoint, EndpointKind, match_endpoint, protocol_for, resolve_model
 
 RAW: dict[str, Any] = {
@@ -67,6 +67,8 @@ def chat(model: str, **extra: Any) -> dict[str, Any]:
             Endpoint(EndpointKind.INFERENCE, "gemini", "gpt", True, False),
         ),
         ("POST", "/v1beta/models/gpt:countTokens", [], "", Endpoint(EndpointKind.COUNT_TOKENS, "gemini", "gpt")),
+        ("POST", "/v1/responses/input_tokens", [], "", Endpoint(EndpointKind.COUNT_TOKENS, "openai_responses")),
+        ("POST", "/responses/input_tokens", [], "", Endpoint(EndpointKind.COUNT_TOKENS, "openai_responses")),
         ("GET", "/v1/models", [(b"anthropic-version", b"2023-06-01")], "", Endpoint(EndpointKind.MODELS, "anthropic")),
         ("GET", "/v1/models", [(b"x-goog-api-key", b"k")], "", Endpoint(EndpointKind.MODELS, "gemini")),
         ("GET", "/v1/models/gpt", [], "", Endpoint(EndpointKind.MODEL, "openai", "gpt")),
@@ -195,3 +197,27 @@ def test_anthropic_passthrough_takes_the_callers_version_and_betas(config: Confi
     oa = Endpoint(EndpointKind.INFERENCE, "openai")
     [q] = plan(config, oa, chat("claude"), decode(oa, chat("claude")), headers)
     assert q.call.headers == [(b"anthropic-version", b"2023-06-01")]
+
+
+def test_count_calls(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Anthropic count_tokens on a passthrough provider takes the caller's version and betas, and
+    only there; a Responses count reaches a Responses provider's /responses/input_tokens as it came;
+    an OpenAI Chat upstream has nothing to count with (the gateway estimates)."""
+    config = _responses_config(monkeypatch)
+    headers = [(b"anthropic-version", b"2026-10-21"), (b"anthropic-beta", b"x-1"), (b"x-api-key", b"rp_caller")]
+    count = Endpoint(EndpointKind.COUNT_TOKENS, "anthropic")
+    body = {"model": "claude", "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]}
+    _, call = count_call(count, body, decode(count, body), resolve_model(config, "claude"), headers)
+    assert call is not None and call.path == "/v1/messages/count_tokens"
+    assert call.headers == [(b"anthropic-version", b"2026-10-21"), (b"anthropic-beta", b"x-1")]
+    responses = Endpoint(EndpointKind.COUNT_TOKENS, "openai_responses")
+    rbody = {"model": "claude", "input": "hi"}
+    _, translated = count_call(responses, rbody, decode(responses, rbody), resolve_model(config, "claude"), headers)
+    assert translated is not None and translated.headers == [(b"anthropic-version", b"2023-06-01")]
+    gbody = {"model": "gpt", "input": "hi", "truncation": "auto"}
+    _, native = count_call(responses, gbody, decode(responses, gbody), resolve_model(config, "gpt"), headers)
+    assert native is not None and native.path == "/responses/input_tokens" and parse_json(native.body) == gbody
+    monkeypatch.setenv("RP_T_KIMI", "k")
+    kimi = parse_config(RAW, Path("config.toml"))
+    _, none = count_call(responses, {**gbody, "model": "kimi"}, decode(responses, gbody), resolve_model(kimi, "kimi"))
+    assert none is None

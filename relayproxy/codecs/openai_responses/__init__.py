@@ -9,9 +9,10 @@ Stateless: nothing is stored, ``previous_response_id`` gets a 400.
 
 Upstream, this protocol is only a passthrough: a Responses client whose model is served by an
 OpenAI provider with ``responses = true`` is sent to its ``/responses`` as it came (``_upstream``:
-the call, the tap reading ``response.completed``, usage, errors). Nothing is ever translated *to*
-Responses, so ``encode_request``, ``decode_response``, the stream decoder and token counting are
-never planned; they raise ``UpstreamProtocolError`` naming the cause, should a future router reach them.
+the call, the tap reading ``response.completed``, usage, errors; and a token count, passed to its
+``/responses/input_tokens``). Nothing is ever translated *to* Responses, so ``encode_request``,
+``decode_response``, the stream decoder and ``encode_count_request`` are never planned; they raise
+``UpstreamProtocolError`` naming the cause, should a future router reach them.
 
 Ids. A Gemini ``thoughtSignature`` rides inside ``call_id`` (``call_x~<sig>``) and is split off when
 the client replays the function_call; an Anthropic thinking signature rides in a reasoning item's
@@ -28,7 +29,14 @@ from relayproxy import ir
 from relayproxy.codecs import UpstreamCall
 from relayproxy.codecs.openai_responses._request_decode import decode_request
 from relayproxy.codecs.openai_responses._stream_encode import ResponsesStreamEncoder
-from relayproxy.codecs.openai_responses._upstream import ResponsesTap, decode_error, decode_usage, embedded_error
+from relayproxy.codecs.openai_responses._upstream import (
+    ResponsesTap,
+    decode_count_response,
+    decode_error,
+    decode_usage,
+    embedded_error,
+    prepare_count_passthrough,
+)
 from relayproxy.codecs.openai_responses._upstream import prepare_passthrough as _prepare_passthrough
 from relayproxy.codecs.openai_responses._vocab import (
     call_item,
@@ -56,6 +64,7 @@ __all__ = [
     "encode_error",
     "encode_request",
     "encode_response",
+    "prepare_count_passthrough",
     "prepare_passthrough",
     "response_usage",
     "stream_decoder",
@@ -144,10 +153,6 @@ def response_usage(body: Any) -> ir.Usage | None:
 
 
 def encode_count_request(req: ir.ChatRequest, upstream_model: str) -> UpstreamCall | None:
-    _not_upstream()
-
-
-def decode_count_response(body: Any) -> int:
     _not_upstream()
 
 

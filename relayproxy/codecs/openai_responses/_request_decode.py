@@ -34,6 +34,15 @@ _BUILTIN = {
 _ASSISTANT_ITEMS = ("function_call", "reasoning")
 
 
+#: Why an item_reference cannot be served: a streamed item's id is sent in output_item.added before
+#: its content exists, so no id can carry the content, and the gateway keeps no state to look it up.
+STORED_REFERENCE = (
+    "item_reference needs the item stored server-side, and this gateway is stateless (store is treated "
+    "as false): send the item itself by setting store: false in the request (Vercel AI SDK: "
+    "providerOptions: {openai: {store: false}})"
+)
+
+
 def decode_request(body: Any, *, model: str | None = None, stream: bool | None = None) -> ir.ChatRequest:
     """A Responses request body -> IR; InvalidRequest names the bad field."""
     if not isinstance(body, dict):
@@ -140,7 +149,7 @@ def _decode_item(item: dict[str, Any], kind: Any, path: str, names: dict[str, st
     if kind == "reasoning":
         return "assistant", [_reasoning(item, path)]
     if kind == "item_reference":
-        raise InvalidRequest("this gateway is stateless; send the item itself, not a reference", f"{path}.type")
+        raise InvalidRequest(STORED_REFERENCE, f"{path}.type")
     raise InvalidRequest(
         f"input items of type {kind!r} are not supported; send message, function_call, "
         "function_call_output or reasoning items",

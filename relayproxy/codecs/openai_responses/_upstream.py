@@ -20,12 +20,22 @@ import orjson
 from relayproxy import ir
 from relayproxy.codecs import UpstreamCall
 from relayproxy.codecs.shared import count
-from relayproxy.errors import UpstreamStatusError
+from relayproxy.errors import UpstreamProtocolError, UpstreamStatusError
 from relayproxy.sse import SSEEvent
 
-__all__ = ["RESPONSES_PATH", "ResponsesTap", "decode_error", "decode_usage", "embedded_error", "prepare_passthrough"]
+__all__ = [
+    "RESPONSES_PATH",
+    "ResponsesTap",
+    "decode_count_response",
+    "decode_error",
+    "decode_usage",
+    "embedded_error",
+    "prepare_count_passthrough",
+    "prepare_passthrough",
+]
 
 RESPONSES_PATH = "/responses"  # relative to an OpenAI base_url ending in /v1
+INPUT_TOKENS_PATH = "/responses/input_tokens"
 _TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed", "error"})
 
 
@@ -34,6 +44,19 @@ def prepare_passthrough(body: dict[str, Any], upstream_model: str) -> UpstreamCa
     out["model"] = upstream_model
     out["store"] = False
     return UpstreamCall(RESPONSES_PATH, orjson.dumps(out))
+
+
+def prepare_count_passthrough(body: dict[str, Any], upstream_model: str) -> UpstreamCall:
+    """``POST /responses/input_tokens`` (``client.responses.input_tokens.count``): the client's body
+    with the upstream model name; the answer is ``{"object": "response.input_tokens", "input_tokens": n}``."""
+    return UpstreamCall(INPUT_TOKENS_PATH, orjson.dumps({**body, "model": upstream_model}))
+
+
+def decode_count_response(body: Any) -> int:
+    tokens = body.get("input_tokens") if isinstance(body, dict) else None
+    if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 0:
+        raise UpstreamProtocolError("the OpenAI upstream's input_tokens answer has no input_tokens count")
+    return tokens
 
 
 def decode_usage(usage: Any) -> ir.Usage | None:
