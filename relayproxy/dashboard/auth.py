@@ -95,7 +95,7 @@ async def login_get(site: Site, r: Request) -> HttpResponse:
 
 async def login_post(site: Site, r: Request) -> HttpResponse:
     email, password = _credentials(r)
-    if site.throttle.blocked(email, r.client):
+    if await site.throttle.blocked(email, r.client):
         return _public_form(site, r, "login.html", 429, error="Too many failed attempts; wait 15 minutes.")
     user = await site.accounts.user_by_email(email) if email else None
     if user is None or user.disabled:
@@ -104,9 +104,9 @@ async def login_post(site: Site, r: Request) -> HttpResponse:
     else:
         ok, rehash = await asyncio.to_thread(passwords.verify, user.password_hash, password)
     if not ok or user is None:
-        site.throttle.failed(email, r.client)
+        await site.throttle.failed(email, r.client)
         return _public_form(site, r, "login.html", 401, error="Wrong e-mail or password.")
-    site.throttle.succeeded(email)
+    await site.throttle.succeeded(email)
     if rehash:
         await site.accounts.rehash(user.id, await asyncio.to_thread(passwords.hash_password, password))
     return await site.log_in(r, user)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from relayproxy.billing.payments import Payments
@@ -12,6 +12,7 @@ from relayproxy.dashboard.web import PageError, redirect
 from relayproxy.http_types import HttpResponse
 from relayproxy.store.accounts import Accounts, User
 from relayproxy.store.facade import Store
+from relayproxy.store.throttle import Attempts
 
 __all__ = ["Site"]
 
@@ -23,7 +24,7 @@ class Site:
     accounts: Accounts
     payments: Payments
     cookies: Cookies
-    throttle: Throttle = field(default_factory=Throttle)
+    throttle: Throttle
 
     @classmethod
     def build(cls, config: Config, store: Store) -> Site:
@@ -33,7 +34,8 @@ class Site:
             success_url=config.billing.success_url or f"{base}/dashboard/billing?topup=done",
             cancel_url=config.billing.cancel_url or f"{base}/dashboard/billing",
         )
-        return cls(config, store, Accounts(store), Payments(billing, store), Cookies(config.dashboard))
+        accounts, payments = Accounts(store), Payments(billing, store)
+        return cls(config, store, accounts, payments, Cookies(config.dashboard), Throttle(Attempts(store)))
 
     async def log_in(self, r: Request, user: User) -> HttpResponse:
         """A new session for ``user`` (the one the request came with, if any, ends)."""

@@ -11,7 +11,7 @@ moves the key's totals in the same transaction as the account's.
 
 from __future__ import annotations
 
-__all__ = ["MIGRATION"]
+__all__ = ["MIGRATION", "THROTTLE_MIGRATION"]
 
 MIGRATION = """
     CREATE TABLE users (
@@ -54,4 +54,14 @@ MIGRATION = """
         target TEXT NOT NULL,
         detail TEXT NOT NULL DEFAULT ''
     );
+"""
+
+# Attempts counted in a window across workers and gateways (throttle.py): failed logins, mails sent.
+THROTTLE_MIGRATION = """
+    CREATE TABLE throttle_events (
+        key BLOB NOT NULL,
+        at TEXT NOT NULL
+    );
+    CREATE INDEX throttle_events_key ON throttle_events(key, at);
+    CREATE INDEX throttle_events_at ON throttle_events(at);
 """

@@ -144,6 +144,15 @@ MIGRATIONS: tuple[str, ...] = (
         detail TEXT NOT NULL DEFAULT ''
     );
     """,
+    # Attempts counted in a window across workers and gateways (throttle.py; as accounts_schema.py).
+    """
+    CREATE TABLE throttle_events (
+        key BYTEA NOT NULL,
+        at TEXT NOT NULL
+    );
+    CREATE INDEX throttle_events_key ON throttle_events(key, at);
+    CREATE INDEX throttle_events_at ON throttle_events(at);
+    """,
 )
 
 

@@ -64,6 +64,7 @@ _MIGRATIONS: tuple[str, ...] = (
     """,
     ledger.MIGRATION,
     accounts_schema.MIGRATION,
+    accounts_schema.THROTTLE_MIGRATION,
 )
 
 
