@@ -8,13 +8,13 @@ from typing import Any
 from relayproxy.billing.payments import Payments
 from relayproxy.config.settings import Config
 from relayproxy.dashboard.sessions import ABSOLUTE_S, IDLE_S, Cookies, Request, Throttle, new_token
-from relayproxy.dashboard.web import PageError, redirect
+from relayproxy.dashboard.web import PageError, redirect, render
 from relayproxy.http_types import HttpResponse
 from relayproxy.store.accounts import Accounts, User
 from relayproxy.store.facade import Store
 from relayproxy.store.throttle import Attempts
 
-__all__ = ["Site"]
+__all__ = ["Site", "nav", "public_form", "user_of"]
 
 
 @dataclass
@@ -58,3 +58,10 @@ def nav(r: Request) -> dict[str, Any]:
     user = user_of(r)
     assert r.session is not None
     return {"user": user, "csrf": r.session.csrf}
+
+
+def public_form(site: Site, r: Request, template: str, status: int = 200, **ctx: object) -> HttpResponse:
+    """A pre-login form with its double-submit CSRF token (a fresh cookie when there is none)."""
+    token = r.pre_csrf or new_token()
+    extra = [] if r.pre_csrf else [site.cookies.set(site.cookies.csrf, token)]
+    return render(template, status, extra, csrf=token, user=None, **ctx)
