@@ -1,19 +1,22 @@
-"""Setup (the first admin), sign-up, login, logout and the settings page."""
+"""Setup (the first admin), sign-up, login, logout and the settings page.
+
+With ``[email]`` configured a sign-up is not logged in: it is mailed a verification link
+(email_flows.py) and cannot log in until it has opened it.
+"""
 
 from __future__ import annotations
 
 import asyncio
 
-from relayproxy.dashboard.core import Site, nav, public_form, user_of
+from relayproxy.dashboard.core import MIN_PASSWORD, Site, nav, public_form, user_of
+from relayproxy.dashboard.email_flows import mail_allowed, send_verification
 from relayproxy.dashboard.sessions import Request, check_token, new_token
 from relayproxy.dashboard.web import PageError, form, redirect, render
 from relayproxy.http_types import HttpResponse, query_params
 from relayproxy.store import passwords
-from relayproxy.store.accounts import token_hash
+from relayproxy.store.accounts import User, token_hash
 
 __all__ = ["ROUTES"]
-
-MIN_PASSWORD = 10
 
 
 def _credentials(r: Request) -> tuple[str, str]:
@@ -73,9 +76,13 @@ async def signup_post(site: Site, r: Request) -> HttpResponse:
     if await site.store.balance(account) is not None:  # an operator's account of that name: never join it
         account = f"{email}-{new_token()[:6]}"
     pw_hash = await asyncio.to_thread(passwords.hash_password, password)
-    user = await site.accounts.create_user(email, account, pw_hash)
+    user = await site.accounts.create_user(email, account, pw_hash, verified=site.mailer is None)
     if user is None:
         return public_form(site, r, "signup.html", 400, error="This e-mail has an account already; log in instead.")
+    if site.mailer is not None:  # no session, no credit until the mailed link is opened
+        await mail_allowed(site, email, r.client)  # counted, not refused: one mail per new account
+        await send_verification(site, user)
+        return public_form(site, r, "check_email.html", email=email)
     credit = int(site.config.dashboard.signup_credit_usd * 1_000_000)
     if credit > 0:
         await site.store.grant(account, credit, "sign-up credit ([dashboard] signup_credit_usd)")
@@ -100,9 +107,21 @@ async def login_post(site: Site, r: Request) -> HttpResponse:
         await site.throttle.failed(email, r.client)
         return public_form(site, r, "login.html", 401, error="Wrong e-mail or password.")
     await site.throttle.succeeded(email)
+    if not user.verified and site.mailer is not None:
+        return await _unverified(site, r, user)
     if rehash:
         await site.accounts.rehash(user.id, await asyncio.to_thread(passwords.hash_password, password))
     return await site.log_in(r, user)
+
+
+async def _unverified(site: Site, r: Request, user: User) -> HttpResponse:
+    """The right password for an address not confirmed yet: no session; a new link instead."""
+    if not await mail_allowed(site, user.email, r.client):
+        error = "Confirm your e-mail address first, with the link we mailed you (it works for 24 hours)."
+        return public_form(site, r, "login.html", 403, error=error)
+    await send_verification(site, user)
+    error = "Confirm your e-mail address first: we mailed you a new link."
+    return public_form(site, r, "login.html", 403, error=error)
 
 
 async def logout_post(site: Site, r: Request) -> HttpResponse:

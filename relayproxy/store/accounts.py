@@ -23,7 +23,7 @@ from relayproxy.store.facade import Store, utc_iso, utc_now
 __all__ = ["Accounts", "SessionInfo", "User", "token_hash"]
 
 
-_USER_COLS = "u.id, u.email, a.name, u.admin, u.disabled, u.created_at, u.password_hash"
+_USER_COLS = "u.id, u.email, a.name, u.admin, u.disabled, u.created_at, u.password_hash, u.verified"
 _USER_FROM = " FROM users u JOIN accounts a ON a.id = u.account_id"
 
 
@@ -41,6 +41,7 @@ class User:
     disabled: bool
     created_at: str
     password_hash: str
+    verified: bool = True  # False: a sign-up whose e-mail address is not confirmed yet
 
     def public(self) -> dict[str, object]:
         """The user without its password hash (for listings)."""
@@ -61,8 +62,9 @@ class SessionInfo:
 
 
 def _user(row: tuple[object, ...]) -> User:
-    uid, email, account, admin, disabled, created, pw = row
-    return User(int(uid), str(email), str(account), bool(admin), bool(disabled), str(created), str(pw))  # type: ignore[call-overload]
+    uid, email, account, admin, disabled, created, pw, verified = row
+    flags = bool(admin), bool(disabled)
+    return User(int(uid), str(email), str(account), *flags, str(created), str(pw), bool(verified))  # type: ignore[call-overload]
 
 
 def _later(seconds: float) -> str:
@@ -77,7 +79,9 @@ class Accounts:
 
     # -- users ----------------------------------------------------------------------------------
 
-    async def create_user(self, email: str, account: str, password_hash: str, *, admin: bool = False) -> User | None:
+    async def create_user(
+        self, email: str, account: str, password_hash: str, *, admin: bool = False, verified: bool = True
+    ) -> User | None:
         """The new user (its account created if missing); None when the e-mail is taken."""
         email = email.strip().lower()
         created = utc_now()
@@ -87,9 +91,9 @@ class Accounts:
                 "INSERT INTO accounts(name, created_at) VALUES (?, ?) ON CONFLICT(name) DO NOTHING", (account, created)
             )
             cur = await db.execute(
-                "INSERT INTO users(email, password_hash, account_id, admin, created_at)"
-                " SELECT ?, ?, id, ?, ? FROM accounts WHERE name = ? ON CONFLICT(email) DO NOTHING",
-                (email, password_hash, int(admin), created, account),
+                "INSERT INTO users(email, password_hash, account_id, admin, created_at, verified)"
+                " SELECT ?, ?, id, ?, ?, ? FROM accounts WHERE name = ? ON CONFLICT(email) DO NOTHING",
+                (email, password_hash, int(admin), created, int(verified), account),
             )
             return bool(cur.rowcount == 1)
 
@@ -134,6 +138,15 @@ class Accounts:
             await db.execute("UPDATE users SET password_hash = ? WHERE id = ?", (password_hash, user_id))
 
         await self._store.transaction(txn)
+
+    async def mark_verified(self, user_id: int) -> bool:
+        """Confirm the user's e-mail address; True only for the call that changed it."""
+
+        async def txn(db: aiosqlite.Connection) -> bool:
+            cur = await db.execute("UPDATE users SET verified = 1 WHERE id = ? AND verified = 0", (user_id,))
+            return bool(cur.rowcount == 1)
+
+        return await self._store.transaction(txn)
 
     async def disable_user(self, user_id: int) -> bool:
         """Disable the user and end all its sessions at once; False when no such user."""
