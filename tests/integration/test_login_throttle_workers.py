@@ -1,5 +1,6 @@
-"""The login throttle under `serve --workers 2`: failures answered by either worker count together
-(the counts are in the store, not in a worker's memory).
+"""The login throttle under `serve --workers 2`, and with two gateways on one PostgreSQL: failures
+answered by either worker, or either gateway, count together (the counts are in the store, not in
+a process's memory).
 
 Each client below keeps one keep-alive connection, so each stays with the worker that accepted it;
 the access log (``"worker": N`` on each line) says which one that is.
@@ -112,3 +113,28 @@ def _alternate(first: PinnedClient, second: PinnedClient) -> None:
     assert first.login("w@example.test", PASSWORD) == 429
     # Another e-mail from the same address is not blocked yet (per client: 20).
     assert second.login("nobody@example.test", "wrong") == 401
+
+
+def test_failures_on_two_gateways_on_one_postgresql_count_together(tmp_path: Path, pg_url: str) -> None:
+    with DripUpstream() as up:
+        gateways: list[GatewayProcess] = []
+        try:
+            for name in ("a", "b"):
+                (tmp_path / name).mkdir()
+                config = tmp_path / name / "config.toml"
+                write_config(config, up.port, ["drip-1-1"], dashboard={"signup": "closed"})
+                config.write_text(config.read_text().replace('database = "relay.db"', f'database = "{pg_url}"'))
+                if name == "a":
+                    made = run_cli(config, "users", "create", "--email", "w@example.test", "--account", "w",
+                                   "--password-stdin", stdin=PASSWORD + "\n")  # fmt: skip
+                    assert made.returncode == 0, made.stderr
+                gateways.append(start_gateway(config))
+            clients = [PinnedClient(gw.port) for gw in gateways]
+            try:
+                _alternate(clients[0], clients[1])
+            finally:
+                for client in clients:
+                    client.conn.close()
+        finally:
+            for gw in gateways:
+                gw.close()
