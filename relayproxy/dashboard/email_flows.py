@@ -36,6 +36,7 @@ MAIL_WINDOW_S = 3600.0
 MAILS_PER_ADDRESS = 3  # per MAIL_WINDOW_S, reset and verification mails together
 MAILS_PER_CLIENT = 20
 _GONE = "This link is unknown, already used or expired."
+_GONE_RESET = f"{_GONE} Ask for a new one with “Forgot password?” on the login page."
 _SENT = "If an account uses this address, a link to reset its password is on its way. It works for one hour."
 
 
@@ -140,7 +141,7 @@ async def reset_get(site: Site, r: Request) -> HttpResponse:
     _mail_only(site)
     token = query_params(r.req.query).get("token", "")
     if not token or await site.tokens.peek(token, "reset") is None:
-        raise PageError(404, f"{_GONE} Ask for a new one with “Forgot password?” on the login page.")
+        raise PageError(404, _GONE_RESET)
     return public_form(site, r, "reset.html", token=token, error=None)
 
 
@@ -152,10 +153,12 @@ async def reset_post(site: Site, r: Request) -> HttpResponse:
     if len(password) < MIN_PASSWORD:
         error = f"Choose a password of at least {MIN_PASSWORD} characters."
         return public_form(site, r, "reset.html", 400, token=token, error=error)
+    if await site.tokens.peek(token, "reset") is None:  # no hashing work for a dead link
+        raise PageError(404, _GONE_RESET)
     pw_hash = await asyncio.to_thread(passwords.hash_password, password)
     user_id = await site.tokens.consume(token, "reset")
     if user_id is None:
-        raise PageError(404, f"{_GONE} Ask for a new one with “Forgot password?” on the login page.")
+        raise PageError(404, _GONE_RESET)
     await site.accounts.set_password(user_id, pw_hash)  # ends every session of the user
     await confirm_mailbox(site, user_id)
     await site.accounts.audit("self", "reset-password", f"user:{user_id}", "password set with a mailed link")

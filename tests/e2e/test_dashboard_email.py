@@ -100,6 +100,8 @@ def test_signup_is_verified_by_a_link_that_works_once(gw: FreshGateway, smtp: Fa
     assert client.login(email, PASSWORD)[0] == 303
     assert client.request("GET", "/dashboard")[0] == 200
     assert _balance(gw, email) == 1_000_000  # granted once, at the verification
+    with sqlite3.connect(gw.db) as db:
+        assert db.execute("SELECT verified FROM users WHERE email = ?", (email,)).fetchone() == (1,)
 
 
 def test_forgot_password_answers_alike_and_the_reset_link_works_once(gw: FreshGateway, smtp: FakeSmtp) -> None:
