@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import smtplib
+import socket
 import ssl
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid, parseaddr
@@ -57,7 +58,7 @@ class Mailer:
         context = ssl.create_default_context()
         smtp: smtplib.SMTP
         if cfg.security == "tls":
-            smtp = smtplib.SMTP_SSL(cfg.host, cfg.port, timeout=cfg.timeout_s, context=context)
+            smtp = _SMTPS(cfg.host, cfg.port, timeout=cfg.timeout_s, context=context)
         else:
             smtp = smtplib.SMTP(cfg.host, cfg.port, timeout=cfg.timeout_s)
         with smtp:
@@ -68,6 +69,19 @@ class Mailer:
             if cfg.user and cfg.password:
                 smtp.login(cfg.user, cfg.password)
             smtp.send_message(msg)
+
+
+class _SMTPS(smtplib.SMTP_SSL):
+    """``SMTP_SSL`` that closes its socket when the TLS handshake fails (the stdlib's leaves the
+    connected socket to the garbage collector)."""
+
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+        raw = socket.create_connection((host, port), timeout, self.source_address)
+        try:
+            return self.context.wrap_socket(raw, server_hostname=host)
+        except BaseException:
+            raw.close()
+            raise
 
 
 def _describe(exc: BaseException) -> str:
