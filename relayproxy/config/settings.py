@@ -23,6 +23,7 @@ from relayproxy.config._tables import (
     _usd,
 )
 from relayproxy.config.credentials import CredentialError, credential_name, read_secret
+from relayproxy.config.email import EmailConfig, EmailConfigError, parse_email
 
 __all__ = [
     "PROTOCOLS",
@@ -166,6 +167,7 @@ class Config:
     timeouts: Timeouts = field(default_factory=Timeouts)
     limits: Limits = field(default_factory=Limits)
     dashboard: DashboardConfig = field(default_factory=DashboardConfig)
+    email: EmailConfig | None = None  # [email] (config/email.py); None: the dashboard sends no mail
 
     def missing_keys(self) -> list[ProviderConfig]:
         """Providers without a usable API key (disabled), as resolved when the config was loaded."""
@@ -187,7 +189,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
 
 
 def parse_config(raw: dict[str, Any], path: Path) -> Config:
-    _check_keys(raw, "", {"server", "billing", "providers", "models", "timeouts", "limits", "dashboard"})
+    _check_keys(raw, "", {"server", "billing", "providers", "models", "timeouts", "limits", "dashboard", "email"})
     base = path.resolve().parent
     server = _server(_table(raw, "server"), base)
     providers = {n: _provider(n, t) for n, t in _table(raw, "providers").items()}
@@ -205,6 +207,7 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
         timeouts=_numbers(Timeouts, _table(raw, "timeouts"), "timeouts", float),
         limits=_numbers(Limits, _table(raw, "limits"), "limits", int),
         dashboard=_dashboard(_table(raw, "dashboard"), server),
+        email=_email(raw),
     )
 
 
@@ -301,6 +304,15 @@ def _dashboard(t: dict[str, Any], server: ServerConfig) -> DashboardConfig:
         )
     credit = _usd(t, "signup_credit_usd", 0, allow_zero=True, where="dashboard")
     return DashboardConfig(signup=signup, signup_credit_usd=credit, public_url=public_url)
+
+
+def _email(raw: dict[str, Any]) -> EmailConfig | None:
+    if "email" not in raw:
+        return None
+    try:
+        return parse_email(_table(raw, "email"))
+    except EmailConfigError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _url(t: dict[str, Any], key: str) -> str | None:

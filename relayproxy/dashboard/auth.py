@@ -1,19 +1,22 @@
-"""Setup (the first admin), sign-up, login, logout and the settings page."""
+"""Setup (the first admin), sign-up, login, logout and the settings page.
+
+With ``[email]`` configured a sign-up is not logged in: it is mailed a verification link
+(email_flows.py) and cannot log in until it has opened it.
+"""
 
 from __future__ import annotations
 
 import asyncio
 
-from relayproxy.dashboard.core import Site, nav, user_of
+from relayproxy.dashboard.core import MIN_PASSWORD, Site, nav, public_form, user_of
+from relayproxy.dashboard.email_flows import mail_allowed, send_verification
 from relayproxy.dashboard.sessions import Request, check_token, new_token
 from relayproxy.dashboard.web import PageError, form, redirect, render
 from relayproxy.http_types import HttpResponse, query_params
 from relayproxy.store import passwords
-from relayproxy.store.accounts import token_hash
+from relayproxy.store.accounts import User, token_hash
 
 __all__ = ["ROUTES"]
-
-MIN_PASSWORD = 10
 
 
 def _credentials(r: Request) -> tuple[str, str]:
@@ -31,18 +34,11 @@ def _valid_new(email: str, password: str) -> str | None:
     return None
 
 
-def _public_form(site: Site, r: Request, template: str, status: int = 200, **ctx: object) -> HttpResponse:
-    """A pre-login form with its double-submit CSRF token (a fresh cookie when there is none)."""
-    token = r.pre_csrf or new_token()
-    extra = [] if r.pre_csrf else [site.cookies.set(site.cookies.csrf, token)]
-    return render(template, status, extra, csrf=token, user=None, **ctx)
-
-
 async def setup_get(site: Site, r: Request) -> HttpResponse:
     token = query_params(r.req.query).get("token", "")
     if not token or not await site.accounts.setup_token_valid(token):
         raise PageError(404, "This setup link is unknown, already used or expired.")
-    return _public_form(site, r, "setup.html", token=token, error=None)
+    return public_form(site, r, "setup.html", token=token, error=None)
 
 
 async def setup_post(site: Site, r: Request) -> HttpResponse:
@@ -50,7 +46,7 @@ async def setup_post(site: Site, r: Request) -> HttpResponse:
     token = form(r.req).get("token", "")
     problem = _valid_new(email, password)
     if problem:
-        return _public_form(site, r, "setup.html", 400, token=token, error=problem)
+        return public_form(site, r, "setup.html", 400, token=token, error=problem)
     if not await site.accounts.consume_setup_token(token):
         raise PageError(404, "This setup link is unknown, already used or expired.")
     pw_hash = await asyncio.to_thread(passwords.hash_password, password)
@@ -64,7 +60,7 @@ async def setup_post(site: Site, r: Request) -> HttpResponse:
 async def signup_get(site: Site, r: Request) -> HttpResponse:
     if site.config.dashboard.signup != "open":
         raise PageError(404, "Sign-up is closed on this gateway; ask its operator for an account.")
-    return _public_form(site, r, "signup.html", error=None)
+    return public_form(site, r, "signup.html", error=None)
 
 
 async def signup_post(site: Site, r: Request) -> HttpResponse:
@@ -75,14 +71,18 @@ async def signup_post(site: Site, r: Request) -> HttpResponse:
     if problem is None and await site.accounts.user_by_email(email) is not None:
         problem = "This e-mail has an account already; log in instead."
     if problem:
-        return _public_form(site, r, "signup.html", 400, error=problem)
+        return public_form(site, r, "signup.html", 400, error=problem)
     account = email
     if await site.store.balance(account) is not None:  # an operator's account of that name: never join it
         account = f"{email}-{new_token()[:6]}"
     pw_hash = await asyncio.to_thread(passwords.hash_password, password)
-    user = await site.accounts.create_user(email, account, pw_hash)
+    user = await site.accounts.create_user(email, account, pw_hash, verified=site.mailer is None)
     if user is None:
-        return _public_form(site, r, "signup.html", 400, error="This e-mail has an account already; log in instead.")
+        return public_form(site, r, "signup.html", 400, error="This e-mail has an account already; log in instead.")
+    if site.mailer is not None:  # no session, no credit until the mailed link is opened
+        await mail_allowed(site, email, r.client)  # counted, not refused: one mail per new account
+        await send_verification(site, user)
+        return public_form(site, r, "check_email.html", email=email)
     credit = int(site.config.dashboard.signup_credit_usd * 1_000_000)
     if credit > 0:
         await site.store.grant(account, credit, "sign-up credit ([dashboard] signup_credit_usd)")
@@ -90,13 +90,13 @@ async def signup_post(site: Site, r: Request) -> HttpResponse:
 
 
 async def login_get(site: Site, r: Request) -> HttpResponse:
-    return _public_form(site, r, "login.html", error=None)
+    return public_form(site, r, "login.html", error=None)
 
 
 async def login_post(site: Site, r: Request) -> HttpResponse:
     email, password = _credentials(r)
-    if site.throttle.blocked(email, r.client):
-        return _public_form(site, r, "login.html", 429, error="Too many failed attempts; wait 15 minutes.")
+    if await site.throttle.blocked(email, r.client):
+        return public_form(site, r, "login.html", 429, error="Too many failed attempts; wait 15 minutes.")
     user = await site.accounts.user_by_email(email) if email else None
     if user is None or user.disabled:
         await asyncio.to_thread(passwords.verify_dummy, password)
@@ -104,12 +104,24 @@ async def login_post(site: Site, r: Request) -> HttpResponse:
     else:
         ok, rehash = await asyncio.to_thread(passwords.verify, user.password_hash, password)
     if not ok or user is None:
-        site.throttle.failed(email, r.client)
-        return _public_form(site, r, "login.html", 401, error="Wrong e-mail or password.")
-    site.throttle.succeeded(email)
+        await site.throttle.failed(email, r.client)
+        return public_form(site, r, "login.html", 401, error="Wrong e-mail or password.")
+    await site.throttle.succeeded(email)
+    if not user.verified and site.mailer is not None:
+        return await _unverified(site, r, user)
     if rehash:
         await site.accounts.rehash(user.id, await asyncio.to_thread(passwords.hash_password, password))
     return await site.log_in(r, user)
+
+
+async def _unverified(site: Site, r: Request, user: User) -> HttpResponse:
+    """The right password for an address not confirmed yet: no session; a new link instead."""
+    if not await mail_allowed(site, user.email, r.client):
+        error = "Confirm your e-mail address first, with the link we mailed you (it works for 24 hours)."
+        return public_form(site, r, "login.html", 403, error=error)
+    await send_verification(site, user)
+    error = "Confirm your e-mail address first: we mailed you a new link."
+    return public_form(site, r, "login.html", 403, error=error)
 
 
 async def logout_post(site: Site, r: Request) -> HttpResponse:

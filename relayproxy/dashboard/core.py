@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Coroutine
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from relayproxy.billing.payments import Payments
 from relayproxy.config.settings import Config
+from relayproxy.dashboard.mail import Mailer
 from relayproxy.dashboard.sessions import ABSOLUTE_S, IDLE_S, Cookies, Request, Throttle, new_token
-from relayproxy.dashboard.web import PageError, redirect
+from relayproxy.dashboard.web import PageError, redirect, render
 from relayproxy.http_types import HttpResponse
 from relayproxy.store.accounts import Accounts, User
+from relayproxy.store.email_tokens import EmailTokens
 from relayproxy.store.facade import Store
+from relayproxy.store.throttle import Attempts
 
-__all__ = ["Site"]
+__all__ = ["MIN_PASSWORD", "Site", "nav", "public_form", "user_of"]
+
+MIN_PASSWORD = 10  # characters, for every password a user chooses
 
 
 @dataclass
@@ -23,7 +30,11 @@ class Site:
     accounts: Accounts
     payments: Payments
     cookies: Cookies
-    throttle: Throttle = field(default_factory=Throttle)
+    throttle: Throttle
+    attempts: Attempts  # mails sent per address (email_flows.py)
+    tokens: EmailTokens
+    mailer: Mailer | None  # None: no [email] table, so no mail, no verification, no reset links
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     @classmethod
     def build(cls, config: Config, store: Store) -> Site:
@@ -33,7 +44,19 @@ class Site:
             success_url=config.billing.success_url or f"{base}/dashboard/billing?topup=done",
             cancel_url=config.billing.cancel_url or f"{base}/dashboard/billing",
         )
-        return cls(config, store, Accounts(store), Payments(billing, store), Cookies(config.dashboard))
+        accounts, payments, attempts = Accounts(store), Payments(billing, store), Attempts(store)
+        mailer = Mailer(config.email) if config.email is not None else None
+        return cls(
+            config, store, accounts, payments, Cookies(config.dashboard), Throttle(attempts), attempts,
+            EmailTokens(store), mailer,
+        )  # fmt: skip
+
+    def spawn(self, job: Coroutine[None, None, None]) -> None:
+        """Run ``job`` after the answer (a reset mail: the page must not wait, or its timing would
+        tell a known address from an unknown one); its failure is logged where it happens."""
+        task = asyncio.get_running_loop().create_task(job)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def log_in(self, r: Request, user: User) -> HttpResponse:
         """A new session for ``user`` (the one the request came with, if any, ends)."""
@@ -56,3 +79,11 @@ def nav(r: Request) -> dict[str, Any]:
     user = user_of(r)
     assert r.session is not None
     return {"user": user, "csrf": r.session.csrf}
+
+
+def public_form(site: Site, r: Request, template: str, status: int = 200, **ctx: object) -> HttpResponse:
+    """A pre-login form with its double-submit CSRF token (a fresh cookie when there is none)."""
+    token = r.pre_csrf or new_token()
+    extra = [] if r.pre_csrf else [site.cookies.set(site.cookies.csrf, token)]
+    ctx.setdefault("notice", None)
+    return render(template, status, extra, csrf=token, user=None, forgot=site.mailer is not None, **ctx)

@@ -5,16 +5,15 @@ It is ``HttpOnly`` and ``SameSite=Lax``, and ``Secure`` with the ``__Host-`` pre
 dashboard's ``public_url`` is https. Every POST must come from our own origin (``Origin``, or
 ``Referer`` when a browser sends no ``Origin``) and carry the CSRF token of its session in the
 form (``csrf``); forms shown before login (login, sign-up, setup) use a double-submit token in a
-cookie of its own instead. Login failures are counted per e-mail and per client address in
-this process; past the limit every attempt is refused until the window has passed.
+cookie of its own instead. Login failures are counted per e-mail and per client address in the
+store (store/throttle.py), so every worker and every gateway on one database counts together;
+past the limit every attempt is refused until the window has passed.
 """
 
 from __future__ import annotations
 
 import hmac
 import secrets
-import time
-from collections import deque
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -22,6 +21,7 @@ from relayproxy.config.settings import DashboardConfig
 from relayproxy.dashboard.web import PageError, cookies, origin_of
 from relayproxy.http_types import HttpRequest, header
 from relayproxy.store.accounts import SessionInfo
+from relayproxy.store.throttle import Attempts
 
 __all__ = ["ABSOLUTE_S", "IDLE_S", "Cookies", "Request", "Throttle", "check_origin", "check_token"]
 
@@ -89,32 +89,25 @@ def read_cookie(req: HttpRequest, name: str) -> str | None:
 
 
 class Throttle:
-    """At most ``limit`` failures per key in ``window_s``; keys are ``email:…`` and ``ip:…``."""
+    """At most ``per_email`` failures per e-mail and ``per_client`` per client address in
+    ``window_s``, counted in the store (``Attempts``) across workers and gateways."""
 
-    def __init__(self, per_email: int = 5, per_client: int = 20, window_s: float = 900.0) -> None:
+    def __init__(self, attempts: Attempts, per_email: int = 5, per_client: int = 20, window_s: float = 900.0) -> None:
+        self._attempts = attempts
         self._limits = {"email": per_email, "ip": per_client}
         self._window = window_s
-        self._failures: dict[str, deque[float]] = {}
 
-    def _recent(self, key: str, now: float) -> deque[float]:
-        times = self._failures.setdefault(key, deque())
-        while times and times[0] <= now - self._window:
-            times.popleft()
-        return times
+    @staticmethod
+    def _keys(email: str, client: str) -> dict[str, str]:
+        return {"email": f"login-email:{email}", "ip": f"login-ip:{client}"}
 
-    def blocked(self, email: str, client: str) -> bool:
-        now = time.monotonic()
-        return any(
-            len(self._recent(f"{kind}:{value}", now)) >= self._limits[kind]
-            for kind, value in (("email", email), ("ip", client))
-        )
+    async def blocked(self, email: str, client: str) -> bool:
+        keys = self._keys(email, client)
+        counts = await self._attempts.count(list(keys.values()), self._window)
+        return any(counts[key] >= self._limits[kind] for kind, key in keys.items())
 
-    def failed(self, email: str, client: str) -> None:
-        now = time.monotonic()
-        for key in (f"email:{email}", f"ip:{client}"):
-            self._recent(key, now).append(now)
-        if len(self._failures) > 100_000:  # bound the memory an attacker can make us keep
-            self._failures.clear()
+    async def failed(self, email: str, client: str) -> None:
+        await self._attempts.record(list(self._keys(email, client).values()))
 
-    def succeeded(self, email: str) -> None:
-        self._failures.pop(f"email:{email}", None)
+    async def succeeded(self, email: str) -> None:
+        await self._attempts.clear(self._keys(email, "")["email"])

@@ -17,6 +17,7 @@ from relayproxy.dashboard.admin import ROUTES as ADMIN_ROUTES
 from relayproxy.dashboard.auth import ROUTES as AUTH_ROUTES
 from relayproxy.dashboard.core import Site
 from relayproxy.dashboard.docs import ROUTES as DOCS_ROUTES
+from relayproxy.dashboard.email_flows import ROUTES as EMAIL_ROUTES
 from relayproxy.dashboard.sessions import IDLE_S, Request, check_origin, check_token, read_cookie
 from relayproxy.dashboard.web import PageError, form, redirect, render, static_file
 from relayproxy.http_types import HttpRequest, HttpResponse
@@ -27,7 +28,9 @@ __all__ = ["Dashboard"]
 log = logging.getLogger("relayproxy.dashboard")
 
 Page = Callable[..., Awaitable[HttpResponse]]
-_ROUTES: dict[tuple[str, str], tuple[Page, bool]] = {**AUTH_ROUTES, **ACCOUNT_ROUTES, **ADMIN_ROUTES, **DOCS_ROUTES}
+_ROUTES: dict[tuple[str, str], tuple[Page, bool]] = {
+    **AUTH_ROUTES, **EMAIL_ROUTES, **ACCOUNT_ROUTES, **ADMIN_ROUTES, **DOCS_ROUTES,
+}  # fmt: skip
 _PATHS = frozenset(path for _, path in _ROUTES)
 _STATIC = "/static/"
 

@@ -24,7 +24,7 @@ from relayproxy.store.facade import Statement, Store, utc_iso, utc_now
 __all__ = ["Accounts", "SessionInfo", "User", "token_hash"]
 
 
-_USER_COLS = "u.id, u.email, a.name, u.admin, u.disabled, u.created_at, u.password_hash"
+_USER_COLS = "u.id, u.email, a.name, u.admin, u.disabled, u.created_at, u.password_hash, u.verified"
 _USER_FROM = " FROM users u JOIN accounts a ON a.id = u.account_id"
 #: A session that is live (with ``s`` the session and ``u`` its user): token hash, now, now.
 _LIVE_SESSION = "s.token_hash = ? AND s.idle_expires_at > ? AND s.absolute_expires_at > ? AND u.disabled = 0"
@@ -44,6 +44,7 @@ class User:
     disabled: bool
     created_at: str
     password_hash: str
+    verified: bool = True  # False: a sign-up whose e-mail address is not confirmed yet
 
     def public(self) -> dict[str, object]:
         """The user without its password hash (for listings)."""
@@ -64,8 +65,8 @@ class SessionInfo:
 
 
 def _user(row: Sequence[Any]) -> User:
-    uid, email, account, admin, disabled, created, pw = row
-    return User(int(uid), str(email), str(account), bool(admin), bool(disabled), str(created), str(pw))
+    uid, email, account, admin, disabled, created, pw, verified = row
+    return User(int(uid), str(email), str(account), bool(admin), bool(disabled), str(created), str(pw), bool(verified))
 
 
 def _later(seconds: float) -> str:
@@ -80,7 +81,9 @@ class Accounts:
 
     # -- users ----------------------------------------------------------------------------------
 
-    async def create_user(self, email: str, account: str, password_hash: str, *, admin: bool = False) -> User | None:
+    async def create_user(
+        self, email: str, account: str, password_hash: str, *, admin: bool = False, verified: bool = True
+    ) -> User | None:
         """The new user (its account created if missing); None when the e-mail is taken."""
         email = email.strip().lower()
         created = utc_now()
@@ -92,9 +95,9 @@ class Accounts:
                     (account, created),
                 ),
                 (
-                    "INSERT INTO users(email, password_hash, account_id, admin, created_at)"
-                    " SELECT ?, ?, id, ?, ? FROM accounts WHERE name = ? ON CONFLICT(email) DO NOTHING",
-                    (email, password_hash, int(admin), created, account),
+                    "INSERT INTO users(email, password_hash, account_id, admin, created_at, verified)"
+                    " SELECT ?, ?, id, ?, ?, ? FROM accounts WHERE name = ? ON CONFLICT(email) DO NOTHING",
+                    (email, password_hash, int(admin), created, int(verified), account),
                 ),
             ]
         )
@@ -135,6 +138,14 @@ class Accounts:
     async def rehash(self, user_id: int, password_hash: str) -> None:
         """Replace the hash after a login found its parameters outdated (sessions stay)."""
         await self._store.transaction([("UPDATE users SET password_hash = ? WHERE id = ?", (password_hash, user_id))])
+
+    async def mark_verified(self, user_id: int) -> bool:
+        """Confirm the user's e-mail address; True only for the call that changed it."""
+
+        (changed,) = await self._store.transaction(
+            [("UPDATE users SET verified = 1 WHERE id = ? AND verified = 0", (user_id,))]
+        )
+        return changed.rowcount == 1
 
     async def disable_user(self, user_id: int) -> bool:
         """Disable the user and end all its sessions at once; False when no such user."""

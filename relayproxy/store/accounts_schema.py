@@ -11,7 +11,7 @@ moves the key's totals in the same transaction as the account's.
 
 from __future__ import annotations
 
-__all__ = ["MIGRATION"]
+__all__ = ["EMAIL_MIGRATION", "MIGRATION", "THROTTLE_MIGRATION"]
 
 MIGRATION = """
     CREATE TABLE users (
@@ -54,4 +54,30 @@ MIGRATION = """
         target TEXT NOT NULL,
         detail TEXT NOT NULL DEFAULT ''
     );
+"""
+
+# Attempts counted in a window across workers and gateways (throttle.py): failed logins, mails sent.
+THROTTLE_MIGRATION = """
+    CREATE TABLE throttle_events (
+        key BLOB NOT NULL,
+        at TEXT NOT NULL
+    );
+    CREATE INDEX throttle_events_key ON throttle_events(key, at);
+    CREATE INDEX throttle_events_at ON throttle_events(at);
+"""
+
+# Mailed links (email_tokens.py): sign-up verification and password reset, single-use, kept as
+# the SHA-256 of their token. ``users.verified``: 0 for a sign-up whose address is not confirmed
+# yet (only while [email] is configured); every user made before, or by the CLI, is verified.
+EMAIL_MIGRATION = """
+    ALTER TABLE users ADD COLUMN verified INTEGER NOT NULL DEFAULT 1;
+    CREATE TABLE email_tokens (
+        token_hash BLOB PRIMARY KEY,
+        user_id INTEGER NOT NULL REFERENCES users(id),
+        purpose TEXT NOT NULL CHECK (purpose IN ('verify', 'reset')),
+        created_at TEXT NOT NULL,
+        expires_at TEXT NOT NULL,
+        used_at TEXT
+    );
+    CREATE INDEX email_tokens_user ON email_tokens(user_id, purpose);
 """

@@ -3,8 +3,8 @@
 ``TABLES`` is the one list of what moves (a table added to both backends' migrations gets a line
 here); columns are named, so each backend's own extra columns (ids it generates, hold owners)
 stay out of it. Open holds do not move: they belong to running gateways, so the source must have
-none (stop the gateways first). Dashboard sessions and setup tokens do not move either (users log
-in again). The target must be empty; both ledgers are checked afterwards.
+none (stop the gateways first). Dashboard sessions, setup tokens, mailed links and throttle
+counts do not move either (users log in again). The target must be empty; both ledgers are checked afterwards.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ TABLES: dict[str, tuple[str, ...]] = {
         "created_at",
     ),
     "stripe_events": ("event_id", "type", "received_at"),
-    "users": ("id", "email", "password_hash", "account_id", "admin", "disabled", "created_at"),
+    "users": ("id", "email", "password_hash", "account_id", "admin", "disabled", "created_at", "verified"),
     "audit": ("seq", "created_at", "actor", "action", "target", "detail"),
     "usage": (
         "seq", "request_id", "created_at", "account", "key_id", "model", "provider", "client_protocol",

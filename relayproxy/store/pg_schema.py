@@ -144,6 +144,28 @@ MIGRATIONS: tuple[str, ...] = (
         detail TEXT NOT NULL DEFAULT ''
     );
     """,
+    # Attempts counted in a window across workers and gateways (throttle.py; as accounts_schema.py).
+    """
+    CREATE TABLE throttle_events (
+        key BYTEA NOT NULL,
+        at TEXT NOT NULL
+    );
+    CREATE INDEX throttle_events_key ON throttle_events(key, at);
+    CREATE INDEX throttle_events_at ON throttle_events(at);
+    """,
+    # Mailed links and the users' verified flag (email_tokens.py; as accounts_schema.py).
+    """
+    ALTER TABLE users ADD COLUMN verified INTEGER NOT NULL DEFAULT 1;
+    CREATE TABLE email_tokens (
+        token_hash BYTEA PRIMARY KEY,
+        user_id BIGINT NOT NULL REFERENCES users(id),
+        purpose TEXT NOT NULL CHECK (purpose IN ('verify', 'reset')),
+        created_at TEXT NOT NULL,
+        expires_at TEXT NOT NULL,
+        used_at TEXT
+    );
+    CREATE INDEX email_tokens_user ON email_tokens(user_id, purpose);
+    """,
 )
 
 

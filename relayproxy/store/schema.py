@@ -64,6 +64,8 @@ _MIGRATIONS: tuple[str, ...] = (
     """,
     ledger.MIGRATION,
     accounts_schema.MIGRATION,
+    accounts_schema.THROTTLE_MIGRATION,
+    accounts_schema.EMAIL_MIGRATION,
 )
 
 

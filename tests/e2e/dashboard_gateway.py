@@ -41,18 +41,32 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_fresh(tmp: Path, upstream: FakeUpstream, stripe: FakeStripe, signup: str = "open") -> FreshGateway:
+def start_fresh(
+    tmp: Path,
+    upstream: FakeUpstream,
+    stripe: FakeStripe,
+    signup: str = "open",
+    *,
+    extra: str = "",
+    env: dict[str, str] | None = None,
+    database: str | None = None,
+) -> FreshGateway:
+    """``extra``: TOML appended to the config (an ``[email]`` table, say); ``env``: more variables
+    for the process; ``database``: another store than ``relay.db`` (a postgresql:// URL)."""
     config = tmp / "config.toml"
     write_config(config, upstream, stripe.url)
     port = _free_port()
     text = config.read_text().replace('listen = "127.0.0.1:0"', f'listen = "127.0.0.1:{port}"')
     text += f'\n[dashboard]\nsignup = "{signup}"\nsignup_credit_usd = 1\npublic_url = "http://127.0.0.1:{port}"\n'
-    config.write_text(text)
+    if database is not None:
+        text = text.replace('database = "relay.db"', f'database = "{database}"')
+    config.write_text(text + extra)
     env = {
         **os.environ,
         "RELAYPROXY_TEST_UPSTREAM_KEY": UPSTREAM_KEY,
         "STRIPE_SECRET_KEY": STRIPE_API_KEY,
         "STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        **(env or {}),
     }
     log, out = tmp / "gateway.log", tmp / "gateway.out"
     with log.open("wb") as err, out.open("wb") as stdout:
@@ -119,4 +133,10 @@ class Browserless:
     def login(self, email: str, password: str) -> tuple[int, str]:
         token = self.csrf("/login")
         status, _, html = self.request("POST", "/login", {"csrf": token, "email": email, "password": password})
+        return status, html
+
+    def form(self, path: str, action: str, fields: dict[str, str]) -> tuple[int, str]:
+        """GET ``path`` for its CSRF token, then POST ``fields`` to ``action``."""
+        token = self.csrf(path)
+        status, _, html = self.request("POST", action, {"csrf": token, **fields})
         return status, html

@@ -270,3 +270,14 @@ def test_settings_change_password_and_end_other_sessions(fresh: FreshGateway) ->
     assert phone.request("GET", "/dashboard")[0] == 303 and laptop.request("GET", "/dashboard")[0] == 200
     assert Browserless(fresh).login("two-devices@example.test", PASSWORD)[0] == 401
     assert Browserless(fresh).login("two-devices@example.test", new)[0] == 303
+
+
+def test_without_email_there_is_no_forgot_password_page(fresh: FreshGateway) -> None:
+    client = Browserless(fresh)
+    _, _, html = client.request("GET", "/login")
+    assert "Forgot password?" not in html and "/forgot" not in html
+    assert client.request("GET", "/forgot")[0] == 404
+    assert client.request("GET", "/reset?token=x")[0] == 404
+    status = client.request("POST", "/forgot", {"csrf": client.csrf("/login"), "email": "victim@example.test"})[0]
+    assert status == 404
+    assert _user(fresh, "unmailed@example.test").request("GET", "/dashboard")[0] == 200  # no verification

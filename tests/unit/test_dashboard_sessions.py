@@ -1,11 +1,11 @@
-"""The dashboard's cookie attributes, Origin check and login throttle, as plain functions."""
+"""The dashboard's cookie attributes, Origin check, as plain functions (the login throttle: test_throttle_store.py)."""
 
 from __future__ import annotations
 
 import pytest
 
 from relayproxy.config.settings import DashboardConfig
-from relayproxy.dashboard.sessions import Cookies, Throttle, check_origin, check_token
+from relayproxy.dashboard.sessions import Cookies, check_origin, check_token
 from relayproxy.dashboard.web import PageError
 from relayproxy.http_types import HttpRequest
 
@@ -51,17 +51,3 @@ def test_token_check() -> None:
     for expected, sent in (("abc", "abd"), ("abc", None), (None, "abc"), ("", "")):
         with pytest.raises(PageError):
             check_token(expected, sent)
-
-
-def test_throttle_per_email_and_per_client() -> None:
-    t = Throttle(per_email=3, per_client=5, window_s=60)
-    for _ in range(3):
-        assert not t.blocked("a@x", "1.1.1.1")
-        t.failed("a@x", "1.1.1.1")
-    assert t.blocked("a@x", "2.2.2.2")  # the e-mail, from anywhere
-    assert not t.blocked("b@x", "2.2.2.2")
-    t.failed("b@x", "1.1.1.1")
-    t.failed("c@x", "1.1.1.1")
-    assert t.blocked("d@x", "1.1.1.1")  # the client, for any e-mail
-    t.succeeded("b@x")
-    assert t.blocked("b@x", "1.1.1.1") and not t.blocked("b@x", "3.3.3.3")
