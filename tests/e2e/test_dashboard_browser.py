@@ -9,8 +9,6 @@ A screenshot of every page is written to ``screenshots/dashboard/`` (ignored by 
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -25,42 +23,24 @@ from tests.fakes.upstream import FakeUpstream
 
 pytestmark = pytest.mark.e2e
 
-CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
-SHOTS = Path(__file__).resolve().parents[2] / "screenshots" / "dashboard"
 PASSWORD = "a long customer password"
 MESSAGES = [{"role": "user", "content": "Hello"}]
 
-if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):  # .ci/run installs them
+if not (Path("/usr/bin/chromium").exists() and Path("/usr/bin/chromedriver").exists()):  # .ci/run installs them
     pytest.skip("needs Debian's chromium and chromium-driver", allow_module_level=True)
 
 from selenium import webdriver  # noqa: E402 - only once the browser is known to be there
-from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.remote.webelement import WebElement  # noqa: E402
-from selenium.webdriver.support.expected_conditions import staleness_of  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+from tests.e2e.browser import SHOTS, chromium, field, submit  # noqa: E402
 
 
 @pytest.fixture
 def browser() -> Iterator[webdriver.Chrome]:
-    profile = tempfile.mkdtemp(prefix="relayproxy-chromium-")
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in (
-        "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--window-size=1280,1000",
-        # No request leaves the machine: Stripe's Checkout host resolves to nothing.
-        "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
-    ):  # fmt: skip
-        options.add_argument(flag)
-    driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
-    driver.set_page_load_timeout(30)
-    try:
+    with chromium() as driver:
         yield driver
-    finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
 
 
 @pytest.fixture
@@ -68,23 +48,6 @@ def fresh(tmp_path: Path, upstream: FakeUpstream, stripe_fake: FakeStripe) -> It
     gw = start_fresh(tmp_path, upstream, stripe_fake)
     yield gw
     gw.stop()
-
-
-def field(driver: webdriver.Chrome, name: str, scope: WebElement | None = None) -> WebElement:
-    """The input whose <label> reads ``name``."""
-    label = (scope or driver).find_element(By.XPATH, f".//label[normalize-space()='{name}']")
-    return driver.find_element(By.ID, label.get_attribute("for") or "")
-
-
-def button(driver: webdriver.Chrome | WebElement, name: str) -> WebElement:
-    return driver.find_element(By.XPATH, f".//button[normalize-space()='{name}']")
-
-
-def submit(driver: webdriver.Chrome, name: str, scope: WebElement | None = None) -> None:
-    """Click the form's button ``name`` and wait until the next page has replaced this one."""
-    page = driver.find_element(By.TAG_NAME, "html")
-    button(scope or driver, name).click()
-    WebDriverWait(driver, 15).until(staleness_of(page))
 
 
 _UNLABELLED = """
