@@ -34,6 +34,7 @@ from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.remote.webelement import WebElement  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
+from tests.a11y import check_names  # noqa: E402
 from tests.e2e.browser import SHOTS, chromium, field, submit  # noqa: E402
 
 
@@ -50,21 +51,9 @@ def fresh(tmp_path: Path, upstream: FakeUpstream, stripe_fake: FakeStripe) -> It
     gw.stop()
 
 
-_UNLABELLED = """
-const bad = [];
-for (const el of document.querySelectorAll("input:not([type=hidden]), select, textarea")) {
-  if (!(el.labels && el.labels.length) && !el.getAttribute("aria-label")) bad.push(el.outerHTML);
-}
-for (const b of document.querySelectorAll("button, a")) { if (!b.textContent.trim()) bad.push(b.outerHTML); }
-if (!document.documentElement.lang) bad.push("<html> without lang");
-if (!document.title) bad.push("no <title>");
-return bad;
-"""
-
-
 def shot(driver: webdriver.Chrome, name: str) -> None:
     """Screenshot the page, after checking that every control on it has an accessible name."""
-    assert driver.execute_script(_UNLABELLED) == [], name
+    check_names(driver, name)
     SHOTS.mkdir(parents=True, exist_ok=True)
     driver.save_screenshot(str(SHOTS / f"{name}.png"))
 
