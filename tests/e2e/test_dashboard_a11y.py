@@ -78,12 +78,16 @@ def test_every_page_passes_the_accessibility_check(browser: webdriver.Chrome, fr
     sdk = openai.OpenAI(base_url=base + "/v1", api_key=secret, max_retries=0)
     sdk.chat.completions.create(model="text", messages=[{"role": "user", "content": "Hello"}])
     page("/dashboard/keys", "page-keys")
+    submit(d, "Revoke")
+    audit(d, "page-keys-revoke", SHOTS)  # the confirmation
+    d.find_element(By.LINK_TEXT, "Cancel").click()
     page("/dashboard/usage", "page-usage")
     page("/dashboard/billing", "page-billing")
     page("/dashboard/settings", "page-settings")
     page("/dashboard", "page-overview")
     page("/docs", "page-docs")
     page("/admin", "page-403")
+    page("/dashboard/keys/revoke?key_id=no-such-key", "page-404-key")
     page("/dashboard/no-such-page", "page-404")
 
 

@@ -2,7 +2,8 @@
 ``chromium-driver``, driven by Selenium), controls found by their accessible names (INTERFACE.md):
 the setup link creates the admin; sign up; create a key; the official ``openai`` SDK uses it; the
 request appears on Usage with ``billed`` and ``reason``; top up through the fake Stripe (Checkout,
-then a signed webhook); the balance grows; revoke the key; the SDK gets 401.
+then a signed webhook); the balance grows; revoke the key (the key works until its confirmation
+page's Revoke); the SDK gets 401.
 
 A screenshot of every page is written to ``screenshots/dashboard/`` (ignored by git).
 """
@@ -151,22 +152,33 @@ def test_the_customer_journey(browser: webdriver.Chrome, fresh: FreshGateway, st
     assert len(bars) == 30 and float(bars[-1].get_attribute("height") or 0) > 0  # today's charge
     shot(d, "12-overview-after")
 
-    # Revoke: the SDK is refused at once.
+    # Revoke asks first (naming the key, saying what happens); until confirmed the key works.
     d.get(base + "/dashboard/keys")
     row = d.find_element(By.XPATH, "//tr[td[normalize-space()='laptop']]")
+    prefix = row.find_element(By.TAG_NAME, "code").text.rstrip("…")
     submit(d, "Revoke", row)
+    text = d.find_element(By.TAG_NAME, "main").text
+    assert prefix in text and "laptop" in text and "401" in text, text
+    shot(d, "13-keys-revoke-confirm")
+    assert sdk.chat.completions.create(model="text", messages=MESSAGES).choices[0].message.content
+    d.find_element(By.LINK_TEXT, "Cancel").click()
+    WebDriverWait(d, 15).until(lambda drv: drv.current_url == base + "/dashboard/keys")
+    assert sdk.chat.completions.create(model="text", messages=MESSAGES).choices[0].message.content
+    submit(d, "Revoke", d.find_element(By.XPATH, "//tr[td[normalize-space()='laptop']]"))
+    submit(d, "Revoke")  # the confirmation's own button: now the SDK is refused at once
+    assert d.current_url == base + "/dashboard/keys"
     assert d.find_elements(By.XPATH, "//tr[td[normalize-space()='laptop']]") == []
-    shot(d, "13-keys-revoked")
+    shot(d, "14-keys-revoked")
     with pytest.raises(openai.AuthenticationError):
         sdk.chat.completions.create(model="text", messages=MESSAGES)
 
     # The customers' documentation names this gateway's own base URLs and its models.
     d.get(base + "/docs")
     assert f"{base}/v1" in d.page_source and "oa-text" in d.page_source
-    shot(d, "14-docs")
+    shot(d, "15-docs")
     d.get(base + "/models")  # the public price list, in the dashboard's style for a browser
     assert d.find_element(By.TAG_NAME, "h1").text == "Models and prices" and "oa-text" in d.page_source
-    shot(d, "15-models")
+    shot(d, "16-models")
 
 
 def _wait_row(d: webdriver.Chrome, base: str, model: str) -> WebElement:
