@@ -26,7 +26,8 @@ class FreshGateway:
     port: int
     setup_link: str
     default_key: str
-    db: Path
+    db: Path  # the SQLite file (unused when ``database`` is a PostgreSQL URL)
+    database: str  # the store, as in the config's ``database``
     log: Path
     process: subprocess.Popen[bytes]
 
@@ -41,11 +42,15 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_fresh(tmp: Path, upstream: FakeUpstream, stripe: FakeStripe, signup: str = "open") -> FreshGateway:
+def start_fresh(
+    tmp: Path, upstream: FakeUpstream, stripe: FakeStripe, signup: str = "open", database: str = "relay.db"
+) -> FreshGateway:
+    """``database``: the SQLite file name in ``tmp``, or a ``postgresql://`` URL."""
     config = tmp / "config.toml"
     write_config(config, upstream, stripe.url)
     port = _free_port()
     text = config.read_text().replace('listen = "127.0.0.1:0"', f'listen = "127.0.0.1:{port}"')
+    text = text.replace('database = "relay.db"', f'database = "{database}"')
     text += f'\n[dashboard]\nsignup = "{signup}"\nsignup_credit_usd = 1\npublic_url = "http://127.0.0.1:{port}"\n'
     config.write_text(text)
     env = {
@@ -65,7 +70,7 @@ def start_fresh(tmp: Path, upstream: FakeUpstream, stripe: FakeStripe, signup: s
         time.sleep(0.05)
     key, link = out.read_text().splitlines()[:2]
     assert re.fullmatch(rf"http://127\.0\.0\.1:{port}/setup\?token=[\w-]+", link), link
-    return FreshGateway(f"http://127.0.0.1:{port}", port, link, key, tmp / "relay.db", log, proc)
+    return FreshGateway(f"http://127.0.0.1:{port}", port, link, key, tmp / "relay.db", database, log, proc)
 
 
 class Browserless:
