@@ -168,7 +168,7 @@ const a11y = (function () {
   }
 
   function sideways() {
-    const width = window.innerWidth, culprits = [];
+    const width = document.documentElement.clientWidth, culprits = [];
     document.querySelectorAll("body *").forEach(function (el) {
       if (el.getBoundingClientRect().right <= width + 0.5 || !shown(el)) return;
       for (let n = el.parentElement; n; n = n.parentElement) {
@@ -176,7 +176,7 @@ const a11y = (function () {
       }
       culprits.push(describe(el));
     });
-    return { scrollWidth: document.documentElement.scrollWidth, culprits: culprits.slice(0, 10) };
+    return { scrollWidth: document.documentElement.scrollWidth, clientWidth: width, culprits: culprits.slice(0, 10) };
   }
 
   return { unnamed: unnamed, lowContrast: lowContrast, startTabWalk: startTabWalk, tabLog: tabLog, stopTabWalk: stopTabWalk, sideways: sideways };

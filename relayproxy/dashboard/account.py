@@ -28,6 +28,11 @@ REASONS = {
 }
 
 
+def _key_names(keys: list[KeyInfo]) -> dict[str, str]:
+    """How the usage tables name a key: its prefix and label, as on the keys page."""
+    return {k.id: f"{k.prefix}… {k.label}".strip() for k in keys}
+
+
 async def _balance(site: Site, account: str) -> tuple[int, int]:
     return await site.store.balance(account) or (0, 0)
 
@@ -46,6 +51,7 @@ async def overview(site: Site, r: Request) -> HttpResponse:
         held=held,
         outcomes=outcomes,
         recent=recent[:10],
+        key_names=_key_names(await site.store.list_keys(user.account)),
         bars=spend_bars(per_day, today),
         chart=(WIDTH, HEIGHT),
         spent=sum(per_day.values()),
@@ -155,6 +161,7 @@ async def usage(site: Site, r: Request) -> HttpResponse:
         flt=flt,
         qs=flt.query_string(),
         keys=keys,
+        key_names=_key_names(keys),
         models=sorted(site.config.models),
         outcomes=list(REASONS),
         legend=REASONS,
