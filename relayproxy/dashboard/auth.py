@@ -35,7 +35,8 @@ def _public_form(site: Site, r: Request, template: str, status: int = 200, **ctx
     """A pre-login form with its double-submit CSRF token (a fresh cookie when there is none)."""
     token = r.pre_csrf or new_token()
     extra = [] if r.pre_csrf else [site.cookies.set(site.cookies.csrf, token)]
-    return render(template, status, extra, csrf=token, user=None, **ctx)
+    signup_open = site.config.dashboard.signup == "open"
+    return render(template, status, extra, csrf=token, user=None, signup_open=signup_open, **ctx)
 
 
 async def setup_get(site: Site, r: Request) -> HttpResponse:
