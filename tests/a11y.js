@@ -135,7 +135,7 @@ const a11y = (function () {
     const cs = getComputedStyle(el);
     const outline = cs.outlineStyle !== "none" && parseFloat(cs.outlineWidth) >= 1 ? cs.outlineStyle + " " + cs.outlineWidth + " " + cs.outlineColor : "";
     const shadow = cs.boxShadow !== "none" ? cs.boxShadow : "";
-    return { visible: !!(outline || shadow), key: outline + "|" + shadow };
+    return { visible: !!(outline || shadow), key: outline + "|" + shadow, outline: outline ? rgba(cs.outlineColor) : null };
   }
 
   function startTabWalk() {
@@ -150,6 +150,7 @@ const a11y = (function () {
       let indicator = "";
       if (!now.visible) indicator = "no focus indicator (outline or box-shadow)";
       else if (index >= 0 && now.key === state.unfocused[index]) indicator = "looks the same focused as unfocused";
+      else if (now.outline && ratio(now.outline, background(el.parentElement || el)) < 3) indicator = "focus outline below 3:1 against the page";
       state.log.push({ index: index, what: describe(el), indicator: indicator, contrast: hasText(el) ? contrastProblem(el) || "" : "" });
     };
     window.__a11yTab = state;
@@ -179,5 +180,18 @@ const a11y = (function () {
     return { scrollWidth: document.documentElement.scrollWidth, clientWidth: width, culprits: culprits.slice(0, 10) };
   }
 
-  return { unnamed: unnamed, lowContrast: lowContrast, startTabWalk: startTabWalk, tabLog: tabLog, stopTabWalk: stopTabWalk, sideways: sideways };
+  function hoverProblem(el) { return hasText(el) ? contrastProblem(el) : null; }
+
+  function hoverTargets() {  // one of each kind: same tag, classes, colours and background
+    const seen = new Set();
+    return Array.from(document.querySelectorAll("a[href], button")).filter(function (el) {
+      const cs = getComputedStyle(el);
+      const kind = [el.tagName, el.className, cs.color, cs.backgroundColor, background(el).join()].join("|");
+      if (!shown(el) || seen.has(kind)) return false;
+      seen.add(kind);
+      return true;
+    });
+  }
+
+  return { unnamed: unnamed, lowContrast: lowContrast, hoverProblem: hoverProblem, hoverTargets: hoverTargets, startTabWalk: startTabWalk, tabLog: tabLog, stopTabWalk: stopTabWalk, sideways: sideways };
 })();

@@ -10,7 +10,8 @@ at desktop and phone width; an assertion names what failed.
   large text (24 px, or 18.66 px bold), computed in the browser;
 - keyboard: Tab from the top reaches every link, button and field in document order (no positive
   ``tabindex``), and each shows a focus indicator (outline or box-shadow) it does not show
-  unfocused, with its text still at the contrast above;
+  unfocused (an outline at 3:1 against the page), with its text still at the contrast above;
+- hover: under the pointer, links and buttons (one of each kind) keep that contrast;
 - phone: at 375 px wide the page does not scroll sideways (``scrollWidth <= innerWidth``).
 """
 
@@ -24,7 +25,7 @@ from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
 
-__all__ = ["PHONE", "audit", "check_contrast", "check_focus", "check_names", "check_phone"]
+__all__ = ["PHONE", "audit", "check_contrast", "check_focus", "check_hover", "check_names", "check_phone"]
 
 PHONE = (375, 812)
 _JS = (Path(__file__).with_name("a11y.js")).read_text(encoding="utf-8")
@@ -66,6 +67,15 @@ def check_focus(driver: WebDriver, page: str) -> None:
     _run(driver, "a11y.stopTabWalk()")
 
 
+def check_hover(driver: WebDriver, page: str) -> None:
+    """The pointer over a link or button of each kind (tag, classes, colours): its text keeps its contrast."""
+    for el in _run(driver, "a11y.hoverTargets()"):
+        ActionChains(driver).move_to_element(el).perform()
+        problem = driver.execute_script(_JS + "\nreturn a11y.hoverProblem(arguments[0]);", el)
+        assert problem is None, f"{page}: under the pointer, {problem}"
+    ActionChains(driver).move_by_offset(0, 0).perform()
+
+
 def check_phone(driver: WebDriver, page: str) -> None:
     width = driver.execute_script("return window.innerWidth")
     assert width <= PHONE[0], f"the window did not narrow to {PHONE[0]} px (innerWidth {width})"
@@ -88,6 +98,7 @@ def audit(driver: WebDriver, page: str, shots: Path | None = None) -> None:
     check_names(driver, page)
     check_contrast(driver, page)
     check_focus(driver, page)
+    check_hover(driver, page)
     if shots is not None:
         screenshot(driver, shots / f"{page}.png")
     desktop = driver.get_window_size()

@@ -26,7 +26,7 @@ if not (Path("/usr/bin/chromium").exists() and Path("/usr/bin/chromedriver").exi
 from selenium import webdriver  # noqa: E402 - only once the browser is known to be there
 from selenium.webdriver.common.by import By  # noqa: E402
 
-from tests.a11y import PHONE, audit, check_contrast, check_focus, check_names, check_phone  # noqa: E402
+from tests.a11y import PHONE, audit, check_contrast, check_focus, check_hover, check_names, check_phone  # noqa: E402
 from tests.e2e.browser import SHOTS, chromium, field, submit  # noqa: E402
 
 PASSWORD = "a long customer password"
@@ -108,6 +108,8 @@ _BAD: dict[str, tuple[str, Callable[[webdriver.Chrome, str], None]]] = {
     ),
     "no focus ring": ('<style>a:focus{outline:none}</style><a href="#a">Home</a>', check_focus),
     "positive tabindex": ('<a href="#a">A</a><a href="#b" tabindex="2">B</a>', check_focus),
+    "faint under the pointer": ("<style>button:hover{color:#ccc}</style>", check_hover),
+    "faint focus outline": ('<style>a:focus-visible{outline:3px solid #eee}</style><a href="#b">B</a>', check_focus),
     "too wide for a phone": ('<div style="width:600px">wide</div>', check_phone),
 }
 
