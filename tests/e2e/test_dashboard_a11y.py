@@ -25,6 +25,7 @@ if not (Path("/usr/bin/chromium").exists() and Path("/usr/bin/chromedriver").exi
 
 from selenium import webdriver  # noqa: E402 - only once the browser is known to be there
 from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 from tests.a11y import PHONE, audit, check_contrast, check_focus, check_hover, check_names, check_phone  # noqa: E402
 from tests.e2e.browser import SHOTS, chromium, field, submit  # noqa: E402
@@ -52,6 +53,10 @@ def test_every_page_passes_the_accessibility_check(browser: webdriver.Chrome, fr
         d.get(base + path)
         audit(d, name, SHOTS)
 
+    def cancel(back: str) -> None:
+        d.find_element(By.LINK_TEXT, "Cancel").click()
+        WebDriverWait(d, 15).until(lambda drv: drv.current_url == back)
+
     def credentials(email: str, button: str) -> None:
         field(d, "Email").send_keys(email)
         field(d, "Password").send_keys(PASSWORD)
@@ -60,6 +65,9 @@ def test_every_page_passes_the_accessibility_check(browser: webdriver.Chrome, fr
     page(fresh.setup_link.removeprefix(base), "page-setup")
     credentials("operator@example.test", "Create admin")
     page("/admin", "page-admin")
+    submit(d, "Revoke")  # the first-start key's
+    audit(d, "page-admin-revoke", SHOTS)
+    cancel(base + "/admin")
     submit(d, "Log out")
     page("/login", "page-login")
     page("/signup", "page-signup")
@@ -80,7 +88,7 @@ def test_every_page_passes_the_accessibility_check(browser: webdriver.Chrome, fr
     page("/dashboard/keys", "page-keys")
     submit(d, "Revoke")
     audit(d, "page-keys-revoke", SHOTS)  # the confirmation
-    d.find_element(By.LINK_TEXT, "Cancel").click()
+    cancel(base + "/dashboard/keys")
     page("/dashboard/usage", "page-usage")
     page("/dashboard/billing", "page-billing")
     page("/dashboard/settings", "page-settings")
