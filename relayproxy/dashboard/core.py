@@ -55,4 +55,4 @@ def nav(r: Request) -> dict[str, Any]:
     """The context every logged-in page's layout needs."""
     user = user_of(r)
     assert r.session is not None
-    return {"user": user, "csrf": r.session.csrf}
+    return {"user": user, "csrf": r.session.csrf, "path": r.req.path}
