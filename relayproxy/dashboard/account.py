@@ -14,6 +14,7 @@ from relayproxy.dashboard.web import PageError, form, form_all, page_headers, re
 from relayproxy.errors import InvalidRequest
 from relayproxy.http_types import HttpResponse, query_params
 from relayproxy.keys import display_prefix, hash_key, new_key, new_key_id
+from relayproxy.records import KeyInfo
 from relayproxy.store.facade import utc_iso
 
 __all__ = ["ROUTES"]
@@ -25,6 +26,11 @@ REASONS = {
     "upstream_error": "the provider failed; not billed",
     "gateway_error": "the gateway failed; not billed",
 }
+
+
+def _key_names(keys: list[KeyInfo]) -> dict[str, str]:
+    """How the usage tables name a key: its prefix and label, as on the keys page."""
+    return {k.id: f"{k.prefix}… {k.label}".strip() for k in keys}
 
 
 async def _balance(site: Site, account: str) -> tuple[int, int]:
@@ -45,6 +51,7 @@ async def overview(site: Site, r: Request) -> HttpResponse:
         held=held,
         outcomes=outcomes,
         recent=recent[:10],
+        key_names=_key_names(await site.store.list_keys(user.account)),
         bars=spend_bars(per_day, today),
         chart=(WIDTH, HEIGHT),
         spent=sum(per_day.values()),
@@ -116,10 +123,25 @@ async def keys_create(site: Site, r: Request) -> HttpResponse:
     return await keys_page(site, r, new_secret=secret)
 
 
+async def _own_key(site: Site, r: Request, key_id: str) -> KeyInfo:
+    """The caller's account's active key ``key_id``; 404 for any other (another account's too)."""
+    for key in await site.store.list_keys(user_of(r).account):
+        if key.id == key_id and key.revoked_at is None:
+            return key
+    raise PageError(404, "No such key in your account.")
+
+
+async def keys_revoke_confirm(site: Site, r: Request) -> HttpResponse:
+    """The row's Revoke button (a GET, so it works without JavaScript): what revoking means, then
+    the real Revoke (a POST with the CSRF token) or Cancel."""
+    key = await _own_key(site, r, query_params(r.req.query).get("key_id", ""))
+    return render("revoke.html", key=key, owner=None, action="/dashboard/keys/revoke", back="/dashboard/keys", **nav(r))
+
+
 async def keys_revoke(site: Site, r: Request) -> HttpResponse:
     user, key_id = user_of(r), form(r.req).get("key_id", "")
-    mine = {k.id for k in await site.store.list_keys(user.account) if k.revoked_at is None}
-    if key_id not in mine or not await site.store.revoke_key(key_id):
+    await _own_key(site, r, key_id)
+    if not await site.store.revoke_key(key_id):
         raise PageError(404, "No such key in your account.")
     await site.accounts.audit(user.email, "key.revoke", f"key:{key_id}", f"account {user.account}")
     return redirect("/dashboard/keys")
@@ -139,6 +161,7 @@ async def usage(site: Site, r: Request) -> HttpResponse:
         flt=flt,
         qs=flt.query_string(),
         keys=keys,
+        key_names=_key_names(keys),
         models=sorted(site.config.models),
         outcomes=list(REASONS),
         legend=REASONS,
@@ -194,6 +217,7 @@ ROUTES = {
     ("GET", "/dashboard"): (overview, True),
     ("GET", "/dashboard/keys"): (keys_page, True),
     ("POST", "/dashboard/keys"): (keys_create, True),
+    ("GET", "/dashboard/keys/revoke"): (keys_revoke_confirm, True),
     ("POST", "/dashboard/keys/revoke"): (keys_revoke, True),
     ("GET", "/dashboard/usage"): (usage, True),
     ("GET", "/dashboard/usage.csv"): (usage_csv, True),

@@ -12,7 +12,7 @@ import relayproxy.dashboard.queries as queries
 from relayproxy.dashboard.core import Site, nav, user_of
 from relayproxy.dashboard.sessions import Request
 from relayproxy.dashboard.web import PageError, form, redirect, render
-from relayproxy.http_types import HttpResponse
+from relayproxy.http_types import HttpResponse, query_params
 
 __all__ = ["ROUTES"]
 
@@ -67,6 +67,16 @@ async def disable(site: Site, r: Request) -> HttpResponse:
     return redirect("/admin")
 
 
+async def revoke_confirm(site: Site, r: Request) -> HttpResponse:
+    """What revoking the key means, with the real Revoke (a POST) and Cancel."""
+    _admin(r)
+    key_id = query_params(r.req.query).get("key_id", "")
+    key = next((k for k in await site.store.list_keys() if k.id == key_id and k.revoked_at is None), None)
+    if key is None:
+        raise PageError(404, "No such active key.")
+    return render("revoke.html", key=key, owner=key.account, action="/admin/revoke", back="/admin", **nav(r))
+
+
 async def revoke(site: Site, r: Request) -> HttpResponse:
     who, key_id = _admin(r), form(r.req).get("key_id", "")
     if not await site.store.revoke_key(key_id):
@@ -79,5 +89,6 @@ ROUTES = {
     ("GET", "/admin"): (admin_page, True),
     ("POST", "/admin/grant"): (grant, True),
     ("POST", "/admin/disable"): (disable, True),
+    ("GET", "/admin/revoke"): (revoke_confirm, True),
     ("POST", "/admin/revoke"): (revoke, True),
 }

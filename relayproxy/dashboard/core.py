@@ -78,7 +78,7 @@ def nav(r: Request) -> dict[str, Any]:
     """The context every logged-in page's layout needs."""
     user = user_of(r)
     assert r.session is not None
-    return {"user": user, "csrf": r.session.csrf}
+    return {"user": user, "csrf": r.session.csrf, "path": r.req.path}
 
 
 def public_form(site: Site, r: Request, template: str, status: int = 200, **ctx: object) -> HttpResponse:
@@ -86,4 +86,7 @@ def public_form(site: Site, r: Request, template: str, status: int = 200, **ctx:
     token = r.pre_csrf or new_token()
     extra = [] if r.pre_csrf else [site.cookies.set(site.cookies.csrf, token)]
     ctx.setdefault("notice", None)
-    return render(template, status, extra, csrf=token, user=None, forgot=site.mailer is not None, **ctx)
+    signup_open = site.config.dashboard.signup == "open"
+    return render(
+        template, status, extra, csrf=token, user=None, forgot=site.mailer is not None, signup_open=signup_open, **ctx
+    )

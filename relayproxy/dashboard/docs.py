@@ -24,6 +24,7 @@ async def docs(site: Site, r: Request) -> HttpResponse:
         limits=site.config.limits,
         user=user,
         csrf=csrf,
+        path=r.req.path,
     )
 
 

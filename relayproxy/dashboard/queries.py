@@ -133,7 +133,9 @@ async def ledger_history(store: Store, account: str, limit: int = 100) -> list[t
         (account, limit),
     )
     entries = [(str(r[0]), str(r[1]), int(r[2]), str(r[3])) for r in rows]
-    entries += [(str(r[0]), "charges", int(r[1]), f"{int(r[2])} requests") for r in charges]
+    entries += [
+        (str(r[0]), "charges", int(r[1]), f"{int(r[2])} request{'' if int(r[2]) == 1 else 's'}") for r in charges
+    ]
     return sorted(entries, reverse=True)[:limit]
 
 

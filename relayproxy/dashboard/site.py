@@ -33,6 +33,7 @@ _ROUTES: dict[tuple[str, str], tuple[Page, bool]] = {
 }  # fmt: skip
 _PATHS = frozenset(path for _, path in _ROUTES)
 _STATIC = "/static/"
+_OWN_PREFIXES = (_STATIC, "/dashboard/", "/admin/")  # an unknown page here is an HTML 404, not the API's
 
 
 class Dashboard:
@@ -43,7 +44,7 @@ class Dashboard:
 
     @staticmethod
     def owns(path: str) -> bool:
-        return path in _PATHS or path.startswith(_STATIC)
+        return path in _PATHS or path.startswith(_OWN_PREFIXES)
 
     async def handle(self, req: HttpRequest) -> HttpResponse:
         if req.path.startswith(_STATIC):

@@ -49,7 +49,15 @@ def _load(name: str) -> str:
 _ENV = jinja2.Environment(
     loader=jinja2.FunctionLoader(_load), autoescape=True, undefined=jinja2.StrictUndefined, auto_reload=False
 )
+_ENV.filters["when"] = lambda iso, seconds=False: _when(str(iso), seconds)
 _ENV.filters["usd"] = lambda micro: f"${int(micro) / 1_000_000:,.6f}".rstrip("0").rstrip(".")
+
+
+def _when(iso: str, seconds: bool) -> str:
+    """``2026-12-07T11:31:48.731Z`` as ``2026-12-07 11:31`` (UTC; ``seconds``: ``…11:31:48``); a day as is."""
+    if len(iso) < 16 or iso[10] != "T":
+        return iso
+    return iso[:10] + " " + iso[11 : 19 if seconds else 16]
 
 
 def page_headers(content_type: bytes = b"text/html; charset=utf-8") -> Headers:

@@ -26,7 +26,8 @@ class FreshGateway:
     port: int
     setup_link: str
     default_key: str
-    db: Path
+    db: Path  # the SQLite file (unused when ``database`` is a PostgreSQL URL)
+    database: str  # the store, as in the config's ``database``
     log: Path
     process: subprocess.Popen[bytes]
 
@@ -79,7 +80,7 @@ def start_fresh(
         time.sleep(0.05)
     key, link = out.read_text().splitlines()[:2]
     assert re.fullmatch(rf"http://127\.0\.0\.1:{port}/setup\?token=[\w-]+", link), link
-    return FreshGateway(f"http://127.0.0.1:{port}", port, link, key, tmp / "relay.db", log, proc)
+    return FreshGateway(f"http://127.0.0.1:{port}", port, link, key, tmp / "relay.db", database, log, proc)
 
 
 class Browserless:

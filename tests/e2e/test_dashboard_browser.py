@@ -2,15 +2,14 @@
 ``chromium-driver``, driven by Selenium), controls found by their accessible names (INTERFACE.md):
 the setup link creates the admin; sign up; create a key; the official ``openai`` SDK uses it; the
 request appears on Usage with ``billed`` and ``reason``; top up through the fake Stripe (Checkout,
-then a signed webhook); the balance grows; revoke the key; the SDK gets 401.
+then a signed webhook); the balance grows; revoke the key (the key works until its confirmation
+page's Revoke); the SDK gets 401.
 
 A screenshot of every page is written to ``screenshots/dashboard/`` (ignored by git).
 """
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -25,94 +24,43 @@ from tests.fakes.upstream import FakeUpstream
 
 pytestmark = pytest.mark.e2e
 
-CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
-SHOTS = Path(__file__).resolve().parents[2] / "screenshots" / "dashboard"
 PASSWORD = "a long customer password"
 MESSAGES = [{"role": "user", "content": "Hello"}]
 
-if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):  # .ci/run installs them
+if not (Path("/usr/bin/chromium").exists() and Path("/usr/bin/chromedriver").exists()):  # .ci/run installs them
     pytest.skip("needs Debian's chromium and chromium-driver", allow_module_level=True)
 
 from selenium import webdriver  # noqa: E402 - only once the browser is known to be there
-from selenium.common.exceptions import WebDriverException  # noqa: E402
-from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.remote.webelement import WebElement  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
+
+from tests.a11y import check_names  # noqa: E402
+from tests.e2e.browser import SHOTS, chromium, field, submit  # noqa: E402
 
 
 @pytest.fixture
 def browser() -> Iterator[webdriver.Chrome]:
-    profile = tempfile.mkdtemp(prefix="relayproxy-chromium-")
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in (
-        "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--window-size=1280,1000",
-        # No request leaves the machine: Stripe's Checkout host resolves to nothing.
-        "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
-    ):  # fmt: skip
-        options.add_argument(flag)
-    driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
-    driver.set_page_load_timeout(30)
-    try:
+    with chromium() as driver:
         yield driver
-    finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
 
 
-@pytest.fixture
-def fresh(tmp_path: Path, upstream: FakeUpstream, stripe_fake: FakeStripe) -> Iterator[FreshGateway]:
-    gw = start_fresh(tmp_path, upstream, stripe_fake)
+@pytest.fixture(params=["sqlite", "postgresql"])
+def fresh(
+    request: pytest.FixtureRequest, tmp_path: Path, upstream: FakeUpstream, stripe_fake: FakeStripe
+) -> Iterator[FreshGateway]:
+    """A fresh gateway on each store backend (``pg_url``: a new database on the test PostgreSQL)."""
+    database = request.getfixturevalue("pg_url") if request.param == "postgresql" else "relay.db"
+    gw = start_fresh(tmp_path, upstream, stripe_fake, database=database)
     yield gw
     gw.stop()
 
 
-def field(driver: webdriver.Chrome, name: str, scope: WebElement | None = None) -> WebElement:
-    """The input whose <label> reads ``name``."""
-    label = (scope or driver).find_element(By.XPATH, f".//label[normalize-space()='{name}']")
-    return driver.find_element(By.ID, label.get_attribute("for") or "")
-
-
-def button(driver: webdriver.Chrome | WebElement, name: str) -> WebElement:
-    return driver.find_element(By.XPATH, f".//button[normalize-space()='{name}']")
-
-
-def submit(driver: webdriver.Chrome, name: str, scope: WebElement | None = None) -> None:
-    """Click the form's button ``name`` and wait until the next page has replaced this one."""
-    # A mark on this document, gone once another one has loaded. (Waiting for the old <html> to go
-    # stale is not enough: mid-navigation Chromium may answer "Node with given id does not belong
-    # to the document" instead of a stale-element error.)
-    driver.execute_script("document.documentElement.dataset.leaving = '1'")
-    button(scope or driver, name).click()
-    WebDriverWait(driver, 15, ignored_exceptions=(WebDriverException,)).until(_next_page_loaded)
-
-
-def _next_page_loaded(driver: webdriver.Chrome) -> bool:
-    return bool(
-        driver.execute_script("return document.readyState === 'complete' && !document.documentElement.dataset.leaving")
-    )
-
-
-_UNLABELLED = """
-const bad = [];
-for (const el of document.querySelectorAll("input:not([type=hidden]), select, textarea")) {
-  if (!(el.labels && el.labels.length) && !el.getAttribute("aria-label")) bad.push(el.outerHTML);
-}
-for (const b of document.querySelectorAll("button, a")) { if (!b.textContent.trim()) bad.push(b.outerHTML); }
-if (!document.documentElement.lang) bad.push("<html> without lang");
-if (!document.title) bad.push("no <title>");
-return bad;
-"""
-
-
-def shot(driver: webdriver.Chrome, name: str) -> None:
+def shot(driver: webdriver.Chrome, shots: Path, name: str) -> None:
     """Screenshot the page, after checking that every control on it has an accessible name."""
-    assert driver.execute_script(_UNLABELLED) == [], name
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    driver.save_screenshot(str(SHOTS / f"{name}.png"))
+    check_names(driver, name)
+    shots.mkdir(parents=True, exist_ok=True)
+    driver.save_screenshot(str(shots / f"{name}.png"))
 
 
 def fill_credentials(driver: webdriver.Chrome, email: str) -> None:
@@ -126,26 +74,27 @@ def balance(driver: webdriver.Chrome) -> str:
 
 def test_the_customer_journey(browser: webdriver.Chrome, fresh: FreshGateway, stripe_fake: FakeStripe) -> None:
     d, base = browser, fresh.base_url
+    shots = SHOTS / "postgresql" if fresh.database.startswith("postgresql") else SHOTS
     # The operator opens the link `serve` printed and creates the admin user.
     d.get(fresh.setup_link)
     fill_credentials(d, "operator@example.test")
-    shot(d, "01-setup")
+    shot(d, shots, "01-setup")
     submit(d, "Create admin")
     assert d.current_url == base + "/dashboard"
     d.get(base + "/admin")
-    shot(d, "02-admin")
+    shot(d, shots, "02-admin")
     submit(d, "Log out")
     assert d.current_url == base + "/login"
-    shot(d, "03-login")
+    shot(d, shots, "03-login")
 
     # A customer signs up (signup is open) and lands on the overview with the sign-up credit.
     d.get(base + "/signup")
     fill_credentials(d, "customer@example.test")
-    shot(d, "04-signup")
+    shot(d, shots, "04-signup")
     submit(d, "Sign up")
     assert d.current_url == base + "/dashboard"
     assert balance(d) == "$1"
-    shot(d, "05-overview-new")
+    shot(d, shots, "05-overview-new")
 
     # A key, shown once.
     d.get(base + "/dashboard/keys")
@@ -158,7 +107,7 @@ def test_the_customer_journey(browser: webdriver.Chrome, fresh: FreshGateway, st
     assert secret.startswith("rp_") and len(secret) == 35
     listed = d.find_element(By.XPATH, "//tr[td[normalize-space()='laptop']]").text
     assert "limit $0.5" in listed and "models text" in listed
-    shot(d, "06-keys-created")
+    shot(d, shots, "06-keys-created")
 
     # The official SDK uses it through the gateway to the fake upstream.
     sdk = openai.OpenAI(base_url=base + "/v1", api_key=secret, max_retries=0)
@@ -170,14 +119,14 @@ def test_the_customer_journey(browser: webdriver.Chrome, fresh: FreshGateway, st
     row = _wait_row(d, base, "text")
     assert row.find_element(By.CLASS_NAME, "billed").text == "yes"
     assert row.find_element(By.CLASS_NAME, "reason").text
-    assert d.find_element(By.LINK_TEXT, "Export CSV").get_attribute("href").startswith(base + "/dashboard/usage.csv")
-    shot(d, "07-usage")
+    shot(d, shots, "07-usage")
+    _filter_and_export(d, base)
 
     # Top up: the form's POST is answered by a 303 to Stripe Checkout, and the CSP lets it through.
     d.get(base + "/dashboard/billing")
     before = balance(d)
     field(d, "Amount (USD)").send_keys("20")
-    shot(d, "08-billing")
+    shot(d, shots, "08-billing")
     submit(d, "Top up")
     WebDriverWait(d, 15).until(lambda drv: drv.current_url.startswith("https://checkout.stripe.com/"))
     session_id = next(
@@ -193,37 +142,69 @@ def test_the_customer_journey(browser: webdriver.Chrome, fresh: FreshGateway, st
     after = balance(d)
     assert float(after.lstrip("$")) - float(before.lstrip("$")) == pytest.approx(20)
     assert "topup" in d.find_element(By.TAG_NAME, "table").text
-    shot(d, "09-billing-after-topup")
+    shot(d, shots, "09-billing-after-topup")
 
     # An amount outside the bounds is a clear error on the page, not a redirect.
     field(d, "Amount (USD)").send_keys("1")
     submit(d, "Top up")
     assert "Amount (USD): enter between" in d.find_element(By.CLASS_NAME, "error").text
-    shot(d, "10-billing-bad-amount")
+    shot(d, shots, "10-billing-bad-amount")
 
     d.get(base + "/dashboard/settings")
-    shot(d, "11-settings")
+    shot(d, shots, "11-settings")
     d.get(base + "/dashboard")
     bars = d.find_elements(By.CSS_SELECTOR, "svg.chart rect")
     assert len(bars) == 30 and float(bars[-1].get_attribute("height") or 0) > 0  # today's charge
-    shot(d, "12-overview-after")
+    shot(d, shots, "12-overview-after")
 
-    # Revoke: the SDK is refused at once.
+    # Revoke asks first (naming the key, saying what happens); until confirmed the key works.
     d.get(base + "/dashboard/keys")
     row = d.find_element(By.XPATH, "//tr[td[normalize-space()='laptop']]")
+    prefix = row.find_element(By.TAG_NAME, "code").text.rstrip("…")
     submit(d, "Revoke", row)
+    text = d.find_element(By.TAG_NAME, "main").text
+    assert prefix in text and "laptop" in text and "401" in text, text
+    shot(d, shots, "13-keys-revoke-confirm")
+    assert sdk.chat.completions.create(model="text", messages=MESSAGES).choices[0].message.content
+    d.find_element(By.LINK_TEXT, "Cancel").click()
+    WebDriverWait(d, 15).until(lambda drv: drv.current_url == base + "/dashboard/keys")
+    assert sdk.chat.completions.create(model="text", messages=MESSAGES).choices[0].message.content
+    submit(d, "Revoke", d.find_element(By.XPATH, "//tr[td[normalize-space()='laptop']]"))
+    submit(d, "Revoke")  # the confirmation's own button: now the SDK is refused at once
+    assert d.current_url == base + "/dashboard/keys"
     assert d.find_elements(By.XPATH, "//tr[td[normalize-space()='laptop']]") == []
-    shot(d, "13-keys-revoked")
+    shot(d, shots, "14-keys-revoked")
     with pytest.raises(openai.AuthenticationError):
         sdk.chat.completions.create(model="text", messages=MESSAGES)
 
     # The customers' documentation names this gateway's own base URLs and its models.
     d.get(base + "/docs")
     assert f"{base}/v1" in d.page_source and "oa-text" in d.page_source
-    shot(d, "14-docs")
+    shot(d, shots, "15-docs")
     d.get(base + "/models")  # the public price list, in the dashboard's style for a browser
     assert d.find_element(By.TAG_NAME, "h1").text == "Models and prices" and "oa-text" in d.page_source
-    shot(d, "15-models")
+    shot(d, shots, "16-models")
+
+
+def _filter_and_export(d: webdriver.Chrome, base: str) -> None:
+    """The usage filters (model, outcome, dates) and the CSV export of what they show."""
+    today = d.find_element(By.XPATH, "//tbody/tr[td[3][normalize-space()='text']]/td[1]").text[:10]  # its UTC day
+    Select(field(d, "Model")).select_by_visible_text("text")
+    d.execute_script("arguments[0].value = arguments[1]", field(d, "From"), today)  # a date field's own UI
+    d.execute_script("arguments[0].value = arguments[1]", field(d, "To"), today)
+    submit(d, "Filter")
+    assert d.current_url.endswith(f"model=text&outcome=&from={today}&to={today}")
+    assert d.find_element(By.XPATH, "//tbody/tr[td[3][normalize-space()='text']]/td[@class='billed']").text == "yes"
+    export = d.find_element(By.LINK_TEXT, "Export CSV").get_attribute("href") or ""
+    assert export == f"{base}/dashboard/usage.csv?model=text&from={today}&to={today}"
+    session = next(c for c in d.get_cookies() if c["name"] == "rp_session")
+    req = urllib.request.Request(export, headers={"cookie": f"rp_session={session['value']}"})
+    with urllib.request.urlopen(req) as resp:
+        lines = resp.read().decode().strip().splitlines()
+    assert len(lines) == 2 and lines[0].endswith(",billed,reason") and lines[1].endswith(",true,charged"), lines
+    Select(field(d, "Outcome")).select_by_visible_text("rejected")
+    submit(d, "Filter")
+    assert d.find_element(By.TAG_NAME, "tbody").text == "No requests yet."
 
 
 def _wait_row(d: webdriver.Chrome, base: str, model: str) -> WebElement:

@@ -124,6 +124,7 @@ def test_another_accounts_key_cannot_be_revoked_or_its_usage_seen(fresh: FreshGa
     alice, mallory = _user(fresh, "alice@example.test"), _user(fresh, "mallory@example.test")
     alice.request("POST", "/dashboard/keys", {"label": "alice-key", "csrf": alice.csrf("/dashboard/keys")})
     ((key_id, _, _),) = _keys(fresh, "alice@example.test")
+    assert mallory.request("GET", f"/dashboard/keys/revoke?key_id={key_id}")[0] == 404  # its confirmation
     status, _, _ = mallory.request(
         "POST", "/dashboard/keys/revoke", {"key_id": key_id, "csrf": mallory.csrf("/dashboard/keys")}
     )
@@ -212,10 +213,11 @@ def test_usage_csv_export_is_the_accounts_own_records(fresh: FreshGateway) -> No
     assert other.request("GET", "/dashboard/usage.csv")[2].strip().count("\n") == 0  # the header alone
 
 
-def _admin(gw: FreshGateway) -> Browserless:
+@pytest.fixture(scope="module")
+def admin(fresh: FreshGateway) -> Browserless:
     """The admin created through the one-time setup link (once per gateway)."""
-    client = Browserless(gw)
-    setup = urlparse(gw.setup_link)
+    client = Browserless(fresh)
+    setup = urlparse(fresh.setup_link)
     _, _, html = client.request("GET", f"{setup.path}?{setup.query}")
     token = re.search(r'name="csrf" value="([^"]+)"', html).group(1)  # type: ignore[union-attr]
     fields = {"csrf": token, "token": setup.query.removeprefix("token="), "email": "admin@example.test"}
@@ -223,8 +225,8 @@ def _admin(gw: FreshGateway) -> Browserless:
     return client
 
 
-def test_admin_grants_credit_and_disables_a_user_with_an_audit_trail(fresh: FreshGateway) -> None:
-    admin, target = _admin(fresh), _user(fresh, "target@example.test")
+def test_admin_grants_credit_and_disables_a_user_with_an_audit_trail(fresh: FreshGateway, admin: Browserless) -> None:
+    target = _user(fresh, "target@example.test")
     token = admin.csrf("/admin")
     _, _, html = admin.request("GET", "/admin")
     assert "target@example.test" in html and html.count(">Grant credit</button>") >= 2
@@ -281,3 +283,37 @@ def test_without_email_there_is_no_forgot_password_page(fresh: FreshGateway) -> 
     status = client.request("POST", "/forgot", {"csrf": client.csrf("/login"), "email": "victim@example.test"})[0]
     assert status == 404
     assert _user(fresh, "unmailed@example.test").request("GET", "/dashboard")[0] == 200  # no verification
+
+
+def test_revoke_asks_first_and_only_a_post_with_the_token_revokes(fresh: FreshGateway, admin: Browserless) -> None:
+    owner = _user(fresh, "revoker@example.test")
+    for label in ("<b>laptop</b>", "server"):
+        owner.request("POST", "/dashboard/keys", {"label": label, "csrf": owner.csrf("/dashboard/keys")})
+    (mine, _, _), (other, _, _) = _keys(fresh, "revoker@example.test")
+    status, _, html = owner.request("GET", f"/dashboard/keys/revoke?key_id={mine}")
+    assert status == 200 and "&lt;b&gt;laptop&lt;/b&gt;" in html and "<b>laptop" not in html
+    prefix = next(k.split("…")[0] for k in re.findall(r"<code>(rp_[^<]+)</code>", html))
+    assert "401" in html and 'href="/dashboard/keys">Cancel</a>' in html and ">Revoke</button>" in html
+    assert re.search(r'<form method="post" action="/dashboard/keys/revoke">', html) and prefix.startswith("rp_")
+    token = re.search(r'name="csrf" value="([^"]+)"', html).group(1)  # type: ignore[union-attr]
+    for fields, origin in (({"key_id": mine}, "self"), ({"key_id": mine, "csrf": token}, "https://evil.example")):
+        assert owner.request("POST", "/dashboard/keys/revoke", fields, origin=origin)[0] == 403
+    assert [revoked for _, _, revoked in _keys(fresh, "revoker@example.test")] == [
+        None,
+        None,
+    ]  # the GET revoked nothing
+    assert owner.request("POST", "/dashboard/keys/revoke", {"key_id": mine, "csrf": token})[0] == 303
+    assert _keys(fresh, "revoker@example.test")[0][2] is not None
+    assert owner.request("GET", f"/dashboard/keys/revoke?key_id={mine}")[0] == 404  # revoked already
+
+    # The admin's revoke of any key asks first too; only admins see it; an unknown key is 404.
+    assert owner.request("GET", f"/admin/revoke?key_id={other}")[0] == 403
+    status, _, html = admin.request("GET", f"/admin/revoke?key_id={other}")
+    assert status == 200 and "revoker@example.test" in html and "server" in html and 'href="/admin">Cancel</a>' in html
+    admin_token = re.search(r'name="csrf" value="([^"]+)"', html).group(1)  # type: ignore[union-attr]
+    assert admin.request("POST", "/admin/revoke", {"key_id": other})[0] == 403
+    assert _keys(fresh, "revoker@example.test")[1][2] is None
+    assert admin.request("GET", "/admin/revoke?key_id=no-such-key")[0] == 404
+    assert admin.request("POST", "/admin/revoke", {"key_id": "no-such-key", "csrf": admin_token})[0] == 404
+    assert admin.request("POST", "/admin/revoke", {"key_id": other, "csrf": admin_token})[0] == 303
+    assert _keys(fresh, "revoker@example.test")[1][2] is not None
