@@ -33,9 +33,10 @@ import aiosqlite
 from relayproxy.billing.pricing import Booking
 from relayproxy.errors import StoreError
 from relayproxy.records import KeyInfo, Principal, UsageRecord
-from relayproxy.store import ledger, schema
-from relayproxy.store.admission import PRINCIPAL_COLUMNS, Admission, admission, judge, principal_of
+from relayproxy.store import key_limits, ledger, schema
+from relayproxy.store.admission import PRINCIPAL_COLUMNS, Admission, admission, judge, over_rpm, principal_of
 from relayproxy.store.group_commit import GroupCommit, SyncDb, drive, sync_op
+from relayproxy.store.key_limits import NO_CAPS, KeyCaps
 
 __all__ = ["KEY_COLUMNS", "Admission", "Booking", "Store", "utc_iso", "utc_now"]
 
@@ -208,14 +209,16 @@ class Store:
         aborts_since: str | None,
         abort_cap: int,
         model: str | None = None,
+        caps: KeyCaps = NO_CAPS,
     ) -> Admission:
         """An inference request's whole way in, in one database trip: ``authenticate`` (with the
         abort count), the key's options (expiry; ``model`` against its allow-list), then, when the
-        key is valid, under the abort cap and ``hold_microusd`` is given, ``hold`` guarded by the
-        key's spend limit too. Revocation stays instant: the key is read in the same transaction."""
+        key is valid, under the abort cap and ``hold_microusd`` is given, the key's per-key
+        ``caps`` (key_limits.py) and ``hold`` guarded by the key's spend limit too. Revocation
+        stays instant: the key is read in the same transaction."""
         if hold_microusd is not None and hold_microusd < 0:
             raise ValueError(f"hold amount must be 0 or more, got {hold_microusd}")
-        now, owner = utc_now(), self._owner
+        now, owner, now_ms = utc_now(), self._owner, time.time_ns() // 1_000_000
 
         def txn(conn: sqlite3.Connection) -> Admission:
             principal = _principal(conn, key_hash, aborts_since if abort_cap > 0 else None)
@@ -223,9 +226,13 @@ class Store:
             if found is not None:
                 return found
             assert principal is not None and hold_microusd is not None
-            held = drive(
-                ledger.hold(SyncDb(conn), principal.account_id, request_id, hold_microusd, owner, now, principal.key_id)  # type: ignore[arg-type]
-            )
+            key_id = principal.key_id
+            if caps.rpm and (wait_s := key_limits.sqlite_window_full(conn, key_id, caps.rpm, now_ms)):
+                return over_rpm(principal, wait_s)
+            account_id, cap = principal.account_id, caps.concurrency
+            held = drive(ledger.hold(SyncDb(conn), account_id, request_id, hold_microusd, owner, now, key_id, cap))  # type: ignore[arg-type]
+            if caps.rpm and held == ledger.HELD:
+                key_limits.sqlite_count(conn, key_id, request_id, now_ms)
             return admission(principal, held)
 
         # Not fsynced on its own, like ``hold``: the next durable commit's sync flushes it. Nor

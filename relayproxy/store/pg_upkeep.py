@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any, TypeAlias, TypeVar
 
 from relayproxy.errors import StoreError, StoreUnavailable
+from relayproxy.store import key_limits, pg_outage
 from relayproxy.store import pg_ledger as q
-from relayproxy.store import pg_outage
 from relayproxy.store.facade import utc_iso, utc_now
 from relayproxy.store.pg_outage import Backlog, Parked
 
@@ -95,6 +95,7 @@ class Upkeep:
                 " AND NOT EXISTS (SELECT 1 FROM holds h WHERE h.owner = l.owner)"
             )
         )
+        await self._run(key_limits.pg_forget_window)
 
     async def _commit_settlements(self) -> None:
         """Commit the queued settlements, a batch per transaction, until the queue is empty.

@@ -16,7 +16,7 @@ from pathlib import Path
 import aiosqlite
 
 from relayproxy.errors import StoreError
-from relayproxy.store import accounts_schema, ledger
+from relayproxy.store import accounts_schema, key_limits, ledger
 
 __all__ = ["WalSync", "connect"]
 
@@ -64,6 +64,7 @@ _MIGRATIONS: tuple[str, ...] = (
     """,
     ledger.MIGRATION,
     accounts_schema.MIGRATION,
+    key_limits.SQLITE_MIGRATION,
 )
 
 
