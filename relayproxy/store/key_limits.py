@@ -18,7 +18,7 @@ PostgreSQL database, and a denial takes no credit and makes no upstream call.
   are younger than 60 s; the row is written in the same transaction as its hold, so every
   admitted request is counted once and a refused one not at all. Counting is serialised by the
   key's row lock, taken before the count (SQLite: ``BEGIN IMMEDIATE``; PostgreSQL: the principal
-  is read ``FOR UPDATE OF k``, and the count is a later statement, so its snapshot sees every
+  is read ``FOR NO KEY UPDATE OF k``, and the count is a later statement, so its snapshot sees every
   admission committed before the lock was granted). Rows older than the window are pruned by
   the admission itself on SQLite, and by the lease upkeep's sweep on PostgreSQL (never by an
   admission there: two deletes of the same rows in different orders could deadlock). With

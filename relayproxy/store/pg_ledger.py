@@ -40,7 +40,7 @@ async def principal(c: _Conn, key_hash: bytes, aborts_since: str | None, lock: b
         f"SELECT {PRINCIPAL_COLUMNS}, (SELECT COUNT(*) FROM usage u"
         " WHERE u.key_id = k.id AND u.created_at >= $1 AND u.outcome = 'client_disconnected')"
         " FROM api_keys k JOIN accounts a ON a.id = k.account_id WHERE k.hash = $2"
-        + (" FOR UPDATE OF k" if lock else ""),
+        + (" FOR NO KEY UPDATE OF k" if lock else ""),
         aborts_since or "9999",
         key_hash,
     )
@@ -119,6 +119,19 @@ async def hold(
     """ledger.hold's rules: the key's guarded share first (its row lock, then the account's)."""
     if await c.fetchval("SELECT 1 FROM ledger WHERE business_key = $1", f"req:{request_id}:hold"):
         return HELD if await c.fetchval("SELECT 1 FROM holds WHERE request_id = $1", request_id) else NO_CREDIT
+    if key_id is not None:  # the usual case, in one statement: the key's and account's rows lock briefly
+        took_key, took_credit = await c.fetchrow(
+            _HOLD_SQL, amount, now, key_id, cap, account_id, f"req:{request_id}:hold", request_id, owner
+        )
+        if took_credit:
+            return HELD
+        if took_key:  # undo the key's share: the transaction goes on (and commits)
+            await c.execute(
+                "UPDATE api_keys SET held_microusd = held_microusd - $1, in_flight = in_flight - 1 WHERE id = $2",
+                amount,
+                key_id,
+            )
+            return NO_CREDIT
     if key_id is not None and not await _key_share(c, key_id, amount, now, cap):
         refused = await _key_refusal(c, key_id, amount, cap)
         if refused is not None:
@@ -153,6 +166,30 @@ async def hold(
     return HELD
 
 
+#: A hold of a key's request as one statement: the key's guarded share (spend limit, in-flight
+#: cap), then (only if taken) the account's guarded hold, its ledger entry and its hold row. The
+#: account's UPDATE reads ``k``, so the key's row is locked first (the one order).
+_HOLD_SQL = """
+    WITH k AS (
+        UPDATE api_keys SET held_microusd = held_microusd + $1, in_flight = in_flight + 1, last_used_at = $2
+        WHERE id = $3
+          AND (spend_limit_microusd IS NULL OR spend_microusd + held_microusd + $1 <= spend_limit_microusd)
+          AND ($4 = 0 OR in_flight < $4)
+        RETURNING id),
+    a AS (
+        UPDATE accounts SET held_microusd = held_microusd + $1
+        WHERE id = $5 AND balance_microusd - held_microusd >= $1 AND EXISTS (SELECT 1 FROM k)
+        RETURNING id),
+    l AS (
+        INSERT INTO ledger(account_id, kind, amount_microusd, business_key, request_id, payment_ref, note, created_at)
+        SELECT $5, 'hold', $1, $6, $7, NULL, '', $2 FROM a ON CONFLICT DO NOTHING),
+    h AS (
+        INSERT INTO holds(request_id, account_id, key_id, amount_microusd, owner, created_at)
+        SELECT $7, $5, $3, $1, $8, $2 FROM a)
+    SELECT (SELECT COUNT(*) FROM k), (SELECT COUNT(*) FROM a)
+"""
+
+
 async def _key_share(c: _Conn, key_id: str, amount: int, now: str, cap: int) -> bool:
     """The key's guarded share of a hold: its spend limit and its in-flight ``cap``."""
     return bool(
@@ -175,7 +212,7 @@ async def _key_refusal(c: _Conn, key_id: str, amount: int, cap: int) -> str | No
     the guarded UPDATE and this read: the share may be taken now)."""
     row = await c.fetchrow(
         "SELECT in_flight, spend_limit_microusd IS NOT NULL AND spend_microusd + held_microusd + $2"
-        " > spend_limit_microusd FROM api_keys WHERE id = $1 FOR UPDATE",
+        " > spend_limit_microusd FROM api_keys WHERE id = $1 FOR NO KEY UPDATE",
         key_id,
         amount,
     )

@@ -6,9 +6,8 @@ id), then key rows (by key id), then account rows (by account id). Admission loc
 its account (and inserts its new hold row); the reaper and a single settlement claim one hold
 row, then its key, then its account. A batch of settlements would break it if it locked row by
 row (hold, key, account, next hold, another key…: two machines' batches then deadlock), so
-``settle_batch`` first locks every hold row of the batch, then every key, then every account,
-each set sorted, in three statements, and only then settles each request (re-locking a row one
-already holds never waits).
+``settle_batch`` locks every hold row of the batch first, then every key, then every account,
+each set sorted (re-locking a row one already holds never waits).
 
 Settling after the reaper. A machine cut off from PostgreSQL for longer than its lease keeps its
 streams running and parks their settlements (pg_outage.py); meanwhile another machine's reaper
@@ -52,33 +51,110 @@ async def settle(c: _Conn, rec: UsageRecord, charge: int, now: str) -> int:
 
 
 async def settle_batch(c: _Conn, items: list[tuple[UsageRecord, int, str]]) -> list[int]:
-    """``settle`` for each (record, charge, time) in one transaction, after locking the rows the
-    batch touches in the one order; answers in the order of ``items``."""
-    rids = sorted({rec.request_id for rec, _, _ in items})
-    holds = await c.fetch(
-        "SELECT request_id, account_id, key_id FROM holds WHERE request_id = ANY($1::text[])"
-        " ORDER BY request_id FOR UPDATE",
-        rids,
+    """``settle`` for each (record, charge, time) in one transaction, rows locked in the one
+    order; answers in the order of ``items``.
+
+    The hot rows (a busy key, its account) are locked last and briefly: the batch first claims its
+    hold rows (sorted) and books every entry and usage record, adding up what each key and
+    account must move, then applies one update per key, then per account (each set sorted), and
+    only then the rare late charges (whose key and account are then locked already). Admissions of
+    that key wait for the last few statements of a batch, not for all of it."""
+    await c.fetch(
+        "SELECT 1 FROM holds WHERE request_id = ANY($1::text[]) ORDER BY request_id FOR UPDATE",
+        sorted({rec.request_id for rec, _, _ in items}),
     )
-    # Late charges (a hold gone, something to charge) lock their key and account too.
-    late = [rec for rec, charge, _ in items if charge > 0]
-    keys = sorted({str(h["key_id"]) for h in holds if h["key_id"] is not None} | {r.key_id for r in late if r.key_id})
-    if keys:
-        await c.execute("SELECT 1 FROM api_keys WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE", keys)
-    accounts = sorted({int(h["account_id"]) for h in holds})
-    names = sorted({r.account for r in late if r.account})
-    if accounts or names:
-        await c.execute(
-            "SELECT 1 FROM accounts WHERE id = ANY($1::bigint[]) OR name = ANY($2::text[]) ORDER BY id FOR UPDATE",
-            accounts,
-            names,
-        )
-    order = sorted(range(len(items)), key=lambda i: items[i][0].request_id)
+    moves = _Moves()
     results = [0] * len(items)
-    for i in order:
+    late: list[int] = []
+    for i in sorted(range(len(items)), key=lambda i: items[i][0].request_id):
         rec, charge, at = items[i]
-        results[i] = await settle(c, rec, charge, at)
+        done = await c.fetchval("SELECT cost_microusd FROM usage WHERE request_id = $1", rec.request_id)
+        claimed = await _claim(c, rec.request_id, 0 if done is not None else charge, at, moves)
+        if done is not None:
+            results[i] = int(done)
+        elif claimed is None and charge > 0 and await _held_once(c, rec.request_id):
+            late.append(i)
+        else:
+            results[i] = await _record(c, rec, charge, claimed)
+    await moves.apply(
+        c, late_keys=[items[i][0].key_id for i in late], late_accounts=[items[i][0].account for i in late]
+    )
+    for i in late:
+        rec, charge, at = items[i]
+        results[i] = await _record(c, rec, charge, await _late_charge(c, rec, charge, at))
     return results
+
+
+async def _record(c: _Conn, rec: UsageRecord, charge: int, charged: int | None) -> int:
+    if not await q.insert_usage(c, as_charged(rec, charge, charged)):  # a concurrent replay settled it first
+        return int(await c.fetchval("SELECT cost_microusd FROM usage WHERE request_id = $1", rec.request_id))
+    return charged or 0
+
+
+async def _held_once(c: _Conn, rid: str) -> bool:
+    return bool(await c.fetchval("SELECT 1 FROM ledger WHERE business_key = $1", f"req:{rid}:hold"))
+
+
+async def _claim(c: _Conn, rid: str, charge: int, now: str, moves: _Moves) -> int | None:
+    """pg_ledger.settle_hold's entries, with the key's and account's moves added to ``moves``."""
+    row = await c.fetchrow("DELETE FROM holds WHERE request_id = $1 RETURNING account_id, amount_microusd, key_id", rid)
+    if row is None:
+        return None
+    account_id, held, key_id = int(row[0]), int(row[1]), row[2]
+    charged = min(max(charge, 0), held)
+    if charged:
+        await q.entry(c, account_id, "charge", charged, f"req:{rid}:charge", now, request_id=rid)
+    if held - charged:
+        await q.entry(c, account_id, "release", held - charged, f"req:{rid}:release", now, request_id=rid)
+    moves.add(account_id, None if key_id is None else str(key_id), charged, held)
+    return charged
+
+
+class _Moves:
+    """What a batch's settlements move on each key and account, applied once per row."""
+
+    def __init__(self) -> None:
+        self.keys: dict[str, list[int]] = {}  # key -> [spend +, held -, holds closed]
+        self.accounts: dict[int, list[int]] = {}  # account -> [balance -, held -]
+
+    def add(self, account_id: int, key_id: str | None, charged: int, held: int) -> None:
+        if key_id is not None:
+            k = self.keys.setdefault(key_id, [0, 0, 0])
+            k[0], k[1], k[2] = k[0] + charged, k[1] + held, k[2] + 1
+        a = self.accounts.setdefault(account_id, [0, 0])
+        a[0], a[1] = a[0] + charged, a[1] + held
+
+    async def apply(self, c: _Conn, *, late_keys: list[str | None], late_accounts: list[str | None]) -> None:
+        keys = sorted(set(self.keys) | {k for k in late_keys if k})
+        if keys:  # locked in id order first: one UPDATE over several rows locks them in no set order
+            await c.execute("SELECT 1 FROM api_keys WHERE id = ANY($1::text[]) ORDER BY id FOR NO KEY UPDATE", keys)
+        if self.keys:
+            ids = sorted(self.keys)
+            await c.execute(
+                "UPDATE api_keys k SET spend_microusd = spend_microusd + m.spend,"
+                " held_microusd = held_microusd - m.held, in_flight = in_flight - m.n"
+                " FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::int[])"
+                " AS m(id, spend, held, n) WHERE k.id = m.id",
+                ids,
+                *([self.keys[i][j] for i in ids] for j in range(3)),
+            )
+        names = sorted({a for a in late_accounts if a})
+        if self.accounts or names:
+            await c.execute(
+                "SELECT 1 FROM accounts WHERE id = ANY($1::bigint[]) OR name = ANY($2::text[])"
+                " ORDER BY id FOR NO KEY UPDATE",
+                sorted(self.accounts),
+                names,
+            )
+        if self.accounts:
+            accounts = sorted(self.accounts)
+            await c.execute(
+                "UPDATE accounts a SET balance_microusd = balance_microusd - m.spent,"
+                " held_microusd = held_microusd - m.held"
+                " FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS m(id, spent, held) WHERE a.id = m.id",
+                accounts,
+                *([self.accounts[i][j] for i in accounts] for j in range(2)),
+            )
 
 
 async def _late_charge(c: _Conn, rec: UsageRecord, charge: int, now: str) -> int | None:
@@ -92,11 +168,12 @@ async def _late_charge(c: _Conn, rec: UsageRecord, charge: int, now: str) -> int
     room = None
     if rec.key_id is not None:  # the key's row first: the one lock order
         room = await c.fetchval(
-            "SELECT spend_limit_microusd - spend_microusd - held_microusd FROM api_keys WHERE id = $1 FOR UPDATE",
+            "SELECT spend_limit_microusd - spend_microusd - held_microusd FROM api_keys WHERE id = $1"
+            " FOR NO KEY UPDATE",
             rec.key_id,
         )
     available = await c.fetchval(
-        "SELECT balance_microusd - held_microusd FROM accounts WHERE id = $1 FOR UPDATE", account_id
+        "SELECT balance_microusd - held_microusd FROM accounts WHERE id = $1 FOR NO KEY UPDATE", account_id
     )
     amount = max(0, min(charge, held, int(available), int(room) if room is not None else charge))
     if amount < min(charge, held):
