@@ -63,7 +63,6 @@ class Exchange:
     tracked: bool = False  # an inference request: it must leave a usage record
     recorded: bool = False
     charge: Charge | None = None  # a credit hold is open for this request
-    release: Callable[[], None] | None = None  # gives back the key's admission slot when it ends
 
     @property
     def request_id(self) -> str:
@@ -89,10 +88,8 @@ class Recorder:
         self._models = models  # metric labels only for configured names: clients cannot mint series
 
     def _closed(self, ex: Exchange) -> None:
-        """The request is over: free its admission slot, count it, log it."""
-        if ex.release is not None:
-            ex.release()
-            ex.release = None
+        """The request is over: count it, log it (its settlement closes its hold, which frees
+        its key's in-flight slot)."""
         self._observe(ex)
         rec = ex.record
         access.info(

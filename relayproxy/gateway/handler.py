@@ -12,7 +12,6 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from functools import partial
 from typing import Any, Protocol
 
 import orjson
@@ -38,11 +37,11 @@ from relayproxy.gateway.exchange import Exchange, Recorder, access, new_request_
 from relayproxy.gateway.inference import Inference, Spawn, insufficient, refusal
 from relayproxy.http_types import HttpRequest, HttpResponse, header, query_params
 from relayproxy.keys import hash_key, looks_like_key
-from relayproxy.policy.limits import Denied, KeyLimiter
 from relayproxy.policy.plan import parse_json
 from relayproxy.policy.router import Endpoint, EndpointKind, match_endpoint, protocol_for
 from relayproxy.records import Outcome, Principal, key_expired
 from relayproxy.store.facade import Store, utc_iso, utc_now
+from relayproxy.store.key_limits import KeyCaps
 from relayproxy.telemetry.accesslog import access_line
 from relayproxy.telemetry.metrics import CONTENT_TYPE, GatewayMetrics
 from relayproxy.upstream import Pool
@@ -80,7 +79,7 @@ class Gateway:
         self._inference = Inference(config, pool, self._recorder, self.metrics, spawn)
         self._payments = Payments(config.billing, store)
         self._prices = price_list(config)
-        self._limiter = KeyLimiter(config.limits.per_key_concurrency, config.limits.per_key_rpm)
+        self._caps = KeyCaps(config.limits.per_key_concurrency, config.limits.per_key_rpm)
         self._routes: dict[EndpointKind, Handler] = {
             EndpointKind.INFERENCE: self._infer,
             EndpointKind.COUNT_TOKENS: self._count_tokens,
@@ -147,9 +146,11 @@ class Gateway:
     # -- endpoints ------------------------------------------------------------------------------
 
     async def _infer(self, ex: Exchange, ep: Endpoint) -> HttpResponse:
-        """Key, abort cap, admission, then the request: the key lookup and the credit hold share
-        one database trip (``Store.admit``), so the request is planned first (no I/O) to know
-        what to hold, but a planning error is answered only once the key is known to be good."""
+        """Key, abort cap, admission, then the request: the key lookup, the per-key caps
+        (concurrency and requests per minute, counted in the database so they hold across
+        workers and machines) and the credit hold share one database trip (``Store.admit``), so
+        the request is planned first (no I/O) to know what to hold, but a planning error is
+        answered only once the key is known to be good."""
         ex.tracked = True
         ex.record.client_protocol = ep.protocol
         key_hash = self._key_hash(ex)
@@ -162,7 +163,7 @@ class Gateway:
         cap = self._config.limits.free_aborts_per_hour
         since = utc_iso(datetime.now(UTC) - timedelta(hours=1)) if cap > 0 else None  # 0: no cap, no count
         admission = await self._store.admit(
-            key_hash, ex.request_id, amount, aborts_since=since, abort_cap=cap, model=ex.record.model
+            key_hash, ex.request_id, amount, aborts_since=since, abort_cap=cap, model=ex.record.model, caps=self._caps
         )
         principal = self._authenticated(ex, admission.principal, admission.refused == "key_expired")
         # From here on every way out settles the request, which releases a hold taken above.
@@ -172,14 +173,12 @@ class Gateway:
                 "wait before sending more requests.",
                 retry_after_s=300,
             )
-        admitted = self._limiter.try_acquire(principal.key_id, time.monotonic())
-        if isinstance(admitted, Denied):
-            what = "concurrent requests" if admitted.reason == "concurrency" else "requests per minute"
+        if admission.refused in ("concurrency", "rpm"):
+            what = "concurrent requests" if admission.refused == "concurrency" else "requests per minute"
             raise RateLimited(
-                f"Too many {what} for this key; retry after {admitted.retry_after_s} s.",
-                retry_after_s=admitted.retry_after_s,
+                f"Too many {what} for this key; retry after {admission.retry_after_s} s.",
+                retry_after_s=admission.retry_after_s,
             )
-        ex.release = partial(self._limiter.release, admitted)
         if planning_error is not None:
             raise planning_error
         assert amount is not None
@@ -271,7 +270,7 @@ class Gateway:
             outcome, reason = Outcome.UPSTREAM_ERROR, "upstream_error"
         else:
             outcome, reason = Outcome.GATEWAY_ERROR, "gateway_error"
-        self._recorder.finish(ex, outcome, err.status, reason)  # also frees the key's admission slot
+        self._recorder.finish(ex, outcome, err.status, reason)
         if not ex.tracked:
             self._log_untracked(ex, err.status)
         return self._error_response(ex.protocol, err, ex.request_id)

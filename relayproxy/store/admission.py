@@ -13,18 +13,20 @@ from typing import Any
 from relayproxy.records import Principal, allowed_models, key_expired
 from relayproxy.store import ledger
 
-__all__ = ["PRINCIPAL_COLUMNS", "Admission", "admission", "judge", "principal_of"]
+__all__ = ["PRINCIPAL_COLUMNS", "Admission", "admission", "judge", "over_rpm", "principal_of"]
 
 
 @dataclass(frozen=True, slots=True)
 class Admission:
     """What ``Store.admit`` found: the key's principal (None: unknown or revoked), whether the
     credit hold was taken (None: not attempted) and, when the key's options refused the request,
-    the refusal's error kind (``key_expired``, ``model_not_allowed``, ``key_spend_limit``)."""
+    the refusal's error kind (``key_expired``, ``model_not_allowed``, ``key_spend_limit``), or
+    ``concurrency`` / ``rpm`` when a per-key cap did (key_limits.py), with its ``retry_after_s``."""
 
     principal: Principal | None
     held: bool | None
     refused: str | None = None
+    retry_after_s: int = 0
 
 
 def judge(
@@ -44,7 +46,14 @@ def judge(
 
 def admission(principal: Principal, held: str) -> Admission:
     """``admit``'s answer for a hold ``ledger.hold`` tried."""
+    if held == ledger.CONCURRENCY:
+        return Admission(principal, None, "concurrency", 1)
     return Admission(principal, held == ledger.HELD, "key_spend_limit" if held == ledger.KEY_LIMIT else None)
+
+
+def over_rpm(principal: Principal, retry_after_s: int) -> Admission:
+    """``admit``'s answer when the key's requests-per-minute window is full."""
+    return Admission(principal, None, "rpm", retry_after_s)
 
 
 #: The key, its account and its options as ``principal_of`` reads them (one row, both backends).

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -32,10 +33,11 @@ import aiosqlite
 from relayproxy.billing.pricing import Booking
 from relayproxy.errors import StoreError
 from relayproxy.records import KeyInfo, Principal, UsageRecord
-from relayproxy.store import ledger, schema, sqlite_txn
-from relayproxy.store.admission import Admission, admission, judge
+from relayproxy.store import key_limits, ledger, schema, sqlite_txn
+from relayproxy.store.admission import Admission, admission, judge, over_rpm
 from relayproxy.store.common import KEY_COLUMNS, Outcome, Statement, utc_iso, utc_now
 from relayproxy.store.group_commit import GroupCommit, Op
+from relayproxy.store.key_limits import NO_CAPS, KeyCaps
 
 __all__ = ["KEY_COLUMNS", "Admission", "Booking", "Outcome", "Statement", "Store", "utc_iso", "utc_now"]
 
@@ -183,14 +185,16 @@ class Store:
         aborts_since: str | None,
         abort_cap: int,
         model: str | None = None,
+        caps: KeyCaps = NO_CAPS,
     ) -> Admission:
         """An inference request's whole way in, in one database trip: ``authenticate`` (with the
         abort count), the key's options (expiry; ``model`` against its allow-list), then, when the
-        key is valid, under the abort cap and ``hold_microusd`` is given, ``hold`` guarded by the
-        key's spend limit too. Revocation stays instant: the key is read in the same transaction."""
+        key is valid, under the abort cap and ``hold_microusd`` is given, the key's per-key
+        ``caps`` (key_limits.py) and ``hold`` guarded by the key's spend limit too. Revocation
+        stays instant: the key is read in the same transaction."""
         if hold_microusd is not None and hold_microusd < 0:
             raise ValueError(f"hold amount must be 0 or more, got {hold_microusd}")
-        now, owner = utc_now(), self._owner
+        now, owner, now_ms = utc_now(), self._owner, time.time_ns() // 1_000_000
 
         def txn(conn: sqlite3.Connection) -> Admission:
             principal = sqlite_txn.principal(conn, key_hash, aborts_since if abort_cap > 0 else None)
@@ -198,7 +202,13 @@ class Store:
             if found is not None:
                 return found
             assert principal is not None and hold_microusd is not None
-            held = ledger.hold(conn, principal.account_id, request_id, hold_microusd, owner, now, principal.key_id)
+            key_id = principal.key_id
+            if caps.rpm and (wait_s := key_limits.sqlite_window_full(conn, key_id, caps.rpm, now_ms)):
+                return over_rpm(principal, wait_s)
+            account_id, cap = principal.account_id, caps.concurrency
+            held = ledger.hold(conn, account_id, request_id, hold_microusd, owner, now, key_id, cap)
+            if caps.rpm and held == ledger.HELD:
+                key_limits.sqlite_count(conn, key_id, request_id, now_ms)
             return admission(principal, held)
 
         # Not fsynced on its own, like ``hold``: the next durable commit's sync flushes it. Nor

@@ -36,6 +36,7 @@ from relayproxy.billing.pricing import Booking
 from relayproxy.store.owners import Owner
 
 __all__ = [
+    "CONCURRENCY",
     "HELD",
     "KEY_LIMIT",
     "MIGRATION",
@@ -135,13 +136,16 @@ def grant(db: sqlite3.Connection, account_id: int, amount: int, note: str, now: 
     return int(row[0])
 
 
-#: What ``hold`` did: held; the account's available credit does not cover it; the key's limit does not.
-HELD, NO_CREDIT, KEY_LIMIT = "held", "no_credit", "key_limit"
+#: What ``hold`` did: held; the account's available credit does not cover it; the key's limit does
+#: not; the key has ``cap`` requests in flight already (key_limits.py).
+HELD, NO_CREDIT, KEY_LIMIT, CONCURRENCY = "held", "no_credit", "key_limit", "concurrency"
 
-#: The key's guarded share of a hold (and its last use): one conditional statement.
+#: The key's guarded share of a hold (its spend limit and in-flight cap, and its last use): one
+#: conditional statement.
 KEY_HOLD_SQL = (
-    "UPDATE api_keys SET held_microusd = held_microusd + ?, last_used_at = ? WHERE id = ?"
+    "UPDATE api_keys SET held_microusd = held_microusd + ?, in_flight = in_flight + 1, last_used_at = ? WHERE id = ?"
     " AND (spend_limit_microusd IS NULL OR spend_microusd + held_microusd + ? <= spend_limit_microusd)"
+    " AND (? = 0 OR in_flight < ?)"
 )
 
 
@@ -153,24 +157,30 @@ def hold(
     owner: Owner,
     now: str,
     key_id: str | None = None,
+    cap: int = 0,
 ) -> str:
-    """Reserve ``amount`` if the key's spend limit (with ``key_id``) and the account's available
-    credit cover it: ``HELD``, ``KEY_LIMIT`` or ``NO_CREDIT``; no credit moves unless held (a key
+    """Reserve ``amount`` if the key's spend limit and in-flight ``cap`` (with ``key_id``) and the
+    account's available credit cover it: ``HELD``, ``KEY_LIMIT``, ``CONCURRENCY`` or ``NO_CREDIT``;
+    no credit moves unless held (a key
     its limit admits has its ``last_used_at`` set, in that same guarded statement).
     Replaying an existing hold answers whether it is still open; a request id is held at most once."""
     if _one(db, "SELECT 1 FROM ledger WHERE business_key = ?", (f"req:{request_id}:hold",)):
         return HELD if _one(db, "SELECT 1 FROM holds WHERE request_id = ?", (request_id,)) else NO_CREDIT
     if key_id is not None:
-        cur = db.execute(KEY_HOLD_SQL, (amount, now, key_id, amount))
+        cur = db.execute(KEY_HOLD_SQL, (amount, now, key_id, amount, cap, cap))
         if cur.rowcount != 1:
-            return KEY_LIMIT
+            row = _one(db, "SELECT in_flight FROM api_keys WHERE id = ?", (key_id,))
+            return CONCURRENCY if cap and row is not None and int(row[0]) >= cap else KEY_LIMIT
     cur = db.execute(
         "UPDATE accounts SET held_microusd = held_microusd + ? WHERE id = ? AND balance_microusd - held_microusd >= ?",
         (amount, account_id, amount),
     )
     if cur.rowcount != 1:
         if key_id is not None:  # undo the key's share: the transaction goes on (and commits)
-            db.execute("UPDATE api_keys SET held_microusd = held_microusd - ? WHERE id = ?", (amount, key_id))
+            db.execute(
+                "UPDATE api_keys SET held_microusd = held_microusd - ?, in_flight = in_flight - 1 WHERE id = ?",
+                (amount, key_id),
+            )
         return NO_CREDIT
     _entry(db, account_id, "hold", amount, f"req:{request_id}:hold", now, request_id=request_id)
     db.execute(
@@ -191,7 +201,8 @@ def settle_hold(db: sqlite3.Connection, request_id: str, charge: int, now: str) 
     charged = min(max(charge, 0), held)
     if key_id is not None:
         db.execute(
-            "UPDATE api_keys SET spend_microusd = spend_microusd + ?, held_microusd = held_microusd - ? WHERE id = ?",
+            "UPDATE api_keys SET spend_microusd = spend_microusd + ?, held_microusd = held_microusd - ?,"
+            " in_flight = in_flight - 1 WHERE id = ?",
             (charged, held, key_id),
         )
     if charged:
@@ -305,18 +316,22 @@ def check(db: sqlite3.Connection) -> list[str]:
     return problems
 
 
-#: Per key: its cached held against its open holds, and its spend + held against its limit.
+#: Per key: its cached held and in-flight count against its open holds, and its spend + held
+#: against its limit.
 KEY_CHECK_SQL = (
     "SELECT k.id, k.held_microusd, (SELECT COALESCE(SUM(amount_microusd), 0) FROM holds h WHERE h.key_id = k.id),"
-    " k.spend_microusd, k.spend_limit_microusd FROM api_keys k ORDER BY k.id"
+    " k.spend_microusd, k.spend_limit_microusd, k.in_flight, (SELECT COUNT(*) FROM holds h WHERE h.key_id = k.id)"
+    " FROM api_keys k ORDER BY k.id"
 )
 
 
 def key_problems(rows: Any) -> list[str]:
     out = []
-    for key_id, held, open_holds, spend, limit in rows:
+    for key_id, held, open_holds, spend, limit, in_flight, hold_count in rows:
         if int(held) != int(open_holds):
             out.append(f"key {key_id}: held_microusd {held} != sum of its open holds {open_holds}")
+        if int(in_flight) != int(hold_count):
+            out.append(f"key {key_id}: in_flight {in_flight} != its open holds {hold_count}")
         if limit is not None and int(spend) + int(held) > int(limit):
             out.append(f"key {key_id}: spend {spend} + held {held} exceed its limit {limit}")
     return out

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncpg
 
+from relayproxy.store import key_limits
+
 __all__ = ["MIGRATIONS", "migrate"]
 
 _LOCK_KEY = 0x72656C6179  # "relay": the advisory lock every migrating process takes
@@ -166,6 +168,8 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX email_tokens_user ON email_tokens(user_id, purpose);
     """,
+    # Per-key in-flight count and requests-per-minute window (key_limits.py).
+    key_limits.PG_MIGRATION,
 )
 
 

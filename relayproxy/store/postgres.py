@@ -9,8 +9,9 @@ caller's cancellation, so it always commits or rolls back whole.
 Ledger rules across processes and machines. Admission reserves credit with one guarded
 ``UPDATE accounts … WHERE balance - held >= $h`` in the same transaction that reads the key (so
 revocation is instant); settlement is one transaction that first claims the hold row
-(``DELETE … RETURNING``: a replay finds nothing and changes nothing) and then the account row,
-the one order every transaction locks rows in. Stripe events are exactly-once through the
+(``DELETE … RETURNING``: a replay finds nothing and changes nothing), then the key's row, then the
+account's: the one order every transaction locks rows in, group-committed batches included
+(pg_settle.py). Stripe events are exactly-once through the
 ``stripe_events`` primary key and the ledger's unique business keys (``ON CONFLICT DO NOTHING``).
 
 Holds belong to an owner (one opened store) with a row in ``leases`` that the store renews every
@@ -40,10 +41,11 @@ import asyncpg
 
 from relayproxy.errors import StoreError, StoreUnavailable
 from relayproxy.records import KeyInfo, Principal, UsageRecord
+from relayproxy.store import key_limits, pg_schema, pg_settle
 from relayproxy.store import pg_ledger as q
-from relayproxy.store import pg_schema
-from relayproxy.store.admission import Admission, admission, judge
+from relayproxy.store.admission import Admission, admission, judge, over_rpm
 from relayproxy.store.facade import KEY_COLUMNS, Outcome, Statement, Store, utc_now
+from relayproxy.store.key_limits import NO_CAPS, KeyCaps
 from relayproxy.store.ledger import HELD
 from relayproxy.store.pg_bookings import Bookings
 from relayproxy.store.pg_outage import Backlog, Parked
@@ -98,8 +100,10 @@ class PgStore(Bookings, Upkeep, Store):
         self._backlog = Backlog()
         self._queue: list[tuple[Parked, asyncio.Future[int]]] = []  # settlements not yet sent
         self._committers = 0  # tasks committing batches of them (at most SETTLE_PIPELINE)
+        self.batch_fallbacks = 0
         self._down = False  # the last housekeeping round found the database unreachable
         self._sweep_after = 0.0  # loop time before which others' holds are left alone (after an outage)
+        self._settling = key_limits.Settling()  # queued settlements by key, for the in-flight cap
 
     @classmethod
     async def connect(
@@ -277,23 +281,37 @@ class PgStore(Bookings, Upkeep, Store):
         aborts_since: str | None,
         abort_cap: int,
         model: str | None = None,
+        caps: KeyCaps = NO_CAPS,
     ) -> Admission:
         if hold_microusd is not None and hold_microusd < 0:
             raise ValueError(f"hold amount must be 0 or more, got {hold_microusd}")
         now = utc_now()
 
         async def txn(c: _Conn) -> Admission:
-            principal = await q.principal(c, key_hash, aborts_since if abort_cap > 0 else None)
+            principal = await q.principal(c, key_hash, aborts_since if abort_cap > 0 else None, lock=caps.rpm > 0)
             found = judge(principal, hold_microusd, abort_cap, model, now)
             if found is not None:
                 return found
             assert principal is not None and hold_microusd is not None
+            key_id = principal.key_id
+            if caps.rpm and (wait_s := await key_limits.pg_take_window(c, key_id, request_id, caps.rpm)):
+                return over_rpm(principal, wait_s)
             held = await q.hold(
-                c, principal.account_id, request_id, hold_microusd, self._owner_id, now, principal.key_id
+                c, principal.account_id, request_id, hold_microusd, self._owner_id, now, key_id, caps.concurrency
             )
+            if caps.rpm and held != HELD:
+                await key_limits.pg_unwind(c, key_id, request_id)
             return admission(principal, held)
 
-        return await self._money(txn)
+        mark = self._settling.mark()
+        got = await self._money(txn)
+        if (
+            got.refused == "concurrency"
+            and got.principal
+            and await self._settling.settled_since(got.principal.key_id, mark)
+        ):
+            got = await self._money(txn)  # the key's slots this process was still settling (key_limits.py)
+        return got
 
     # -- usage ------------------------------------------------------------------------------------
 
@@ -336,6 +354,7 @@ class PgStore(Bookings, Upkeep, Store):
         applied when it answers again (pg_outage.py)."""
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._queue.append((Parked(rec, charge_microusd, utc_now()), future))
+        self._settling.add(rec.key_id, future)
         if self._committers < SETTLE_PIPELINE:
             self._committers += 1
             task = asyncio.get_running_loop().create_task(self._commit_settlements())
@@ -345,7 +364,7 @@ class PgStore(Bookings, Upkeep, Store):
 
     async def settle(self, rec: UsageRecord, charge_microusd: int) -> int:
         now = utc_now()
-        return await self._money(lambda c: q.settle(c, rec, charge_microusd, now))
+        return await self._money(lambda c: pg_settle.settle(c, rec, charge_microusd, now))
 
     async def release(self, request_id: str) -> int:
         now = utc_now()

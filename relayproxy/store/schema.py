@@ -16,7 +16,7 @@ from pathlib import Path
 import aiosqlite
 
 from relayproxy.errors import StoreError
-from relayproxy.store import accounts_schema, ledger
+from relayproxy.store import accounts_schema, key_limits, ledger
 
 __all__ = ["WalSync", "connect"]
 
@@ -66,6 +66,7 @@ _MIGRATIONS: tuple[str, ...] = (
     accounts_schema.MIGRATION,
     accounts_schema.THROTTLE_MIGRATION,
     accounts_schema.EMAIL_MIGRATION,
+    key_limits.SQLITE_MIGRATION,
 )
 
 

@@ -28,6 +28,7 @@ class DripUpstream:
 
     def __init__(self) -> None:
         self.active = 0
+        self.peak = 0  # the most streams served at once
         self.cut = 0  # streams the gateway closed before their end
         self.finished = 0
         self.port = 0
@@ -66,6 +67,7 @@ class DripUpstream:
             body = json.loads(await reader.readexactly(length))
             _, count, interval_ms = str(body["model"]).split("-")
             self.active += 1
+            self.peak = max(self.peak, self.active)
             try:
                 await self._drip(writer, int(count), int(interval_ms) / 1000)
                 self.finished += 1
