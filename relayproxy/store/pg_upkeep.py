@@ -17,6 +17,7 @@ from relayproxy.errors import StoreError, StoreUnavailable
 from relayproxy.store import key_limits, pg_outage
 from relayproxy.store import pg_ledger as q
 from relayproxy.store.facade import utc_iso, utc_now
+from relayproxy.store.pg_batch import settle_batch
 from relayproxy.store.pg_outage import Backlog, Parked
 
 __all__ = ["SETTLE_BATCH", "SETTLE_PIPELINE", "Upkeep"]
@@ -190,7 +191,7 @@ class Upkeep:
 
 
 async def _settle_all(c: _Conn, items: list[Parked]) -> list[int]:
-    return [await q.settle(c, item.rec, item.charge_microusd, item.at) for item in items]
+    return await settle_batch(c, [(item.rec, item.charge_microusd, item.at) for item in items])
 
 
 async def _settle_parked(c: _Conn, item: Parked) -> int:
