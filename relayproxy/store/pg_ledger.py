@@ -1,7 +1,8 @@
 """The PostgreSQL ledger's statements: they run inside a transaction the caller (postgres.py) opened.
 
 The same rules as ledger.py's for SQLite (its docstring has the theory): guarded holds, business
-keys that make every replay a no-op, and rows locked in one order: a hold row before its account.
+keys that make every replay a no-op, and rows locked in one order: hold rows, then keys, then
+accounts (pg_settle.py, which also has settlement itself).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any, TypeAlias
 from relayproxy.billing.pricing import Booking
 from relayproxy.records import Principal, UsageRecord
 from relayproxy.store.admission import PRINCIPAL_COLUMNS, principal_of
-from relayproxy.store.facade import as_charged, utc_now
+from relayproxy.store.facade import utc_now
 from relayproxy.store.ledger import (
     CONCURRENCY,
     HELD,
@@ -216,17 +217,6 @@ async def release(c: _Conn, request_id: str, now: str) -> int | None:
     if row is None or await settle_hold(c, request_id, 0, now) is None:
         return None
     return int(row[0])
-
-
-async def settle(c: _Conn, rec: UsageRecord, charge: int, now: str) -> int:
-    done = await c.fetchval("SELECT cost_microusd FROM usage WHERE request_id = $1", rec.request_id)
-    if done is not None:
-        await release(c, rec.request_id, now)
-        return int(done)
-    charged = await settle_hold(c, rec.request_id, charge, now)
-    if not await insert_usage(c, as_charged(rec, charge, charged)):  # a concurrent replay settled it first
-        return int(await c.fetchval("SELECT cost_microusd FROM usage WHERE request_id = $1", rec.request_id))
-    return charged or 0
 
 
 BALANCE_EFFECT = (

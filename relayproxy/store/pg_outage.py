@@ -6,7 +6,9 @@ when the database answers again. When the gateway stops with settlements still p
 appended to the settlement journal (``[server] settlement_journal``, one JSON object a line,
 fsynced) and applied by the next store that opens with that journal. Applying one twice changes
 nothing (a settlement is keyed by its request id: the replay finds its usage record and stops),
-so a crash between applying and emptying the journal cannot double-charge.
+so a crash between applying and emptying the journal cannot double-charge. When the outage
+outlasted the lease and another machine's reaper released the hold meanwhile, the settlement
+still charges, once, within the credit left (pg_settle.py).
 
 Several processes may share one journal file (workers): every read, append and truncation holds
 an exclusive ``flock`` on it.

@@ -14,10 +14,9 @@ from pathlib import Path
 from typing import Any, TypeAlias, TypeVar
 
 from relayproxy.errors import StoreError, StoreUnavailable
-from relayproxy.store import key_limits, pg_outage
+from relayproxy.store import key_limits, pg_outage, pg_settle
 from relayproxy.store import pg_ledger as q
 from relayproxy.store.facade import utc_iso, utc_now
-from relayproxy.store.pg_batch import settle_batch
 from relayproxy.store.pg_outage import Backlog, Parked
 
 __all__ = ["SETTLE_BATCH", "SETTLE_PIPELINE", "Upkeep"]
@@ -44,6 +43,7 @@ class Upkeep:
     _sweep_after: float
     _queue: list[tuple[Parked, asyncio.Future[int]]]
     _committers: int
+    batch_fallbacks: int  # batches that failed whole and were settled one by one (a deadlock would count)
 
     async def _run(self, txn: Txn[T]) -> T:
         raise NotImplementedError
@@ -101,17 +101,18 @@ class Upkeep:
     async def _commit_settlements(self) -> None:
         """Commit the queued settlements, a batch per transaction, until the queue is empty.
 
-        A batch locks its rows in one order, by account then request (each hold row before its
-        account row, as every transaction does), so concurrent batches, here or on other machines,
-        cannot deadlock each other. A batch that fails for another reason than an outage is
+        A batch locks its rows in the one order (pg_settle.py: its hold rows, then its keys, then
+        its accounts, each sorted), so concurrent batches, here or on other machines, cannot
+        deadlock each other nor admissions. A batch that fails for another reason than an outage is
         retried one settlement per transaction, so one bad settlement cannot sink the others."""
         try:
             while self._queue:
                 batch, self._queue[:SETTLE_BATCH] = self._queue[:SETTLE_BATCH], []
-                batch.sort(key=lambda entry: (entry[0].rec.account or "", entry[0].rec.request_id))
                 try:
                     results = await self._settle_batch([item for item, _ in batch])
-                except StoreError:
+                except StoreError as exc:
+                    self.batch_fallbacks += 1
+                    log.warning("a batch of %d settlements failed (%s); settling them one by one", len(batch), exc)
                     results = [await self._settle_alone(item) for item, _ in batch]
                 for (_, future), result in zip(batch, results, strict=True):
                     future.set_result(result)
@@ -141,7 +142,7 @@ class Upkeep:
     async def _settle_or_park(self, item: Parked) -> int:
         if not self._backlog:  # else behind the parked ones: a settlement is applied after the earlier
             try:
-                return await self._run(lambda c: q.settle(c, item.rec, item.charge_microusd, item.at))
+                return await self._run(lambda c: pg_settle.settle(c, item.rec, item.charge_microusd, item.at))
             except StoreUnavailable as exc:  # committed or not, the replay is right: keyed by request id
                 self._mark_down(exc)
         self._backlog.park(item)
@@ -191,8 +192,8 @@ class Upkeep:
 
 
 async def _settle_all(c: _Conn, items: list[Parked]) -> list[int]:
-    return await settle_batch(c, [(item.rec, item.charge_microusd, item.at) for item in items])
+    return await pg_settle.settle_batch(c, [(item.rec, item.charge_microusd, item.at) for item in items])
 
 
 async def _settle_parked(c: _Conn, item: Parked) -> int:
-    return await q.settle(c, item.rec, item.charge_microusd, item.at)
+    return await pg_settle.settle(c, item.rec, item.charge_microusd, item.at)

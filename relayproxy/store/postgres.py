@@ -9,8 +9,9 @@ caller's cancellation, so it always commits or rolls back whole.
 Ledger rules across processes and machines. Admission reserves credit with one guarded
 ``UPDATE accounts … WHERE balance - held >= $h`` in the same transaction that reads the key (so
 revocation is instant); settlement is one transaction that first claims the hold row
-(``DELETE … RETURNING``: a replay finds nothing and changes nothing) and then the account row,
-the one order every transaction locks rows in. Stripe events are exactly-once through the
+(``DELETE … RETURNING``: a replay finds nothing and changes nothing), then the key's row, then the
+account's: the one order every transaction locks rows in, group-committed batches included
+(pg_settle.py). Stripe events are exactly-once through the
 ``stripe_events`` primary key and the ledger's unique business keys (``ON CONFLICT DO NOTHING``).
 
 Holds belong to an owner (one opened store) with a row in ``leases`` that the store renews every
@@ -42,7 +43,7 @@ import asyncpg
 from relayproxy.billing.pricing import Booking
 from relayproxy.errors import StoreError, StoreUnavailable
 from relayproxy.records import KeyInfo, Principal, UsageRecord
-from relayproxy.store import key_limits, pg_admit, pg_schema
+from relayproxy.store import key_limits, pg_admit, pg_schema, pg_settle
 from relayproxy.store import pg_ledger as q
 from relayproxy.store.admission import Admission, admission, judge, over_rpm
 from relayproxy.store.facade import KEY_COLUMNS, Store, utc_now
@@ -100,6 +101,7 @@ class PgStore(Upkeep, Store):
         self._backlog = Backlog()
         self._queue: list[tuple[Parked, asyncio.Future[int]]] = []  # settlements not yet sent
         self._committers = 0  # tasks committing batches of them (at most SETTLE_PIPELINE)
+        self.batch_fallbacks = 0
         self._down = False  # the last housekeeping round found the database unreachable
         self._sweep_after = 0.0  # loop time before which others' holds are left alone (after an outage)
         self._settling = key_limits.Settling()  # queued settlements by key, for the in-flight cap
@@ -375,7 +377,7 @@ class PgStore(Upkeep, Store):
 
     async def settle(self, rec: UsageRecord, charge_microusd: int) -> int:
         now = utc_now()
-        return await self._money(lambda c: q.settle(c, rec, charge_microusd, now))
+        return await self._money(lambda c: pg_settle.settle(c, rec, charge_microusd, now))
 
     async def release(self, request_id: str) -> int:
         now = utc_now()

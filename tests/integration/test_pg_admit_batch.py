@@ -12,7 +12,7 @@ from relayproxy.records import UsageRecord
 from relayproxy.store.backends import open_store
 from relayproxy.store.facade import Store, utc_now
 from relayproxy.store.key_limits import NO_CAPS, KeyCaps
-from relayproxy.store.pg_batch import settle_batch
+from relayproxy.store.pg_settle import OneByOne, settle_batch
 
 pytestmark = pytest.mark.anyio
 
@@ -80,17 +80,24 @@ async def test_a_batch_settles_as_one_by_one_would(pg_url: str) -> None:
             (record("c", 0, "upstream_error"), 0, utc_now()),
             (record("d", 40_000), 40_000, utc_now()),
             (record("a", 30_000), 30_000, utc_now()),  # the same request twice in one batch
-            (record("nohold", 5_000), 5_000, utc_now()),  # never held: recorded, not charged
+            (record("zero", 0, "upstream_error"), 0, utc_now()),  # never held, nothing to charge
         ]
         pool = store._pool  # type: ignore[attr-defined]
         async with pool.acquire() as conn, conn.transaction():
             results = await settle_batch(conn, items)
         assert results == [30_000, 100_000, 0, 40_000, 30_000, 0]
         assert await store.balance("alice") == (1_000_000 - 170_000, 0)
-        nohold = await store.get_usage("nohold")
-        assert nohold is not None and nohold.cost_microusd == 0 and not nohold.billed and nohold.reason == "no_hold"
+        zero = await store.get_usage("zero")
+        assert zero is not None and zero.cost_microusd == 0 and not zero.billed
         rows = await store.query("SELECT in_flight, held_microusd, spend_microusd FROM api_keys WHERE id = ?", ("k1",))
         assert tuple(rows[0]) == (0, 0, 170_000)
+        # A charge without an open hold (a late one, after another machine's reaper) is not
+        # settled set-wise: the batch refuses, and its caller settles one by one (pg_settle.py).
+        assert (await admit(store, "e", 100_000)).held is True
+        with pytest.raises(OneByOne):
+            async with pool.acquire() as conn, conn.transaction():
+                await settle_batch(conn, [(record("e", 10_000), 10_000, utc_now()), (record("x", 1), 1, utc_now())])
+        assert await store.balance("alice") == (1_000_000 - 170_000, 100_000)  # rolled back whole
         assert await store.ledger_check() == []
     finally:
         await store.close()

@@ -1,0 +1,197 @@
+"""PostgreSQL settlement: one request, or a group-committed batch, in the one lock order; and the
+charge of a request whose hold another machine's lease reaper released first.
+
+Lock order. Every transaction locks rows in this order, on every machine: hold rows (by request
+id), then key rows (by key id), then account rows (by account id). Admission locks its key, then
+its account, and inserts its new hold row (pg_admit.py); the reaper and a single settlement claim
+one hold row, then its key, then its account. The shared rows are locked ``FOR NO KEY UPDATE``,
+the lock an UPDATE of them takes: ``FOR UPDATE`` would also wait for the key-share locks that
+other transactions' ledger and hold inserts take on their account (foreign keys), and so
+deadlock against an admission that holds its key's row.
+
+Group commit. Settling request by request inside one transaction would lock the account's row at
+the first settlement and keep it through every later one (six round trips each) and the commit's
+WAL flush: every admission on that account would wait behind the whole batch, and the gateway
+would run at the speed of that lock. ``settle_batch`` writes the per-request rows first (claimed
+holds, ledger entries, usage records: a statement each for the whole batch) and the shared rows
+last: the batch's keys, then its accounts, each set locked in sorted order and updated once with
+the batch's sums, so they stay locked for two statements and the commit. A batch with a late
+charge (below) is settled one request per transaction instead (``OneByOne``): that is rare.
+
+Settling after the reaper. A machine cut off from PostgreSQL for longer than its lease keeps its
+streams running and parks their settlements (pg_outage.py); meanwhile another machine's reaper
+releases the holds of the expired lease (never billing them). When the parked settlement is
+applied, its hold is gone. ``settle`` then charges it all the same, exactly once: the ledger
+shows the hold and its full release, so the charge is booked as a fresh hold (business key
+``req:<id>:late``) consumed at once by the charge (``req:<id>:charge``, unique), which keeps
+every ledger invariant (per request: holds = charges + releases). The amount is what the request
+was to be charged, capped by its original hold, by the key's remaining spend limit and by the
+account's available credit (never an overdraft; a shortfall is logged). A replay finds the usage
+record and changes nothing, so the charge is booked once whichever machine applies it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from typing import Any, TypeAlias
+
+from relayproxy.errors import StoreError
+from relayproxy.records import UsageRecord
+from relayproxy.store import pg_ledger as q
+from relayproxy.store.facade import as_charged
+from relayproxy.store.pg_ledger import INSERT_USAGE_SQL, USAGE_FIELDS
+
+__all__ = ["OneByOne", "settle", "settle_batch"]
+
+_Conn: TypeAlias = Any  # asyncpg.Connection (asyncpg ships no type hints)
+log = logging.getLogger("relayproxy.store")
+Item: TypeAlias = tuple[UsageRecord, int, str]  # (record, charge asked, settlement time)
+
+
+class OneByOne(StoreError):
+    """The batch cannot be settled set-wise: its caller rolls it back and settles each request in
+    its own transaction (what it does for any failed batch)."""
+
+
+async def settle(c: _Conn, rec: UsageRecord, charge: int, now: str) -> int:
+    """Charge min(charge, hold), release the rest, insert the usage record; keyed by request id."""
+    done = await c.fetchval("SELECT cost_microusd FROM usage WHERE request_id = $1", rec.request_id)
+    if done is not None:
+        await q.release(c, rec.request_id, now)
+        return int(done)
+    charged = await q.settle_hold(c, rec.request_id, charge, now)
+    if charged is None and charge > 0:
+        charged = await _late_charge(c, rec, charge, now)
+    if not await q.insert_usage(c, as_charged(rec, charge, charged)):  # a concurrent replay settled it first
+        return int(await c.fetchval("SELECT cost_microusd FROM usage WHERE request_id = $1", rec.request_id))
+    return charged or 0
+
+
+async def _late_charge(c: _Conn, rec: UsageRecord, charge: int, now: str) -> int | None:
+    """Charge a request whose hold was released by another machine's reaper (the module
+    docstring); None when it never held (nothing to charge it against)."""
+    rid = rec.request_id
+    hold = await c.fetchrow("SELECT account_id, amount_microusd FROM ledger WHERE business_key = $1", f"req:{rid}:hold")
+    if hold is None or await c.fetchval("SELECT 1 FROM ledger WHERE business_key = $1", f"req:{rid}:charge"):
+        return None
+    account_id, held = int(hold[0]), int(hold[1])
+    room = None
+    if rec.key_id is not None:  # the key's row first: the one lock order
+        room = await c.fetchval(
+            "SELECT spend_limit_microusd - spend_microusd - held_microusd FROM api_keys WHERE id = $1"
+            " FOR NO KEY UPDATE",
+            rec.key_id,
+        )
+    available = await c.fetchval(
+        "SELECT balance_microusd - held_microusd FROM accounts WHERE id = $1 FOR NO KEY UPDATE", account_id
+    )
+    amount = max(0, min(charge, held, int(available), int(room) if room is not None else charge))
+    if amount < min(charge, held):
+        log.warning("request %s: charged %d of %d after its hold was released (credit used since)", rid, amount, charge)
+    if amount == 0:
+        return 0
+    if not await q.entry(c, account_id, "hold", amount, f"req:{rid}:late", now, request_id=rid):
+        return None  # a concurrent replay booked it first
+    await q.entry(c, account_id, "charge", amount, f"req:{rid}:charge", now, request_id=rid)
+    await q.move(c, account_id, -amount, 0)
+    if rec.key_id is not None:
+        await c.execute("UPDATE api_keys SET spend_microusd = spend_microusd + $1 WHERE id = $2", amount, rec.key_id)
+    log.warning("request %s: charged %d after another gateway released its hold (lease expired)", rid, amount)
+    return amount
+
+
+_DONE_SQL = "SELECT request_id, cost_microusd FROM usage WHERE request_id = ANY($1::text[])"
+_CLAIM_SQL = (
+    "DELETE FROM holds WHERE request_id IN (SELECT request_id FROM holds WHERE request_id = ANY($1::text[])"
+    " ORDER BY request_id FOR UPDATE) RETURNING request_id, account_id, amount_microusd, key_id"
+)
+_ENTRIES_SQL = (
+    "INSERT INTO ledger(account_id, kind, amount_microusd, business_key, request_id, created_at)"
+    " SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[])"
+    " ON CONFLICT DO NOTHING"
+)
+_LOCK_KEYS_SQL = "SELECT 1 FROM api_keys WHERE id = ANY($1::text[]) ORDER BY id FOR NO KEY UPDATE"
+_KEYS_SQL = (
+    "UPDATE api_keys k SET spend_microusd = k.spend_microusd + d.spend, held_microusd = k.held_microusd - d.held,"
+    " in_flight = k.in_flight - d.holds"
+    " FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::integer[]) AS d(id, spend, held, holds) WHERE k.id = d.id"
+)
+_LOCK_ACCOUNTS_SQL = "SELECT 1 FROM accounts WHERE id = ANY($1::bigint[]) ORDER BY id FOR NO KEY UPDATE"
+_ACCOUNTS_SQL = (
+    "UPDATE accounts a SET balance_microusd = a.balance_microusd - d.charged, held_microusd = a.held_microusd - d.held"
+    " FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS d(id, charged, held) WHERE a.id = d.id"
+)
+
+
+class _Sums:
+    """What one batch writes: ledger entries, usage rows, and each key's and account's sums."""
+
+    def __init__(self) -> None:
+        self.entries: list[tuple[int, str, int, str, str, str]] = []
+        self.usage: list[tuple[Any, ...]] = []
+        self.keys: defaultdict[str, list[int]] = defaultdict(lambda: [0, 0, 0])  # id -> [spend, held, holds]
+        self.accounts: defaultdict[int, list[int]] = defaultdict(lambda: [0, 0])  # id -> [charged, held]
+
+    def claim(self, hold: Any, charged: int, now: str) -> None:
+        """The hold ``hold`` settled with ``charged`` of it charged and the rest released."""
+        rid, account_id, held, key_id = (
+            hold["request_id"],
+            int(hold["account_id"]),
+            int(hold["amount_microusd"]),
+            hold["key_id"],
+        )
+        if charged:
+            self.entries.append((account_id, "charge", charged, f"req:{rid}:charge", rid, now))
+        if held - charged:
+            self.entries.append((account_id, "release", held - charged, f"req:{rid}:release", rid, now))
+        if key_id is not None:
+            sums = self.keys[str(key_id)]
+            sums[0] += charged
+            sums[1] += held
+            sums[2] += 1
+        self.accounts[account_id][0] += charged
+        self.accounts[account_id][1] += held
+
+
+async def settle_batch(c: _Conn, items: list[Item]) -> list[int]:
+    """Each (record, charge, time) settled as ``pg_ledger.settle`` would (keyed by request id: a
+    replay changes nothing), all in the caller's transaction; the amounts charged, in order."""
+    rids = sorted({rec.request_id for rec, _, _ in items})
+    done = {r["request_id"]: int(r["cost_microusd"]) for r in await c.fetch(_DONE_SQL, rids)}
+    claimed = {r["request_id"]: r for r in await c.fetch(_CLAIM_SQL, rids)}
+    if any(charge > 0 and rec.request_id not in claimed and rec.request_id not in done for rec, charge, _ in items):
+        raise OneByOne("a settlement in the batch has no open hold (a late charge, or none): one by one")
+    sums, results = _Sums(), []
+    for rec, charge, now in items:
+        rid = rec.request_id
+        hold = claimed.pop(rid, None)
+        if rid in done:  # settled before (or earlier in this batch): release what is still held
+            if hold is not None:
+                sums.claim(hold, 0, now)
+            results.append(done[rid])
+            continue
+        charged = None if hold is None else min(max(charge, 0), int(hold["amount_microusd"]))
+        if hold is not None:
+            sums.claim(hold, charged or 0, now)
+        stored = as_charged(rec, charge, charged)
+        sums.usage.append(tuple(getattr(stored, f) for f in USAGE_FIELDS))
+        done[rid] = charged or 0
+        results.append(charged or 0)
+    await _write(c, sums)
+    return results
+
+
+async def _write(c: _Conn, sums: _Sums) -> None:
+    if sums.entries:
+        await c.execute(_ENTRIES_SQL, *(list(column) for column in zip(*sums.entries, strict=True)))
+    if sums.usage:
+        await c.executemany(INSERT_USAGE_SQL, sums.usage)
+    if sums.keys:
+        ids = sorted(sums.keys)
+        await c.execute(_LOCK_KEYS_SQL, ids)
+        await c.execute(_KEYS_SQL, ids, *([sums.keys[k][i] for k in ids] for i in range(3)))
+    if sums.accounts:
+        ids_a = sorted(sums.accounts)
+        await c.execute(_LOCK_ACCOUNTS_SQL, ids_a)
+        await c.execute(_ACCOUNTS_SQL, ids_a, *([sums.accounts[a][i] for a in ids_a] for i in range(2)))
