@@ -8,17 +8,17 @@ PostgreSQL database, and a denial takes no credit and makes no upstream call.
   0 included), and a request's hold closes when it settles, or when the lease reaper releases the
   holds of a dead process, so a crashed machine's slots free themselves. The count is cached on
   the key's row (``api_keys.in_flight``), moved by the same statements that move the key's
-  ``held_microusd`` (ledger.py, pg_ledger.py), and guarded in the key's one conditional UPDATE:
-  ``… AND (cap = 0 OR in_flight < cap)``. The row lock makes it exact under concurrency (on
-  PostgreSQL a waiting UPDATE re-checks the guard on the row's newest version), and it costs no
+  ``held_microusd`` (ledger.py, pg_admit.py, pg_settle.py), and checked under the key's row lock
+  (SQLite: in its one conditional UPDATE, ``… AND (cap = 0 OR in_flight < cap)``; PostgreSQL: in
+  the hold's function, which locks the row first), so it is exact under concurrency and costs no
   statement of its own. ``ledger_check`` verifies it against the open holds.
 * **Requests per minute** is a sliding window: one row in ``key_admissions`` per admitted
   request, timestamped in milliseconds (PostgreSQL's clock, so machines with skewed clocks agree;
   SQLite's is the one machine's). A request is admitted while fewer than ``rpm`` rows of its key
   are younger than 60 s; the row is written in the same transaction as its hold, so every
   admitted request is counted once and a refused one not at all. Counting is serialised by the
-  key's row lock, taken before the count (SQLite: ``BEGIN IMMEDIATE``; PostgreSQL: the principal
-  is read ``FOR NO KEY UPDATE OF k``, and the count is a later statement, so its snapshot sees every
+  key's row lock, taken before the count (SQLite: ``BEGIN IMMEDIATE``; PostgreSQL: the hold's
+  server-side function, pg_admit.py, locks the key's row and only then counts, so it sees every
   admission committed before the lock was granted). Rows older than the window are pruned by
   the admission itself on SQLite, and by the lease upkeep's sweep on PostgreSQL (never by an
   admission there: two deletes of the same rows in different orders could deadlock). With
@@ -53,8 +53,6 @@ __all__ = [
     "KeyCaps",
     "Settling",
     "pg_forget_window",
-    "pg_take_window",
-    "pg_unwind",
     "retry_after_s",
     "sqlite_count",
     "sqlite_window_full",
@@ -114,26 +112,6 @@ def sqlite_count(conn: sqlite3.Connection, key_id: str, request_id: str, now_ms:
 
 
 # -- PostgreSQL (inside the admission's transaction, after the key's row is locked) -----------------
-
-#: Count the key's window and, when it has room, count this request in it: one statement.
-_PG_TAKE = """
-    WITH t AS (SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint AS now),
-    w AS (SELECT COUNT(*) AS n, MIN(a.at_ms) AS oldest FROM key_admissions a, t
-          WHERE a.key_id = $1 AND a.at_ms > t.now - $3),
-    ins AS (INSERT INTO key_admissions(key_id, at_ms, request_id) SELECT $1, t.now, $2 FROM t, w WHERE w.n < $4)
-    SELECT w.n, w.oldest, t.now FROM w, t
-"""
-
-
-async def pg_take_window(c: _Conn, key_id: str, request_id: str, rpm: int) -> int:
-    """0 when the request is now counted in its key's window, else the window's Retry-After."""
-    count, oldest, now = await c.fetchrow(_PG_TAKE, key_id, request_id, WINDOW_MS, rpm)
-    return retry_after_s(int(oldest), int(now)) if int(count) >= rpm else 0
-
-
-async def pg_unwind(c: _Conn, key_id: str, request_id: str) -> None:
-    """Take back ``pg_take_window``'s count of a request that was then refused (no hold)."""
-    await c.execute("DELETE FROM key_admissions WHERE key_id = $1 AND request_id = $2", key_id, request_id)
 
 
 async def pg_forget_window(c: _Conn) -> None:

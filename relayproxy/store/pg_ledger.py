@@ -15,10 +15,8 @@ from relayproxy.records import Principal, UsageRecord
 from relayproxy.store.admission import PRINCIPAL_COLUMNS, principal_of
 from relayproxy.store.common import utc_now
 from relayproxy.store.ledger import (
-    CONCURRENCY,
     HELD,
     KEY_CHECK_SQL,
-    KEY_LIMIT,
     NO_CREDIT,
     account_problems,
     key_problems,
@@ -106,38 +104,11 @@ async def new_event(c: _Conn, event_id: str, event_type: str, now: str) -> bool:
     return bool(status == "INSERT 0 1")
 
 
-async def hold(
-    c: _Conn,
-    account_id: int,
-    request_id: str,
-    amount: int,
-    owner: str,
-    now: str,
-    key_id: str | None = None,
-    cap: int = 0,
-) -> str:
-    """ledger.hold's rules: the key's guarded share first (its row lock, then the account's)."""
+async def hold(c: _Conn, account_id: int, request_id: str, amount: int, owner: str, now: str) -> str:
+    """ledger.hold's rules for a hold of no key (``Store.hold``; an admission's hold is
+    pg_admit.py's): the account's guarded UPDATE, its ledger entry and the hold row."""
     if await c.fetchval("SELECT 1 FROM ledger WHERE business_key = $1", f"req:{request_id}:hold"):
         return HELD if await c.fetchval("SELECT 1 FROM holds WHERE request_id = $1", request_id) else NO_CREDIT
-    if key_id is not None:  # the usual case, in one statement: the key's and account's rows lock briefly
-        took_key, took_credit = await c.fetchrow(
-            _HOLD_SQL, amount, now, key_id, cap, account_id, f"req:{request_id}:hold", request_id, owner
-        )
-        if took_credit:
-            return HELD
-        if took_key:  # undo the key's share: the transaction goes on (and commits)
-            await c.execute(
-                "UPDATE api_keys SET held_microusd = held_microusd - $1, in_flight = in_flight - 1 WHERE id = $2",
-                amount,
-                key_id,
-            )
-            return NO_CREDIT
-    if key_id is not None and not await _key_share(c, key_id, amount, now, cap):
-        refused = await _key_refusal(c, key_id, amount, cap)
-        if refused is not None:
-            return refused
-        if not await _key_share(c, key_id, amount, now, cap):  # cannot fail: the row is locked now
-            return KEY_LIMIT
     row = await c.fetchrow(
         "UPDATE accounts SET held_microusd = held_microusd + $1"
         " WHERE id = $2 AND balance_microusd - held_microusd >= $1 RETURNING held_microusd",
@@ -145,82 +116,17 @@ async def hold(
         account_id,
     )
     if row is None:
-        if key_id is not None:  # undo the key's share: the transaction goes on (and commits)
-            await c.execute(
-                "UPDATE api_keys SET held_microusd = held_microusd - $1, in_flight = in_flight - 1 WHERE id = $2",
-                amount,
-                key_id,
-            )
         return NO_CREDIT
     await entry(c, account_id, "hold", amount, f"req:{request_id}:hold", now, request_id=request_id)
     await c.execute(
-        "INSERT INTO holds(request_id, account_id, key_id, amount_microusd, owner, created_at)"
-        " VALUES ($1,$2,$3,$4,$5,$6)",
+        "INSERT INTO holds(request_id, account_id, amount_microusd, owner, created_at) VALUES ($1,$2,$3,$4,$5)",
         request_id,
         account_id,
-        key_id,
         amount,
         owner,
         now,
     )
     return HELD
-
-
-#: A hold of a key's request as one statement: the key's guarded share (spend limit, in-flight
-#: cap), then (only if taken) the account's guarded hold, its ledger entry and its hold row. The
-#: account's UPDATE reads ``k``, so the key's row is locked first (the one order).
-_HOLD_SQL = """
-    WITH k AS (
-        UPDATE api_keys SET held_microusd = held_microusd + $1, in_flight = in_flight + 1, last_used_at = $2
-        WHERE id = $3
-          AND (spend_limit_microusd IS NULL OR spend_microusd + held_microusd + $1 <= spend_limit_microusd)
-          AND ($4 = 0 OR in_flight < $4)
-        RETURNING id),
-    a AS (
-        UPDATE accounts SET held_microusd = held_microusd + $1
-        WHERE id = $5 AND balance_microusd - held_microusd >= $1 AND EXISTS (SELECT 1 FROM k)
-        RETURNING id),
-    l AS (
-        INSERT INTO ledger(account_id, kind, amount_microusd, business_key, request_id, payment_ref, note, created_at)
-        SELECT $5, 'hold', $1, $6, $7, NULL, '', $2 FROM a ON CONFLICT DO NOTHING),
-    h AS (
-        INSERT INTO holds(request_id, account_id, key_id, amount_microusd, owner, created_at)
-        SELECT $7, $5, $3, $1, $8, $2 FROM a)
-    SELECT (SELECT COUNT(*) FROM k), (SELECT COUNT(*) FROM a)
-"""
-
-
-async def _key_share(c: _Conn, key_id: str, amount: int, now: str, cap: int) -> bool:
-    """The key's guarded share of a hold: its spend limit and its in-flight ``cap``."""
-    return bool(
-        await c.fetchval(
-            "UPDATE api_keys SET held_microusd = held_microusd + $1, in_flight = in_flight + 1, last_used_at = $2"
-            " WHERE id = $3"
-            " AND (spend_limit_microusd IS NULL OR spend_microusd + held_microusd + $1 <= spend_limit_microusd)"
-            " AND ($4 = 0 OR in_flight < $4) RETURNING 1",
-            amount,
-            now,
-            key_id,
-            cap,
-        )
-    )
-
-
-async def _key_refusal(c: _Conn, key_id: str, amount: int, cap: int) -> str | None:
-    """Which guard refused the key's share, read under the row's lock: ``CONCURRENCY``,
-    ``KEY_LIMIT``, or None when neither does any more (a settlement of the key committed between
-    the guarded UPDATE and this read: the share may be taken now)."""
-    row = await c.fetchrow(
-        "SELECT in_flight, spend_limit_microusd IS NOT NULL AND spend_microusd + held_microusd + $2"
-        " > spend_limit_microusd FROM api_keys WHERE id = $1 FOR NO KEY UPDATE",
-        key_id,
-        amount,
-    )
-    if row is None:
-        return KEY_LIMIT
-    if cap and int(row[0]) >= cap:
-        return CONCURRENCY
-    return KEY_LIMIT if row[1] else None
 
 
 async def settle_hold(c: _Conn, request_id: str, charge: int, now: str) -> int | None:

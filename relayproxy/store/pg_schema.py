@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncpg
 
-from relayproxy.store import key_limits
+from relayproxy.store import key_limits, pg_admit
 
 __all__ = ["MIGRATIONS", "migrate"]
 
@@ -170,6 +170,8 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # Per-key in-flight count and requests-per-minute window (key_limits.py).
     key_limits.PG_MIGRATION,
+    # Admission's hold as one server-side statement (pg_admit.py).
+    pg_admit.MIGRATION,
 )
 
 

@@ -2,12 +2,21 @@
 charge of a request whose hold another machine's lease reaper released first.
 
 Lock order. Every transaction locks rows in this order, on every machine: hold rows (by request
-id), then key rows (by key id), then account rows (by account id). Admission locks its key then
-its account (and inserts its new hold row); the reaper and a single settlement claim one hold
-row, then its key, then its account. A batch of settlements would break it if it locked row by
-row (hold, key, account, next hold, another key…: two machines' batches then deadlock), so
-``settle_batch`` locks every hold row of the batch first, then every key, then every account,
-each set sorted (re-locking a row one already holds never waits).
+id), then key rows (by key id), then account rows (by account id). Admission locks its key, then
+its account, and inserts its new hold row (pg_admit.py); the reaper and a single settlement claim
+one hold row, then its key, then its account. The shared rows are locked ``FOR NO KEY UPDATE``,
+the lock an UPDATE of them takes: ``FOR UPDATE`` would also wait for the key-share locks that
+other transactions' ledger and hold inserts take on their account (foreign keys), and so
+deadlock against an admission that holds its key's row.
+
+Group commit. Settling request by request inside one transaction would lock the account's row at
+the first settlement and keep it through every later one (six round trips each) and the commit's
+WAL flush: every admission on that account would wait behind the whole batch, and the gateway
+would run at the speed of that lock. ``settle_batch`` writes the per-request rows first (claimed
+holds, ledger entries, usage records: a statement each for the whole batch) and the shared rows
+last: the batch's keys, then its accounts, each set locked in sorted order and updated once with
+the batch's sums, so they stay locked for two statements and the commit. A batch with a late
+charge (below) is settled one request per transaction instead (``OneByOne``): that is rare.
 
 Settling after the reaper. A machine cut off from PostgreSQL for longer than its lease keeps its
 streams running and parks their settlements (pg_outage.py); meanwhile another machine's reaper
@@ -24,16 +33,25 @@ record and changes nothing, so the charge is booked once whichever machine appli
 from __future__ import annotations
 
 import logging
+from collections import defaultdict
 from typing import Any, TypeAlias
 
+from relayproxy.errors import StoreError
 from relayproxy.records import UsageRecord
 from relayproxy.store import pg_ledger as q
 from relayproxy.store.common import as_charged
+from relayproxy.store.pg_ledger import INSERT_USAGE_SQL, USAGE_FIELDS
 
-__all__ = ["settle", "settle_batch"]
+__all__ = ["OneByOne", "settle", "settle_batch"]
 
 _Conn: TypeAlias = Any  # asyncpg.Connection (asyncpg ships no type hints)
 log = logging.getLogger("relayproxy.store")
+Item: TypeAlias = tuple[UsageRecord, int, str]  # (record, charge asked, settlement time)
+
+
+class OneByOne(StoreError):
+    """The batch cannot be settled set-wise: its caller rolls it back and settles each request in
+    its own transaction (what it does for any failed batch)."""
 
 
 async def settle(c: _Conn, rec: UsageRecord, charge: int, now: str) -> int:
@@ -48,113 +66,6 @@ async def settle(c: _Conn, rec: UsageRecord, charge: int, now: str) -> int:
     if not await q.insert_usage(c, as_charged(rec, charge, charged)):  # a concurrent replay settled it first
         return int(await c.fetchval("SELECT cost_microusd FROM usage WHERE request_id = $1", rec.request_id))
     return charged or 0
-
-
-async def settle_batch(c: _Conn, items: list[tuple[UsageRecord, int, str]]) -> list[int]:
-    """``settle`` for each (record, charge, time) in one transaction, rows locked in the one
-    order; answers in the order of ``items``.
-
-    The hot rows (a busy key, its account) are locked last and briefly: the batch first claims its
-    hold rows (sorted) and books every entry and usage record, adding up what each key and
-    account must move, then applies one update per key, then per account (each set sorted), and
-    only then the rare late charges (whose key and account are then locked already). Admissions of
-    that key wait for the last few statements of a batch, not for all of it."""
-    await c.fetch(
-        "SELECT 1 FROM holds WHERE request_id = ANY($1::text[]) ORDER BY request_id FOR UPDATE",
-        sorted({rec.request_id for rec, _, _ in items}),
-    )
-    moves = _Moves()
-    results = [0] * len(items)
-    late: list[int] = []
-    for i in sorted(range(len(items)), key=lambda i: items[i][0].request_id):
-        rec, charge, at = items[i]
-        done = await c.fetchval("SELECT cost_microusd FROM usage WHERE request_id = $1", rec.request_id)
-        claimed = await _claim(c, rec.request_id, 0 if done is not None else charge, at, moves)
-        if done is not None:
-            results[i] = int(done)
-        elif claimed is None and charge > 0 and await _held_once(c, rec.request_id):
-            late.append(i)
-        else:
-            results[i] = await _record(c, rec, charge, claimed)
-    await moves.apply(
-        c, late_keys=[items[i][0].key_id for i in late], late_accounts=[items[i][0].account for i in late]
-    )
-    for i in late:
-        rec, charge, at = items[i]
-        results[i] = await _record(c, rec, charge, await _late_charge(c, rec, charge, at))
-    return results
-
-
-async def _record(c: _Conn, rec: UsageRecord, charge: int, charged: int | None) -> int:
-    if not await q.insert_usage(c, as_charged(rec, charge, charged)):  # a concurrent replay settled it first
-        return int(await c.fetchval("SELECT cost_microusd FROM usage WHERE request_id = $1", rec.request_id))
-    return charged or 0
-
-
-async def _held_once(c: _Conn, rid: str) -> bool:
-    return bool(await c.fetchval("SELECT 1 FROM ledger WHERE business_key = $1", f"req:{rid}:hold"))
-
-
-async def _claim(c: _Conn, rid: str, charge: int, now: str, moves: _Moves) -> int | None:
-    """pg_ledger.settle_hold's entries, with the key's and account's moves added to ``moves``."""
-    row = await c.fetchrow("DELETE FROM holds WHERE request_id = $1 RETURNING account_id, amount_microusd, key_id", rid)
-    if row is None:
-        return None
-    account_id, held, key_id = int(row[0]), int(row[1]), row[2]
-    charged = min(max(charge, 0), held)
-    if charged:
-        await q.entry(c, account_id, "charge", charged, f"req:{rid}:charge", now, request_id=rid)
-    if held - charged:
-        await q.entry(c, account_id, "release", held - charged, f"req:{rid}:release", now, request_id=rid)
-    moves.add(account_id, None if key_id is None else str(key_id), charged, held)
-    return charged
-
-
-class _Moves:
-    """What a batch's settlements move on each key and account, applied once per row."""
-
-    def __init__(self) -> None:
-        self.keys: dict[str, list[int]] = {}  # key -> [spend +, held -, holds closed]
-        self.accounts: dict[int, list[int]] = {}  # account -> [balance -, held -]
-
-    def add(self, account_id: int, key_id: str | None, charged: int, held: int) -> None:
-        if key_id is not None:
-            k = self.keys.setdefault(key_id, [0, 0, 0])
-            k[0], k[1], k[2] = k[0] + charged, k[1] + held, k[2] + 1
-        a = self.accounts.setdefault(account_id, [0, 0])
-        a[0], a[1] = a[0] + charged, a[1] + held
-
-    async def apply(self, c: _Conn, *, late_keys: list[str | None], late_accounts: list[str | None]) -> None:
-        keys = sorted(set(self.keys) | {k for k in late_keys if k})
-        if keys:  # locked in id order first: one UPDATE over several rows locks them in no set order
-            await c.execute("SELECT 1 FROM api_keys WHERE id = ANY($1::text[]) ORDER BY id FOR NO KEY UPDATE", keys)
-        if self.keys:
-            ids = sorted(self.keys)
-            await c.execute(
-                "UPDATE api_keys k SET spend_microusd = spend_microusd + m.spend,"
-                " held_microusd = held_microusd - m.held, in_flight = in_flight - m.n"
-                " FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::int[])"
-                " AS m(id, spend, held, n) WHERE k.id = m.id",
-                ids,
-                *([self.keys[i][j] for i in ids] for j in range(3)),
-            )
-        names = sorted({a for a in late_accounts if a})
-        if self.accounts or names:
-            await c.execute(
-                "SELECT 1 FROM accounts WHERE id = ANY($1::bigint[]) OR name = ANY($2::text[])"
-                " ORDER BY id FOR NO KEY UPDATE",
-                sorted(self.accounts),
-                names,
-            )
-        if self.accounts:
-            accounts = sorted(self.accounts)
-            await c.execute(
-                "UPDATE accounts a SET balance_microusd = balance_microusd - m.spent,"
-                " held_microusd = held_microusd - m.held"
-                " FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS m(id, spent, held) WHERE a.id = m.id",
-                accounts,
-                *([self.accounts[i][j] for i in accounts] for j in range(2)),
-            )
 
 
 async def _late_charge(c: _Conn, rec: UsageRecord, charge: int, now: str) -> int | None:
@@ -188,3 +99,99 @@ async def _late_charge(c: _Conn, rec: UsageRecord, charge: int, now: str) -> int
         await c.execute("UPDATE api_keys SET spend_microusd = spend_microusd + $1 WHERE id = $2", amount, rec.key_id)
     log.warning("request %s: charged %d after another gateway released its hold (lease expired)", rid, amount)
     return amount
+
+
+_DONE_SQL = "SELECT request_id, cost_microusd FROM usage WHERE request_id = ANY($1::text[])"
+_CLAIM_SQL = (
+    "DELETE FROM holds WHERE request_id IN (SELECT request_id FROM holds WHERE request_id = ANY($1::text[])"
+    " ORDER BY request_id FOR UPDATE) RETURNING request_id, account_id, amount_microusd, key_id"
+)
+_ENTRIES_SQL = (
+    "INSERT INTO ledger(account_id, kind, amount_microusd, business_key, request_id, created_at)"
+    " SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[])"
+    " ON CONFLICT DO NOTHING"
+)
+_LOCK_KEYS_SQL = "SELECT 1 FROM api_keys WHERE id = ANY($1::text[]) ORDER BY id FOR NO KEY UPDATE"
+_KEYS_SQL = (
+    "UPDATE api_keys k SET spend_microusd = k.spend_microusd + d.spend, held_microusd = k.held_microusd - d.held,"
+    " in_flight = k.in_flight - d.holds"
+    " FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::integer[]) AS d(id, spend, held, holds) WHERE k.id = d.id"
+)
+_LOCK_ACCOUNTS_SQL = "SELECT 1 FROM accounts WHERE id = ANY($1::bigint[]) ORDER BY id FOR NO KEY UPDATE"
+_ACCOUNTS_SQL = (
+    "UPDATE accounts a SET balance_microusd = a.balance_microusd - d.charged, held_microusd = a.held_microusd - d.held"
+    " FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS d(id, charged, held) WHERE a.id = d.id"
+)
+
+
+class _Sums:
+    """What one batch writes: ledger entries, usage rows, and each key's and account's sums."""
+
+    def __init__(self) -> None:
+        self.entries: list[tuple[int, str, int, str, str, str]] = []
+        self.usage: list[tuple[Any, ...]] = []
+        self.keys: defaultdict[str, list[int]] = defaultdict(lambda: [0, 0, 0])  # id -> [spend, held, holds]
+        self.accounts: defaultdict[int, list[int]] = defaultdict(lambda: [0, 0])  # id -> [charged, held]
+
+    def claim(self, hold: Any, charged: int, now: str) -> None:
+        """The hold ``hold`` settled with ``charged`` of it charged and the rest released."""
+        rid, account_id, held, key_id = (
+            hold["request_id"],
+            int(hold["account_id"]),
+            int(hold["amount_microusd"]),
+            hold["key_id"],
+        )
+        if charged:
+            self.entries.append((account_id, "charge", charged, f"req:{rid}:charge", rid, now))
+        if held - charged:
+            self.entries.append((account_id, "release", held - charged, f"req:{rid}:release", rid, now))
+        if key_id is not None:
+            sums = self.keys[str(key_id)]
+            sums[0] += charged
+            sums[1] += held
+            sums[2] += 1
+        self.accounts[account_id][0] += charged
+        self.accounts[account_id][1] += held
+
+
+async def settle_batch(c: _Conn, items: list[Item]) -> list[int]:
+    """Each (record, charge, time) settled as ``pg_ledger.settle`` would (keyed by request id: a
+    replay changes nothing), all in the caller's transaction; the amounts charged, in order."""
+    rids = sorted({rec.request_id for rec, _, _ in items})
+    done = {r["request_id"]: int(r["cost_microusd"]) for r in await c.fetch(_DONE_SQL, rids)}
+    claimed = {r["request_id"]: r for r in await c.fetch(_CLAIM_SQL, rids)}
+    if any(charge > 0 and rec.request_id not in claimed and rec.request_id not in done for rec, charge, _ in items):
+        raise OneByOne("a settlement in the batch has no open hold (a late charge, or none): one by one")
+    sums, results = _Sums(), []
+    for rec, charge, now in items:
+        rid = rec.request_id
+        hold = claimed.pop(rid, None)
+        if rid in done:  # settled before (or earlier in this batch): release what is still held
+            if hold is not None:
+                sums.claim(hold, 0, now)
+            results.append(done[rid])
+            continue
+        charged = None if hold is None else min(max(charge, 0), int(hold["amount_microusd"]))
+        if hold is not None:
+            sums.claim(hold, charged or 0, now)
+        stored = as_charged(rec, charge, charged)
+        sums.usage.append(tuple(getattr(stored, f) for f in USAGE_FIELDS))
+        done[rid] = charged or 0
+        results.append(charged or 0)
+    await _write(c, sums)
+    return results
+
+
+async def _write(c: _Conn, sums: _Sums) -> None:
+    if sums.entries:
+        await c.execute(_ENTRIES_SQL, *(list(column) for column in zip(*sums.entries, strict=True)))
+    if sums.usage:
+        await c.executemany(INSERT_USAGE_SQL, sums.usage)
+    if sums.keys:
+        ids = sorted(sums.keys)
+        await c.execute(_LOCK_KEYS_SQL, ids)
+        await c.execute(_KEYS_SQL, ids, *([sums.keys[k][i] for k in ids] for i in range(3)))
+    if sums.accounts:
+        ids_a = sorted(sums.accounts)
+        await c.execute(_LOCK_ACCOUNTS_SQL, ids_a)
+        await c.execute(_ACCOUNTS_SQL, ids_a, *([sums.accounts[a][i] for a in ids_a] for i in range(2)))

@@ -41,7 +41,7 @@ import asyncpg
 
 from relayproxy.errors import StoreError, StoreUnavailable
 from relayproxy.records import KeyInfo, Principal, UsageRecord
-from relayproxy.store import key_limits, pg_schema, pg_settle
+from relayproxy.store import key_limits, pg_admit, pg_schema, pg_settle
 from relayproxy.store import pg_ledger as q
 from relayproxy.store.admission import Admission, admission, judge, over_rpm
 from relayproxy.store.facade import KEY_COLUMNS, Outcome, Statement, Store, utc_now
@@ -124,6 +124,7 @@ class PgStore(Bookings, Upkeep, Store):
                 server_settings=_SERVER_SETTINGS,
                 command_timeout=30,
                 timeout=_CONNECT_TIMEOUT_S,
+                reset=_keep_session,
             )
         except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
             raise StoreUnavailable(f"cannot open database {_redact(url)}: {exc}") from exc
@@ -176,26 +177,30 @@ class PgStore(Bookings, Upkeep, Store):
 
     # -- running transactions --------------------------------------------------------------------
 
-    async def _run(self, txn: Txn[T]) -> T:
-        """``txn`` as one transaction on a pooled connection; StoreError when the database fails."""
+    async def _run(self, txn: Txn[T], *, transaction: bool = True) -> T:
+        """``txn`` as one transaction on a pooled connection (``transaction=False``: its statements
+        each in their own); StoreError when the database fails."""
         try:
-            async with self._pool.acquire() as conn, conn.transaction():
-                return await txn(conn)
+            async with self._pool.acquire() as conn:
+                if not transaction:
+                    return await txn(conn)
+                async with conn.transaction():
+                    return await txn(conn)
         except _UNREACHABLE as exc:
             await self._pool.expire_connections()  # the pool's idle connections are dead too: open new ones
             raise StoreUnavailable(UNREACHABLE_MESSAGE) from exc  # the details are for the log, not callers
         except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise StoreError(f"database error: {exc}") from exc
 
-    def _spawn(self, txn: Txn[T]) -> asyncio.Task[T]:
-        task = asyncio.get_running_loop().create_task(self._run(txn))
+    def _spawn(self, txn: Txn[T], *, transaction: bool = True) -> asyncio.Task[T]:
+        task = asyncio.get_running_loop().create_task(self._run(txn, transaction=transaction))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
         return task
 
-    async def _money(self, txn: Txn[T]) -> T:
+    async def _money(self, txn: Txn[T], *, transaction: bool = True) -> T:
         """A money transaction: runs to its end even when the caller is cancelled."""
-        return await asyncio.shield(self._spawn(txn))
+        return await asyncio.shield(self._spawn(txn, transaction=transaction))
 
     async def _all(self, sql: str, args: Any = ()) -> list[Any]:
         return await self._run(lambda c: c.fetch(sql, *args))
@@ -288,29 +293,36 @@ class PgStore(Bookings, Upkeep, Store):
         now = utc_now()
 
         async def txn(c: _Conn) -> Admission:
-            principal = await q.principal(c, key_hash, aborts_since if abort_cap > 0 else None, lock=caps.rpm > 0)
+            # Two statements, no transaction around them: the key's row is read, then the hold runs
+            # as one server-side statement that re-reads the key under its lock (pg_admit.py).
+            principal = await q.principal(c, key_hash, aborts_since if abort_cap > 0 else None)
             found = judge(principal, hold_microusd, abort_cap, model, now)
             if found is not None:
                 return found
             assert principal is not None and hold_microusd is not None
-            key_id = principal.key_id
-            if caps.rpm and (wait_s := await key_limits.pg_take_window(c, key_id, request_id, caps.rpm)):
-                return over_rpm(principal, wait_s)
-            held = await q.hold(
-                c, principal.account_id, request_id, hold_microusd, self._owner_id, now, key_id, caps.concurrency
+            held, wait_s = await pg_admit.hold(
+                c,
+                principal.account_id,
+                request_id,
+                hold_microusd,
+                self._owner_id,
+                now,
+                principal.key_id,
+                caps.concurrency,
+                caps.rpm,
             )
-            if caps.rpm and held != HELD:
-                await key_limits.pg_unwind(c, key_id, request_id)
-            return admission(principal, held)
+            if held == pg_admit.REVOKED:
+                return Admission(None, None)
+            return over_rpm(principal, wait_s) if held == "rpm" else admission(principal, held)
 
         mark = self._settling.mark()
-        got = await self._money(txn)
+        got = await self._money(txn, transaction=False)
         if (
             got.refused == "concurrency"
             and got.principal
             and await self._settling.settled_since(got.principal.key_id, mark)
-        ):
-            got = await self._money(txn)  # the key's slots this process was still settling (key_limits.py)
+        ):  # the key's slots this process was still settling (key_limits.py)
+            got = await self._money(txn, transaction=False)
         return got
 
     # -- usage ------------------------------------------------------------------------------------
@@ -373,6 +385,14 @@ class PgStore(Bookings, Upkeep, Store):
             return await q.release(c, request_id, now) or 0
 
         return await self._money(txn)
+
+
+async def _keep_session(conn: Any) -> None:
+    """The pool's reset of a connection coming back: nothing to send. asyncpg's default sends
+    ``RESET ALL; CLOSE ALL; UNLISTEN *; SELECT pg_advisory_unlock_all()``, one more round trip
+    per transaction, for session state this store never leaves behind (settings are fixed at
+    connect or ``SET LOCAL``, no cursors, no LISTEN, advisory locks per transaction). An open
+    transaction is still rolled back by asyncpg itself before this is called."""
 
 
 def _redact(url: str) -> str:
