@@ -8,11 +8,16 @@ settings.register_profile("relayproxy", deadline=None, suppress_health_check=[He
 settings.load_profile("relayproxy")
 
 import os  # noqa: E402
-from collections.abc import Iterator  # noqa: E402
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
+from relayproxy.store.backends import open_store  # noqa: E402
+from relayproxy.store.facade import Store  # noqa: E402
 from tests.pgcluster import PgCluster, pg_bindir  # noqa: E402
+
+Opener = Callable[[], Awaitable[Store]]
 
 
 @pytest.fixture(scope="session")
@@ -41,3 +46,23 @@ def anyio_backend() -> str:
     """asyncio only: trio is installed as a dependency of selenium (the dashboard's browser test),
     and anyio's plugin would otherwise run every async test on it too."""
     return "asyncio"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def open_db(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
+    """Opens a store on each backend (SQLite in a temp file, PostgreSQL in a fresh database), as
+    often as a test needs (several stores on one database: several machines)."""
+    where: str | Path = request.getfixturevalue("pg_url") if request.param == "postgres" else tmp_path / "db.sqlite"
+    return lambda: open_store(where)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    """The store on each backend, its ledger checked clean at the end."""
+    if request.param == "postgres":
+        s = await open_store(request.getfixturevalue("pg_url"), lease_s=2)
+    else:
+        s = await open_store(tmp_path / "relay.db")
+    yield s
+    assert await s.ledger_check() == []
+    await s.close()

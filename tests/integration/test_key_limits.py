@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,17 +22,6 @@ from tests.integration.procs import DripUpstream, GatewayProcess, run_cli, start
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    if request.param == "postgres":
-        s = await open_store(request.getfixturevalue("pg_url"), lease_s=2)
-    else:
-        s = await open_store(tmp_path / "relay.db")
-    yield s
-    assert await s.ledger_check() == []
-    await s.close()
 
 
 KEY = b"k" * 32

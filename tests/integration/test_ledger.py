@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -46,18 +46,6 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    """The store on each backend: SQLite in a temp file, PostgreSQL in a fresh database."""
-    if request.param == "postgres":
-        s = await open_store(request.getfixturevalue("pg_url"), lease_s=2)
-    else:
-        s = await open_store(tmp_path / "relay.db")
-    yield s
-    assert await s.ledger_check() == []
-    await s.close()
 
 
 def record(request_id: str, cost: int = 0, outcome: str = "completed", **kw: Any) -> UsageRecord:

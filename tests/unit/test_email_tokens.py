@@ -2,26 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from pathlib import Path
-
 import pytest
 
 from relayproxy.store.accounts import Accounts, token_hash
-from relayproxy.store.backends import open_store
 from relayproxy.store.email_tokens import EmailTokens
-from relayproxy.store.facade import Store
 from relayproxy.store.passwords import hash_password
+from tests.conftest import Opener
 
 pytestmark = pytest.mark.anyio
-
-Opener = Callable[[], Awaitable[Store]]
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def open_db(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
-    where: str | Path = request.getfixturevalue("pg_url") if request.param == "postgres" else tmp_path / "db.sqlite"
-    return lambda: open_store(where)
 
 
 async def test_tokens_are_single_use_per_purpose_and_expire(open_db: Opener) -> None:

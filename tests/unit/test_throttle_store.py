@@ -3,25 +3,13 @@ stores on one database as two workers (or two gateways) share it."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from pathlib import Path
-
 import pytest
 
 from relayproxy.dashboard.sessions import Throttle
-from relayproxy.store.backends import open_store
-from relayproxy.store.facade import Store
 from relayproxy.store.throttle import Attempts
+from tests.conftest import Opener
 
 pytestmark = pytest.mark.anyio
-
-Opener = Callable[[], Awaitable[Store]]
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def open_db(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
-    where: str | Path = request.getfixturevalue("pg_url") if request.param == "postgres" else tmp_path / "db.sqlite"
-    return lambda: open_store(where)
 
 
 async def test_throttle_per_email_and_per_client_across_stores(open_db: Opener) -> None:
