@@ -246,6 +246,26 @@ def stream_in_thread(port: int, key: str, model: str) -> tuple[threading.Thread,
     return thread, result
 
 
+def post_stream(port: int, key: str, model: str, max_tokens: int = 100) -> tuple[int, dict[str, str], bytes]:
+    """A streamed chat completion over a raw socket, read to the end: (status, headers, body)."""
+    body = json.dumps(
+        {"model": model, "stream": True, "max_tokens": max_tokens, "messages": [{"role": "user", "content": "hi"}]}
+    )
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\nauthorization: Bearer {key}\r\n"
+        f"content-type: application/json\r\ncontent-length: {len(body)}\r\nconnection: close\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+        sock.sendall(head.encode() + body.encode())
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head_bytes, _, rest = data.partition(b"\r\n\r\n")
+    lines = head_bytes.decode("latin-1").split("\r\n")
+    headers = dict(line.lower().split(": ", 1) for line in lines[1:] if ": " in line)
+    return int(lines[0][9:12]), headers, rest
+
+
 def http_get(port: int, path: str, sock: socket.socket | None = None) -> bytes:
     """One keep-alive GET; returns the whole response (head and Content-Length body)."""
     own = sock is None

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,7 +15,15 @@ from relayproxy.records import UsageRecord
 from relayproxy.store.backends import open_store
 from relayproxy.store.facade import Store, utc_iso, utc_now
 from relayproxy.store.key_limits import KeyCaps
-from tests.integration.procs import DripUpstream, GatewayProcess, run_cli, start_gateway, usage_rows, write_config
+from tests.integration.procs import (
+    DripUpstream,
+    GatewayProcess,
+    post_stream,
+    run_cli,
+    start_gateway,
+    usage_rows,
+    write_config,
+)
 
 
 @pytest.fixture
@@ -124,22 +131,7 @@ def _gateway_config(home: Path, upstream: DripUpstream, database: str, **limits:
 
 
 def _post(port: int, key: str, model: str) -> tuple[int, dict[str, str], bytes]:
-    body = json.dumps(
-        {"model": model, "stream": True, "max_tokens": 100, "messages": [{"role": "user", "content": "hi"}]}
-    )
-    head = (
-        f"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\nauthorization: Bearer {key}\r\n"
-        f"content-type: application/json\r\ncontent-length: {len(body)}\r\nconnection: close\r\n\r\n"
-    )
-    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
-        sock.sendall(head.encode() + body.encode())
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
-    head_bytes, _, rest = data.partition(b"\r\n\r\n")
-    lines = head_bytes.decode("latin-1").split("\r\n")
-    headers = dict(line.lower().split(": ", 1) for line in lines[1:] if ": " in line)
-    return int(lines[0][9:12]), headers, rest
+    return post_stream(port, key, model)
 
 
 def _start(configs: list[Path], *args: str) -> tuple[list[GatewayProcess], str]:

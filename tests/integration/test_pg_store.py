@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,6 +23,7 @@ from relayproxy.store.facade import Store, utc_now
 from tests.integration.procs import (
     DripUpstream,
     GatewayProcess,
+    post_stream,
     run_cli,
     start_gateway,
     stream_in_thread,
@@ -204,19 +204,7 @@ def _two_gateways(
 
 
 def _post(port: int, key: str, max_tokens: int = 100) -> int:
-    body = json.dumps(
-        {"model": PRICED, "stream": True, "max_tokens": max_tokens, "messages": [{"role": "user", "content": "hi"}]}
-    )
-    head = (
-        f"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\nauthorization: Bearer {key}\r\n"
-        f"content-type: application/json\r\ncontent-length: {len(body)}\r\nconnection: close\r\n\r\n"
-    )
-    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
-        sock.sendall(head.encode() + body.encode())
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
-    return int(data[9:12])
+    return post_stream(port, key, PRICED, max_tokens)[0]
 
 
 def test_two_gateways_on_one_database_admit_exactly_what_the_credit_covers(tmp_path: Path, pg_url: str) -> None:
