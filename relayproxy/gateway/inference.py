@@ -117,10 +117,9 @@ class Inference:
         body = parse_json(ex.req.body)
         if isinstance(body, dict):
             body = body.get("generateContentRequest", body)  # Gemini's wrapped form
-            if ep.protocol == "anthropic":
-                body = {**body, "max_tokens": 1}  # count_tokens bodies carry no output limit
+        decodable = {**body, "max_tokens": 1} if isinstance(body, dict) and ep.protocol == "anthropic" else body
         client: Codec = CODECS[ep.protocol]
-        req = client.decode_request(body, model=ep.model, stream=False)
+        req = client.decode_request(decodable, model=ep.model, stream=False)  # counts carry no output limit
         route = resolve_model(self._config, req.model)
         upstream, call = count_call(ep, body, req, route, ex.req.headers)
         if call is None:

@@ -11,7 +11,6 @@ from typing import Any
 import orjson
 
 from relayproxy.codecs import Codec, UpstreamCall
-from relayproxy.codecs.openai_responses import prepare_count_passthrough
 from relayproxy.codecs.registry import CODECS
 from relayproxy.config.settings import Config
 from relayproxy.errors import InvalidRequest, ProviderUnavailable
@@ -124,10 +123,11 @@ def count_call(
     protocol = upstream_protocol(ep, route)
     upstream: Codec = CODECS[protocol]
     name = route.model.upstream_model
-    if protocol == "openai_responses":
-        return upstream, prepare_count_passthrough(body, name)
-    call = upstream.encode_count_request(req, name)
-    if call is not None and protocol == ep.protocol and route.provider.passthrough:
+    same = protocol == ep.protocol and route.provider.passthrough and isinstance(body, dict)
+    call = upstream.prepare_count_passthrough(body, name) if same else None
+    if call is None:
+        call = upstream.encode_count_request(req, name)
+    if call is not None and same:
         _forward_caller_headers(call, upstream, headers)
     return upstream, call
 

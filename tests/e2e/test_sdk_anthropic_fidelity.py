@@ -120,6 +120,38 @@ def test_count_tokens_on_the_beta_path(gateway: Gateway) -> None:
     assert [v for k, v in seen.headers if k == "anthropic-version"] == ["2099-01-01"]
 
 
+def test_a_passthrough_count_sends_the_callers_own_body(gateway: Gateway) -> None:
+    """Claude Code sizes its context with count_tokens over the very body it will send (cache
+    breakpoints, tools, beta fields): on an Anthropic passthrough the upstream counts that body,
+    with only the model named for the upstream, not one rebuilt from the canonical model."""
+    system = [{"type": "text", "text": "You are terse.", "cache_control": {"type": "ephemeral"}}]
+    tools = [
+        {
+            "name": "ls",
+            "description": "list",
+            "input_schema": {"type": "object"},
+            "cache_control": {"type": "ephemeral"},
+        }
+    ]
+    edits = {"edits": [{"type": "clear_tool_uses_20250919"}]}
+    with _anthropic(gateway) as c:
+        counted = c.messages.count_tokens(
+            model="an-text",
+            system=system,
+            messages=USER,
+            tools=tools,
+            extra_body={"context_management": edits},  # type: ignore[arg-type]
+        )
+    assert counted.input_tokens == 42
+    sent = gateway.upstream.requests[-1].json()
+    assert {k: v for k, v in sent.items() if k != "model"} == {
+        "system": system,
+        "messages": USER,
+        "tools": tools,
+        "context_management": edits,
+    }
+
+
 def test_a_translated_count_gets_the_default_version_and_no_betas(gateway: Gateway) -> None:
     """An OpenAI Responses client counting on an Anthropic upstream: the gateway's own version."""
     with openai.OpenAI(base_url=gateway.base_url + "/v1", api_key=gateway.key, max_retries=0) as c:

@@ -59,6 +59,7 @@ __all__ = [
     "encode_error",
     "encode_request",
     "encode_response",
+    "prepare_count_passthrough",
     "prepare_passthrough",
     "response_usage",
     "stream_decoder",
@@ -172,6 +173,12 @@ def encode_count_request(req: ir.ChatRequest, upstream_model: str) -> UpstreamCa
     body = request_body(req, upstream_model)
     count = {key: body[key] for key in _COUNT_KEYS if key in body}
     return UpstreamCall(_COUNT_PATH, orjson.dumps(count), [VERSION])
+
+
+def prepare_count_passthrough(body: dict[str, Any], upstream_model: str) -> UpstreamCall | None:
+    """The caller's count_tokens body as it came (tools, thinking, cache_control and fields this
+    codec does not model included), with the upstream's model name."""
+    return UpstreamCall(_COUNT_PATH, orjson.dumps({**body, "model": upstream_model}), [VERSION])
 
 
 def decode_count_response(body: Any) -> int:

@@ -72,6 +72,7 @@ __all__ = [
     "encode_error",
     "encode_request",
     "encode_response",
+    "prepare_count_passthrough",
     "prepare_passthrough",
     "response_usage",
     "stream_decoder",
@@ -192,6 +193,11 @@ def embedded_error(body: Any) -> UpstreamStatusError | None:
 
 
 # -- token counting ---------------------------------------------------------------------------------
+
+
+def prepare_count_passthrough(body: dict[str, Any], upstream_model: str) -> UpstreamCall | None:
+    """None: a Gemini count is translated (its wrapped request form and model path)."""
+    return None
 
 
 def encode_count_request(req: ir.ChatRequest, upstream_model: str) -> UpstreamCall | None:

@@ -64,6 +64,7 @@ __all__ = [
     "encode_error",
     "encode_request",
     "encode_response",
+    "prepare_count_passthrough",
     "prepare_passthrough",
     "response_usage",
     "stream_decoder",
@@ -210,6 +211,11 @@ def stream_encoder(req: ir.ChatRequest, model: str, *, sse: bool = True) -> Chat
 
 def stream_tap(req: ir.ChatRequest) -> StreamTap:
     return StreamTap(client_wants_usage=req.include_usage)
+
+
+def prepare_count_passthrough(body: dict[str, Any], upstream_model: str) -> UpstreamCall | None:
+    """None: OpenAI Chat has no count endpoint."""
+    return None
 
 
 def encode_count_request(req: ir.ChatRequest, upstream_model: str) -> UpstreamCall | None:
