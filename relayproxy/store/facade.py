@@ -135,15 +135,20 @@ class Store:
         created = utc_now()
         allowed = None if models is None else ",".join(models)
 
-        def txn(db: sqlite3.Connection) -> None:
-            account_id = sqlite_txn.ensure_account(db, account)
-            db.execute(
-                "INSERT INTO api_keys(id, account_id, prefix, hash, label, created_at,"
-                " spend_limit_microusd, expires, models) VALUES (?,?,?,?,?,?,?,?,?)",
-                (key_id, account_id, prefix, key_hash, label, created, spend_limit_microusd, expires, allowed),
-            )
-
-        await self._write(txn)
+        # Portable statements (Store.transaction): the PostgreSQL store runs the same ones.
+        await self.transaction(
+            [
+                (
+                    "INSERT INTO accounts(name, created_at) VALUES (?, ?) ON CONFLICT(name) DO NOTHING",
+                    (account, created),
+                ),
+                (
+                    "INSERT INTO api_keys(id, account_id, prefix, hash, label, created_at, spend_limit_microusd,"
+                    " expires, models) SELECT ?, id, ?, ?, ?, ?, ?, ?, ? FROM accounts WHERE name = ?",
+                    (key_id, prefix, key_hash, label, created, spend_limit_microusd, expires, allowed, account),
+                ),
+            ]
+        )
         return KeyInfo(key_id, prefix, label, account, created, None, spend_limit_microusd, expires, models)
 
     async def list_keys(self, account: str | None = None) -> list[KeyInfo]:

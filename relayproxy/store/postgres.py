@@ -6,9 +6,10 @@ plus one connection for the lease housekeeping). Each connection runs with a
 transaction cannot keep a row lock; every money transaction runs in a task shielded from the
 caller's cancellation, so it always commits or rolls back whole.
 
-Ledger rules across processes and machines. Admission reserves credit with one guarded
-``UPDATE accounts … WHERE balance - held >= $h`` in the same transaction that reads the key (so
-revocation is instant); settlement is one transaction that first claims the hold row
+Ledger rules across processes and machines. Admission reads the key, then holds in one
+server-side statement (pg_admit.py) that locks the key's row, re-checks its revocation (so it
+stays instant) and reserves credit with a guarded ``UPDATE accounts … WHERE balance - held >= $h``;
+settlement is one transaction that first claims the hold row
 (``DELETE … RETURNING``: a replay finds nothing and changes nothing), then the key's row, then the
 account's: the one order every transaction locks rows in, group-committed batches included
 (pg_settle.py). Stripe events are exactly-once through the
@@ -221,41 +222,6 @@ class PgStore(Bookings, Upkeep, Store):
 
     async def ensure_account(self, name: str) -> int:
         return await self._run(lambda c: q.ensure_account(c, name))
-
-    async def add_key(
-        self,
-        account: str,
-        key_id: str,
-        prefix: str,
-        key_hash: bytes,
-        label: str,
-        *,
-        spend_limit_microusd: int | None = None,
-        expires: str | None = None,
-        models: tuple[str, ...] | None = None,
-    ) -> KeyInfo:
-        """A new key of ``account`` (created if missing), with its options (records.KeyInfo)."""
-        created = utc_now()
-        allowed = None if models is None else ",".join(models)
-
-        async def txn(c: _Conn) -> None:
-            account_id = await q.ensure_account(c, account)
-            await c.execute(
-                "INSERT INTO api_keys(id, account_id, prefix, hash, label, created_at,"
-                " spend_limit_microusd, expires, models) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9)",
-                key_id,
-                account_id,
-                prefix,
-                key_hash,
-                label,
-                created,
-                spend_limit_microusd,
-                expires,
-                allowed,
-            )
-
-        await self._run(txn)
-        return KeyInfo(key_id, prefix, label, account, created, None, spend_limit_microusd, expires, models)
 
     async def list_keys(self, account: str | None = None) -> list[KeyInfo]:
         sql = f"SELECT {KEY_COLUMNS} FROM api_keys k JOIN accounts a ON a.id = k.account_id"
