@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncpg
 
-from relayproxy.store import key_limits, pg_admit
+from relayproxy.store import key_limits, pg_admit, pg_settle
 
 __all__ = ["MIGRATIONS", "migrate"]
 
@@ -172,6 +172,10 @@ MIGRATIONS: tuple[str, ...] = (
     key_limits.PG_MIGRATION,
     # Admission's hold as one server-side statement (pg_admit.py).
     pg_admit.MIGRATION,
+    # A batch of settlements whose holds are as this process made them, as one statement (pg_settle.py).
+    pg_settle.MIGRATION,
+    # Admissions' holds, a batch per statement (pg_admit.py).
+    pg_admit.BATCH_MIGRATION,
 )
 
 

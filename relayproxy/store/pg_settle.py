@@ -18,6 +18,16 @@ last: the batch's keys, then its accounts, each set locked in sorted order and u
 the batch's sums, so they stay locked for two statements and the commit. A batch with a late
 charge (below) is settled one request per transaction instead (``OneByOne``): that is rare.
 
+One statement. A batch whose holds this process made itself and still knows (``Known``: the
+admission's account, amount and key), which is every batch but after an outage or a replay, is
+settled by ``settle_known`` as one call of the server-side function ``relayproxy_settle_known``,
+in its own transaction: one round trip, and the shared rows locked only for the function's last
+four statements and the commit, never while the gateway is busy sending the next statement. The
+gateway works out every row as ``settle_batch`` would; the function claims the batch's hold rows
+and checks they are exactly the ones the gateway expected. Anything else (a hold released or
+settled since, a usage record or ledger entry already there) rolls the statement back and the
+batch goes ``settle_batch``'s way, which handles every case.
+
 Settling after the reaper. A machine cut off from PostgreSQL for longer than its lease keeps its
 streams running and parks their settlements (pg_outage.py); meanwhile another machine's reaper
 releases the holds of the expired lease (never billing them). When the parked settlement is
@@ -36,17 +46,21 @@ import logging
 from collections import defaultdict
 from typing import Any, TypeAlias
 
+import asyncpg
+import orjson
+
 from relayproxy.errors import StoreError
 from relayproxy.records import UsageRecord
 from relayproxy.store import pg_ledger as q
 from relayproxy.store.common import as_charged
 from relayproxy.store.pg_ledger import INSERT_USAGE_SQL, USAGE_FIELDS
 
-__all__ = ["OneByOne", "settle", "settle_batch"]
+__all__ = ["MIGRATION", "Known", "OneByOne", "settle", "settle_batch", "settle_known"]
 
 _Conn: TypeAlias = Any  # asyncpg.Connection (asyncpg ships no type hints)
 log = logging.getLogger("relayproxy.store")
 Item: TypeAlias = tuple[UsageRecord, int, str]  # (record, charge asked, settlement time)
+Known: TypeAlias = tuple[int, int, str | None]  # a hold this process made: (account id, amount, key id)
 
 
 class OneByOne(StoreError):
@@ -195,3 +209,102 @@ async def _write(c: _Conn, sums: _Sums) -> None:
         ids_a = sorted(sums.accounts)
         await c.execute(_LOCK_ACCOUNTS_SQL, ids_a)
         await c.execute(_ACCOUNTS_SQL, ids_a, *([sums.accounts[a][i] for a in ids_a] for i in range(2)))
+
+
+#: The usage columns the function below inserts (its text is a migration, fixed): a new usage
+#: field needs a migration that replaces the function (tests check the two lists agree).
+KNOWN_USAGE_COLUMNS = (
+    "request_id", "created_at", "account", "key_id", "model", "provider", "client_protocol",
+    "upstream_protocol", "stream", "outcome", "http_status", "input_tokens", "cached_input_tokens",
+    "output_tokens", "reasoning_tokens", "cost_microusd", "billed", "reason", "duration_ms",
+)  # fmt: skip
+_COLUMNS = ", ".join(KNOWN_USAGE_COLUMNS)
+MIGRATION = f"""
+CREATE OR REPLACE FUNCTION relayproxy_settle_known(
+    p_rids TEXT[],
+    p_hold_rids TEXT[], p_hold_accounts BIGINT[], p_hold_amounts BIGINT[], p_hold_keys TEXT[],
+    e_accounts BIGINT[], e_kinds TEXT[], e_amounts BIGINT[], e_keys TEXT[], e_rids TEXT[], e_at TEXT[],
+    p_usage JSONB,
+    k_ids TEXT[], k_spend BIGINT[], k_held BIGINT[], k_holds INTEGER[],
+    a_ids BIGINT[], a_charged BIGINT[], a_held BIGINT[])
+RETURNS void LANGUAGE plpgsql AS $fn$
+DECLARE
+    v_claimed INTEGER;
+    v_matched INTEGER;
+BEGIN
+    WITH claimed AS (
+        DELETE FROM holds WHERE request_id IN (
+            SELECT request_id FROM holds WHERE request_id = ANY(p_rids) ORDER BY request_id FOR UPDATE)
+        RETURNING request_id, account_id, amount_microusd, key_id)
+    SELECT count(*), count(e.rid) INTO v_claimed, v_matched
+      FROM claimed c
+      LEFT JOIN unnest(p_hold_rids, p_hold_accounts, p_hold_amounts, p_hold_keys) AS e(rid, account, amount, key)
+        ON e.rid = c.request_id AND e.account = c.account_id AND e.amount = c.amount_microusd
+       AND e.key IS NOT DISTINCT FROM c.key_id;
+    IF v_claimed <> v_matched OR v_claimed <> cardinality(p_hold_rids) THEN
+        RAISE EXCEPTION USING ERRCODE = 'RP002', MESSAGE = 'the batch holds differ from what was expected';
+    END IF;
+    INSERT INTO ledger(account_id, kind, amount_microusd, business_key, request_id, created_at)
+    SELECT * FROM unnest(e_accounts, e_kinds, e_amounts, e_keys, e_rids, e_at);
+    INSERT INTO usage({_COLUMNS}) SELECT {_COLUMNS} FROM jsonb_populate_recordset(NULL::usage, p_usage);
+    PERFORM 1 FROM api_keys WHERE id = ANY(k_ids) ORDER BY id FOR NO KEY UPDATE;
+    UPDATE api_keys k SET spend_microusd = k.spend_microusd + d.spend, held_microusd = k.held_microusd - d.held,
+           in_flight = k.in_flight - d.holds
+      FROM unnest(k_ids, k_spend, k_held, k_holds) AS d(id, spend, held, holds) WHERE k.id = d.id;
+    PERFORM 1 FROM accounts WHERE id = ANY(a_ids) ORDER BY id FOR NO KEY UPDATE;
+    UPDATE accounts a SET balance_microusd = a.balance_microusd - d.charged, held_microusd = a.held_microusd - d.held
+      FROM unnest(a_ids, a_charged, a_held) AS d(id, charged, held) WHERE a.id = d.id;
+END
+$fn$;
+"""
+_KNOWN_SQL = "SELECT relayproxy_settle_known(" + ", ".join(f"${i}" for i in range(1, 20)) + ")"
+#: The function's refusal (the holds differ), and a usage record or ledger entry already there.
+_NOT_AS_KNOWN = {"RP002", "23505"}
+
+
+async def settle_known(c: _Conn, items: list[Item], holds: list[Known | None]) -> list[int] | None:
+    """``settle_batch``'s result for ``items`` whose holds (``holds``, in order; None: the request
+    held nothing) this process made, as one statement in its own transaction (the module
+    docstring); None when the batch is not as known, with nothing changed."""
+    rids = [rec.request_id for rec, _, _ in items]
+    if len(set(rids)) != len(rids):
+        return None
+    sums, results, records = _Sums(), [], []
+    expected: list[tuple[str, int, int, str | None]] = []
+    for (rec, charge, now), known in zip(items, holds, strict=True):
+        charged = None
+        if known is not None:
+            account_id, amount, key_id = known
+            charged = min(max(charge, 0), amount)
+            expected.append((rec.request_id, account_id, amount, key_id))
+            sums.claim(
+                {"request_id": rec.request_id, "account_id": account_id, "amount_microusd": amount, "key_id": key_id},
+                charged,
+                now,
+            )
+        elif charge > 0:
+            return None  # a charge with no hold of ours: settle_batch knows what to do
+        records.append(as_charged(rec, charge, charged))
+        results.append(charged or 0)
+    keys, accounts = sorted(sums.keys), sorted(sums.accounts)
+    try:
+        await c.execute(
+            _KNOWN_SQL,
+            sorted(rids),
+            *_columns(expected, 4),
+            *_columns(sums.entries, 6),
+            orjson.dumps(records).decode(),
+            keys,
+            *([sums.keys[k][i] for k in keys] for i in range(3)),
+            accounts,
+            *([sums.accounts[a][i] for a in accounts] for i in range(2)),
+        )
+    except asyncpg.PostgresError as exc:
+        if exc.sqlstate in _NOT_AS_KNOWN:
+            return None
+        raise
+    return results
+
+
+def _columns(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
+    return [list(column) for column in zip(*rows, strict=True)] if rows else [[] for _ in range(width)]

@@ -45,7 +45,9 @@ class Upkeep:
     _committers: int
     batch_fallbacks: int  # batches that failed whole and were settled one by one (a deadlock would count)
 
-    async def _run(self, txn: Txn[T]) -> T:
+    _held: dict[str, pg_settle.Known]  # the holds this process made and has not settled yet
+
+    async def _run(self, txn: Txn[T], *, transaction: bool = True) -> T:
         raise NotImplementedError
 
     async def _money(self, txn: Txn[T]) -> T:
@@ -125,7 +127,8 @@ class Upkeep:
                 self._backlog.park(item)
             return [0] * len(items)
         try:
-            return await self._run(partial(_settle_all, items=items))
+            known = [self._held.pop(item.rec.request_id, None) for item in items]
+            return await self._run(partial(_settle_all, items=items, known=known), transaction=False)
         except StoreUnavailable as exc:  # committed or not, the replay is right: keyed by request id
             self._mark_down(exc)
             for item in items:
@@ -191,8 +194,14 @@ class Upkeep:
         )
 
 
-async def _settle_all(c: _Conn, items: list[Parked]) -> list[int]:
-    return await pg_settle.settle_batch(c, [(item.rec, item.charge_microusd, item.at) for item in items])
+async def _settle_all(c: _Conn, items: list[Parked], known: list[pg_settle.Known | None]) -> list[int]:
+    """The batch as one statement when its holds are as this process made them, else set-wise."""
+    batch = [(item.rec, item.charge_microusd, item.at) for item in items]
+    settled = await pg_settle.settle_known(c, batch, known)
+    if settled is not None:
+        return settled
+    async with c.transaction():
+        return await pg_settle.settle_batch(c, batch)
 
 
 async def _settle_parked(c: _Conn, item: Parked) -> int:

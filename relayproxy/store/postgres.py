@@ -6,10 +6,11 @@ plus one connection for the lease housekeeping). Each connection runs with a
 transaction cannot keep a row lock; every money transaction runs in a task shielded from the
 caller's cancellation, so it always commits or rolls back whole.
 
-Ledger rules across processes and machines. Admission reads the key, then holds in one
-server-side statement (pg_admit.py) that locks the key's row, re-checks its revocation (so it
-stays instant) and reserves credit with a guarded ``UPDATE accounts … WHERE balance - held >= $h``;
-settlement is one transaction that first claims the hold row
+Ledger rules across processes and machines. Admissions go in batches (pg_admit.py): the batch's
+keys are read in one statement, then every hold in one server-side statement that locks the
+keys' rows, re-checks their revocation (so it stays instant) and reserves credit with a guarded
+``UPDATE accounts … WHERE balance - held >= $h``; settlement is one transaction (one statement
+when its holds are as this process made them) that first claims the hold row
 (``DELETE … RETURNING``: a replay finds nothing and changes nothing), then the key's row, then the
 account's: the one order every transaction locks rows in, group-committed batches included
 (pg_settle.py). Stripe events are exactly-once through the
@@ -35,6 +36,7 @@ import logging
 import os
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeAlias, TypeVar
 
@@ -44,7 +46,7 @@ from relayproxy.errors import StoreError, StoreUnavailable
 from relayproxy.records import KeyInfo, Principal, UsageRecord
 from relayproxy.store import key_limits, pg_admit, pg_schema, pg_settle
 from relayproxy.store import pg_ledger as q
-from relayproxy.store.admission import Admission, admission, judge, over_rpm
+from relayproxy.store.admission import Admission
 from relayproxy.store.facade import KEY_COLUMNS, Outcome, Statement, Store, utc_now
 from relayproxy.store.key_limits import NO_CAPS, KeyCaps
 from relayproxy.store.ledger import HELD
@@ -105,6 +107,10 @@ class PgStore(Bookings, Upkeep, Store):
         self._down = False  # the last housekeeping round found the database unreachable
         self._sweep_after = 0.0  # loop time before which others' holds are left alone (after an outage)
         self._settling = key_limits.Settling()  # queued settlements by key, for the in-flight cap
+        self._held: dict[str, pg_settle.Known] = {}  # this process's open holds (pg_settle.settle_known)
+        self._admissions = pg_admit.Admissions(
+            partial(self._run, transaction=False), self._owner_id, self._held, self._pending
+        )
 
     @classmethod
     async def connect(
@@ -256,40 +262,24 @@ class PgStore(Bookings, Upkeep, Store):
     ) -> Admission:
         if hold_microusd is not None and hold_microusd < 0:
             raise ValueError(f"hold amount must be 0 or more, got {hold_microusd}")
-        now = utc_now()
-
-        async def txn(c: _Conn) -> Admission:
-            # Two statements, no transaction around them: the key's row is read, then the hold runs
-            # as one server-side statement that re-reads the key under its lock (pg_admit.py).
-            principal = await q.principal(c, key_hash, aborts_since if abort_cap > 0 else None)
-            found = judge(principal, hold_microusd, abort_cap, model, now)
-            if found is not None:
-                return found
-            assert principal is not None and hold_microusd is not None
-            held, wait_s = await pg_admit.hold(
-                c,
-                principal.account_id,
-                request_id,
-                hold_microusd,
-                self._owner_id,
-                now,
-                principal.key_id,
-                caps.concurrency,
-                caps.rpm,
-            )
-            if held == pg_admit.REVOKED:
-                return Admission(None, None)
-            return over_rpm(principal, wait_s) if held == "rpm" else admission(principal, held)
-
+        ask = pg_admit.Ask(key_hash, request_id, hold_microusd, aborts_since, abort_cap, model, caps, utc_now())
         mark = self._settling.mark()
-        got = await self._money(txn, transaction=False)
+        got = await self._admit(ask)
         if (
             got.refused == "concurrency"
             and got.principal
             and await self._settling.settled_since(got.principal.key_id, mark)
         ):  # the key's slots this process was still settling (key_limits.py)
-            got = await self._money(txn, transaction=False)
+            got = await self._admit(ask)
         return got
+
+    async def _admit(self, ask: pg_admit.Ask) -> Admission:
+        future = self._admissions.admit(ask)
+        try:
+            return await asyncio.shield(future)  # a batch that has gone runs to its end
+        except asyncio.CancelledError:
+            self._admissions.withdraw(future)
+            raise
 
     # -- usage ------------------------------------------------------------------------------------
 
@@ -324,6 +314,8 @@ class PgStore(Bookings, Upkeep, Store):
             raise ValueError(f"hold amount must be 0 or more, got {amount_microusd}")
         now = utc_now()
         held = await self._money(lambda c: q.hold(c, account_id, request_id, amount_microusd, self._owner_id, now))
+        if held == HELD:
+            self._held[request_id] = (account_id, amount_microusd, None)
         return held == HELD
 
     def settle_soon(self, rec: UsageRecord, charge_microusd: int) -> asyncio.Future[int]:
@@ -346,6 +338,7 @@ class PgStore(Bookings, Upkeep, Store):
 
     async def release(self, request_id: str) -> int:
         now = utc_now()
+        self._held.pop(request_id, None)
 
         async def txn(c: _Conn) -> int:
             return await q.release(c, request_id, now) or 0

@@ -1,5 +1,5 @@
-"""PostgreSQL's admission hold (one server-side statement, pg_admit.py) and its set-wise group
-commit (pg_batch.py): the same answers as the statement-by-statement rules, under concurrency."""
+"""PostgreSQL's admissions (in batches, one hold statement each, pg_admit.py) and its group
+commit (pg_settle.py): the same answers as the statement-by-statement rules, under concurrency."""
 
 from __future__ import annotations
 
@@ -9,10 +9,12 @@ from typing import Any
 import pytest
 
 from relayproxy.records import UsageRecord
+from relayproxy.store import pg_ledger
 from relayproxy.store.backends import open_store
 from relayproxy.store.facade import Store, utc_now
 from relayproxy.store.key_limits import NO_CAPS, KeyCaps
-from relayproxy.store.pg_settle import OneByOne, settle_batch
+from relayproxy.store.pg_ledger import USAGE_FIELDS
+from relayproxy.store.pg_settle import KNOWN_USAGE_COLUMNS, OneByOne, settle_batch
 
 pytestmark = pytest.mark.anyio
 
@@ -126,3 +128,56 @@ async def test_two_stores_admit_and_settle_one_key_concurrently_without_deadlock
     finally:
         await one.close()
         await two.close()
+
+
+async def test_concurrent_admissions_share_batches_and_each_gets_its_own_answer(pg_url: str) -> None:
+    store = await funded(pg_url)  # $1: ten holds of $0.10
+    await store.add_key("alice", "k2", "rp_y", b"y" * 32, "", models=("other",))
+    await store.add_key("alice", "k3", "rp_z", b"z" * 32, "")
+    await store.revoke_key("k3")
+    try:
+
+        async def ask(n: int) -> Any:
+            key = (KEY, b"y" * 32, b"z" * 32, b"u" * 32)[n % 4] if n < 8 else KEY
+            return await store.admit(key, f"r{n}", 100_000, aborts_since=None, abort_cap=0, model="m")
+
+        got = await asyncio.gather(*(ask(n) for n in range(48)))
+        batches = store._admissions.batches  # type: ignore[attr-defined]
+        assert batches < 48  # they waited for one another's batches
+        assert [got[n].refused for n in (1, 5)] == ["model_not_allowed"] * 2
+        assert all(got[n].principal is None for n in (2, 3, 6, 7))  # revoked, unknown: 401
+        held = [n for n, a in enumerate(got) if a.held]
+        refused = [n for n, a in enumerate(got) if a.held is False]
+        assert len(held) == 10 and len(held) + len(refused) == 48 - 6
+        assert await store.balance("alice") == (1_000_000, 1_000_000)
+        rows = await store.query("SELECT in_flight, held_microusd FROM api_keys WHERE id = ?", ("k1",))
+        assert tuple(rows[0]) == (10, 1_000_000)
+        settled = await asyncio.gather(*(store.settle_soon(record(f"r{n}", 60_000), 60_000) for n in held))
+        assert settled == [60_000] * 10
+        assert await store.balance("alice") == (400_000, 0)
+        assert await store.ledger_check() == []
+    finally:
+        await store.close()
+
+
+async def test_a_batch_whose_hold_another_machine_released_is_still_charged_once(pg_url: str) -> None:
+    store = await funded(pg_url)
+    try:
+        assert (await admit(store, "a", 100_000)).held is True
+        assert (await admit(store, "b", 100_000)).held is True
+        async with store._pool.acquire() as conn, conn.transaction():  # type: ignore[attr-defined]
+            await pg_ledger.release(conn, "a", utc_now())  # as another machine's lease reaper does
+        got = await asyncio.gather(
+            store.settle_soon(record("a", 30_000), 30_000), store.settle_soon(record("b", 20_000), 20_000)
+        )
+        assert got == [30_000, 20_000]
+        assert await store.balance("alice") == (1_000_000 - 50_000, 0)
+        a = await store.get_usage("a")
+        assert a is not None and a.cost_microusd == 30_000 and a.billed
+        assert await store.ledger_check() == []
+    finally:
+        await store.close()
+
+
+def test_the_one_statement_settlement_inserts_every_usage_field() -> None:
+    assert KNOWN_USAGE_COLUMNS == USAGE_FIELDS  # else a migration must replace relayproxy_settle_known
