@@ -334,6 +334,7 @@ class PgStore(Bookings, Upkeep, Store):
 
     async def settle(self, rec: UsageRecord, charge_microusd: int) -> int:
         now = utc_now()
+        self._held.pop(rec.request_id, None)
         return await self._money(lambda c: pg_settle.settle(c, rec, charge_microusd, now))
 
     async def release(self, request_id: str) -> int:
