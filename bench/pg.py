@@ -60,8 +60,9 @@ def body_file() -> Path:
     return path
 
 
-def measure(load: rb.Load, ports: list[int], key: str, c: int) -> dict[str, Any]:
-    """c connections split evenly over the gateways, all at once; requests/s added up."""
+def measure(load: rb.Load, procs: list[subprocess.Popen[bytes]], ports: list[int], key: str, c: int) -> dict[str, Any]:
+    """c connections split evenly over the gateways, all at once; requests/s added up, and where
+    the machine's CPU went meanwhile (the gateways', PostgreSQL's, and how busy the whole machine was)."""
     target = [rb.Target(f"http://127.0.0.1:{p}/v1/chat/completions", body_file(), f"Bearer {key}") for p in ports]
     each = c // len(ports)
     for t in target:
@@ -72,12 +73,48 @@ def measure(load: rb.Load, ports: list[int], key: str, c: int) -> dict[str, Any]
         results[i] = load.unary(target[i], each, load.duration)
 
     threads = [threading.Thread(target=one, args=(i,)) for i in range(len(ports))]
+    before = cpu_now([p.pid for p in procs])
     for th in threads:
         th.start()
     for th in threads:
         th.join()
+    after = cpu_now([p.pid for p in procs])
     errors = sum(sum(r["errors"].values()) for r in results)
-    return {"rate": round(sum(r["rate"] for r in results), 1), "errors": errors, "per_gateway": results}
+    rate = sum(r["rate"] for r in results)
+    done = rate * load.duration or 1.0
+    cpu = {
+        "gateways_us_per_request": round((after[0] - before[0]) / done * 1e6),
+        "postgres_us_per_request": round((after[1] - before[1]) / done * 1e6),
+        "machine_busy": round((after[2] - before[2]) / ((after[3] - before[3]) or 1), 2),
+    }
+    return {"rate": round(rate, 1), "errors": errors, "cpu": cpu, "per_gateway": results}
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_now(pids: list[int]) -> tuple[float, float, float, float]:
+    """CPU seconds so far of the processes ``pids`` and of every PostgreSQL server process, then the
+    machine's busy and total CPU seconds (/proc: Linux only; zeros elsewhere)."""
+    if not Path("/proc/stat").exists():
+        return 0.0, 0.0, 0.0, 0.0
+    ours = pg_total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        name, fields = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
+        used = (int(fields[11]) + int(fields[12])) / _TICK
+        if int(entry.name) in pids:
+            ours += used
+        elif name == "postgres":
+            pg_total += used
+    ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = ticks[3] + ticks[4]
+    return ours, pg_total, (sum(ticks) - idle) / _TICK, sum(ticks) / _TICK
 
 
 def row(load: rb.Load, fake_port: int, database: str, gateways: int, name: str) -> dict[str, Any]:
@@ -89,12 +126,20 @@ def row(load: rb.Load, fake_port: int, database: str, gateways: int, name: str) 
             procs.append(proc)
             ports.append(port)
         key = make_key(WORK / f"{name}-0" / "config.toml")
-        return measure(load, ports, key, 32)
+        return measure(load, procs, ports, key, 32)
     finally:
         for proc in procs:
             proc.terminate()
         for proc in procs:
             proc.wait(30)
+
+
+def cpu_text(row: dict[str, Any]) -> str:
+    cpu = row["cpu"]
+    return (
+        f"CPU/req gw {cpu['gateways_us_per_request']:>5} µs pg {cpu['postgres_us_per_request']:>5} µs"
+        f"  busy {cpu['machine_busy']:.0%}"
+    )
 
 
 def main() -> int:
@@ -127,17 +172,24 @@ def main() -> int:
     ratio_two = pg_two["rate"] / pg_one["rate"] if pg_one["rate"] else 0.0
     out = sys.stdout
     rb.say(f"\nstore rows (unary c=32, not pinned; load average {loadavg:.1f} at start)", out)
-    rb.say(f"  SQLite, 1 gateway          {sqlite['rate']:>9} req/s  errors {sqlite['errors']}", out)
+    rb.say(
+        f"  SQLite, 1 gateway          {sqlite['rate']:>9} req/s  errors {sqlite['errors']}  {cpu_text(sqlite)}", out
+    )
     verdict_one = "PASS" if ratio_one >= 0.7 else "FAIL"
     rb.say(
-        f"  PostgreSQL, 1 gateway      {pg_one['rate']:>9} req/s  errors {pg_one['errors']}"
+        f"  PostgreSQL, 1 gateway      {pg_one['rate']:>9} req/s  errors {pg_one['errors']}  {cpu_text(pg_one)}"
         f"  {ratio_one:.2f}x SQLite (goal >= 0.70: {verdict_one})",
         out,
     )
     verdict_two = "PASS" if ratio_two >= 1.7 else "FAIL"
     rb.say(
-        f"  PostgreSQL, 2 gateways     {pg_two['rate']:>9} req/s  errors {pg_two['errors']}"
+        f"  PostgreSQL, 2 gateways     {pg_two['rate']:>9} req/s  errors {pg_two['errors']}  {cpu_text(pg_two)}"
         f"  {ratio_two:.2f}x one (goal >= 1.70: {verdict_two})",
+        out,
+    )
+    rb.say(
+        f"  (CPU: gateway and PostgreSQL µs per request, machine busy of {os.cpu_count()} cores; two gateways"
+        " can add up only where the machine has cores to spare)",
         out,
     )
     errors = sqlite["errors"] + pg_one["errors"] + pg_two["errors"]
