@@ -14,7 +14,7 @@ from relayproxy.store.backends import open_store
 from relayproxy.store.facade import Store, utc_now
 from relayproxy.store.key_limits import NO_CAPS, KeyCaps
 from relayproxy.store.pg_ledger import USAGE_FIELDS
-from relayproxy.store.pg_settle import KNOWN_USAGE_COLUMNS, OneByOne, settle_batch
+from relayproxy.store.pg_settle import KNOWN_USAGE_COLUMNS, OneByOne, settle_batch, settle_known
 
 pytestmark = pytest.mark.anyio
 
@@ -174,6 +174,39 @@ async def test_a_batch_whose_hold_another_machine_released_is_still_charged_once
         assert await store.balance("alice") == (1_000_000 - 50_000, 0)
         a = await store.get_usage("a")
         assert a is not None and a.cost_microusd == 30_000 and a.billed
+        assert await store.ledger_check() == []
+    finally:
+        await store.close()
+
+
+async def test_the_one_statement_settlement_answers_as_the_set_wise_one_or_changes_nothing(pg_url: str) -> None:
+    store = await funded(pg_url)
+    try:
+        for rid in ("a", "b", "c"):
+            assert (await admit(store, rid, 100_000)).held is True
+        known = store._held  # type: ignore[attr-defined]
+        holds = [known["a"], known["b"], known["c"], None]
+        items = [
+            (record("a", 30_000), 30_000, utc_now()),
+            (record("b", 250_000), 250_000, utc_now()),  # asks more than held: charged the hold
+            (record("c", 0, "upstream_error"), 0, utc_now()),
+            (record("zero", 0, "upstream_error"), 0, utc_now()),  # never held, nothing to charge
+        ]
+        pool = store._pool  # type: ignore[attr-defined]
+        before = await store.balance("alice")
+        async with pool.acquire() as conn:
+            wrong = [(h[0], h[1] + 1, h[2]) if h else None for h in holds]  # not the amounts held
+            assert await settle_known(conn, items, wrong) is None
+            assert await settle_known(conn, [items[0], items[0]], holds[:1] * 2) is None  # twice in one batch
+            assert await settle_known(conn, [(record("x", 5), 5, utc_now())], [None]) is None  # a charge, no hold
+            assert await store.balance("alice") == before  # none of them changed anything
+            assert await settle_known(conn, items, holds) == [30_000, 100_000, 0, 0]
+            assert await settle_known(conn, items[:1], holds[:1]) is None  # a replay: settle_batch's way
+        assert await store.balance("alice") == (1_000_000 - 130_000, 0)
+        b = await store.get_usage("b")
+        assert b is not None and b.cost_microusd == 100_000 and b.billed
+        rows = await store.query("SELECT in_flight, held_microusd, spend_microusd FROM api_keys WHERE id = ?", ("k1",))
+        assert tuple(rows[0]) == (0, 0, 130_000)
         assert await store.ledger_check() == []
     finally:
         await store.close()
