@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeAlias
 
+from relayproxy.errors import StoreError
 from relayproxy.records import Principal
 from relayproxy.store.admission import PRINCIPAL_COLUMNS, Admission, admission, judge, over_rpm, principal_of
 from relayproxy.store.key_limits import WINDOW_MS, KeyCaps, retry_after_s
@@ -306,7 +307,9 @@ class Admissions:
                     amount = asks[i].hold_microusd
                     assert amount is not None
                     self._held[asks[i].request_id] = (principal.account_id, amount, principal.key_id)
-        return [a for a in answers if a is not None]
+        if any(answer is None for answer in answers):  # never: every hold taken has its outcome
+            raise StoreError("an admission of the batch got no answer")
+        return [answer for answer in answers if answer is not None]
 
 
 def _retrieved(future: asyncio.Future[Admission]) -> None:
