@@ -61,6 +61,7 @@ _Conn: TypeAlias = Any  # asyncpg.Connection (asyncpg ships no type hints)
 log = logging.getLogger("relayproxy.store")
 Item: TypeAlias = tuple[UsageRecord, int, str]  # (record, charge asked, settlement time)
 Known: TypeAlias = tuple[int, int, str | None]  # a hold this process made: (account id, amount, key id)
+Hold: TypeAlias = tuple[str, int, int, str | None]  # a hold row: (request id, account id, amount, key id)
 
 
 class OneByOne(StoreError):
@@ -147,25 +148,40 @@ class _Sums:
         self.keys: defaultdict[str, list[int]] = defaultdict(lambda: [0, 0, 0])  # id -> [spend, held, holds]
         self.accounts: defaultdict[int, list[int]] = defaultdict(lambda: [0, 0])  # id -> [charged, held]
 
-    def claim(self, hold: Any, charged: int, now: str) -> None:
+    def claim(self, hold: Hold, charged: int, now: str) -> None:
         """The hold ``hold`` settled with ``charged`` of it charged and the rest released."""
-        rid, account_id, held, key_id = (
-            hold["request_id"],
-            int(hold["account_id"]),
-            int(hold["amount_microusd"]),
-            hold["key_id"],
-        )
+        rid, account_id, held, key_id = hold
         if charged:
             self.entries.append((account_id, "charge", charged, f"req:{rid}:charge", rid, now))
         if held - charged:
             self.entries.append((account_id, "release", held - charged, f"req:{rid}:release", rid, now))
         if key_id is not None:
-            sums = self.keys[str(key_id)]
+            sums = self.keys[key_id]
             sums[0] += charged
             sums[1] += held
             sums[2] += 1
         self.accounts[account_id][0] += charged
         self.accounts[account_id][1] += held
+
+    def key_columns(self) -> list[list[Any]]:
+        """The keys' sums as the statements take them: ids (sorted), spends, helds, hold counts."""
+        ids = sorted(self.keys)
+        return [ids, *([self.keys[k][i] for k in ids] for i in range(3))]
+
+    def account_columns(self) -> list[list[Any]]:
+        """The accounts' sums as the statements take them: ids (sorted), charges, helds."""
+        ids = sorted(self.accounts)
+        return [ids, *([self.accounts[a][i] for a in ids] for i in range(2))]
+
+
+def _hold(row: Any) -> Hold:
+    key_id = row["key_id"]
+    return (
+        row["request_id"],
+        int(row["account_id"]),
+        int(row["amount_microusd"]),
+        None if key_id is None else str(key_id),
+    )
 
 
 async def settle_batch(c: _Conn, items: list[Item]) -> list[int]:
@@ -182,12 +198,12 @@ async def settle_batch(c: _Conn, items: list[Item]) -> list[int]:
         hold = claimed.pop(rid, None)
         if rid in done:  # settled before (or earlier in this batch): release what is still held
             if hold is not None:
-                sums.claim(hold, 0, now)
+                sums.claim(_hold(hold), 0, now)
             results.append(done[rid])
             continue
         charged = None if hold is None else min(max(charge, 0), int(hold["amount_microusd"]))
         if hold is not None:
-            sums.claim(hold, charged or 0, now)
+            sums.claim(_hold(hold), charged or 0, now)
         stored = as_charged(rec, charge, charged)
         sums.usage.append(tuple(getattr(stored, f) for f in USAGE_FIELDS))
         done[rid] = charged or 0
@@ -202,13 +218,13 @@ async def _write(c: _Conn, sums: _Sums) -> None:
     if sums.usage:
         await c.executemany(INSERT_USAGE_SQL, sums.usage)
     if sums.keys:
-        ids = sorted(sums.keys)
-        await c.execute(_LOCK_KEYS_SQL, ids)
-        await c.execute(_KEYS_SQL, ids, *([sums.keys[k][i] for k in ids] for i in range(3)))
+        keys = sums.key_columns()
+        await c.execute(_LOCK_KEYS_SQL, keys[0])
+        await c.execute(_KEYS_SQL, *keys)
     if sums.accounts:
-        ids_a = sorted(sums.accounts)
-        await c.execute(_LOCK_ACCOUNTS_SQL, ids_a)
-        await c.execute(_ACCOUNTS_SQL, ids_a, *([sums.accounts[a][i] for a in ids_a] for i in range(2)))
+        accounts = sums.account_columns()
+        await c.execute(_LOCK_ACCOUNTS_SQL, accounts[0])
+        await c.execute(_ACCOUNTS_SQL, *accounts)
 
 
 #: The usage columns the function below inserts (its text is a migration, fixed): a new usage
@@ -270,23 +286,18 @@ async def settle_known(c: _Conn, items: list[Item], holds: list[Known | None]) -
     if len(set(rids)) != len(rids):
         return None
     sums, results, records = _Sums(), [], []
-    expected: list[tuple[str, int, int, str | None]] = []
+    expected: list[Hold] = []
     for (rec, charge, now), known in zip(items, holds, strict=True):
         charged = None
         if known is not None:
-            account_id, amount, key_id = known
-            charged = min(max(charge, 0), amount)
-            expected.append((rec.request_id, account_id, amount, key_id))
-            sums.claim(
-                {"request_id": rec.request_id, "account_id": account_id, "amount_microusd": amount, "key_id": key_id},
-                charged,
-                now,
-            )
+            hold = (rec.request_id, *known)
+            charged = min(max(charge, 0), hold[2])
+            expected.append(hold)
+            sums.claim(hold, charged, now)
         elif charge > 0:
             return None  # a charge with no hold of ours: settle_batch knows what to do
         records.append(as_charged(rec, charge, charged))
         results.append(charged or 0)
-    keys, accounts = sorted(sums.keys), sorted(sums.accounts)
     try:
         await c.execute(
             _KNOWN_SQL,
@@ -294,10 +305,8 @@ async def settle_known(c: _Conn, items: list[Item], holds: list[Known | None]) -
             *_columns(expected, 4),
             *_columns(sums.entries, 6),
             orjson.dumps(records).decode(),
-            keys,
-            *([sums.keys[k][i] for k in keys] for i in range(3)),
-            accounts,
-            *([sums.accounts[a][i] for a in accounts] for i in range(2)),
+            *sums.key_columns(),
+            *sums.account_columns(),
         )
     except asyncpg.PostgresError as exc:
         if exc.sqlstate in _NOT_AS_KNOWN:
