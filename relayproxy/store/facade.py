@@ -325,7 +325,7 @@ class Store:
 
     async def balance(self, account: str) -> tuple[int, int] | None:
         """(balance_microusd, held_microusd) of ``account``, or None when it does not exist."""
-        rows = await self._all("SELECT balance_microusd, held_microusd FROM accounts WHERE name = ?", (account,))
+        rows = await self.query("SELECT balance_microusd, held_microusd FROM accounts WHERE name = ?", (account,))
         return (int(rows[0][0]), int(rows[0][1])) if rows else None
 
     async def credit_topup(

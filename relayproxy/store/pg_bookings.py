@@ -52,10 +52,6 @@ class Bookings:
 
         return await self._money(txn)
 
-    async def balance(self, account: str) -> tuple[int, int] | None:
-        rows = await self._all("SELECT balance_microusd, held_microusd FROM accounts WHERE name = $1", (account,))
-        return (int(rows[0][0]), int(rows[0][1])) if rows else None
-
     async def credit_topup(
         self,
         account_id: int,
